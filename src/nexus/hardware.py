@@ -1,0 +1,52 @@
+"""Device and precision choices, made in one place so every phase scales the same way."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import torch
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """``requested`` if given ("cpu", "cuda", "cuda:1", ...), else CUDA when present, else CPU."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU runs bf16 matmuls natively (AVX512-BF16 / AMX), where bf16 beats fp32."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bf16_supported(device: torch.device | str) -> bool:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return cpu_has_fast_bf16()
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """Map ``auto`` to ``bf16`` where supported, else ``fp32``; check an explicit ``bf16``."""
+    if precision == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    if precision not in ("bf16", "fp32", "fp16"):
+        raise ValueError(f"precision must be auto, bf16, fp16 or fp32, not {precision!r}")
+    return precision
+
+
+def autocast(precision: str, device: torch.device | str):
+    """An autocast context for ``precision`` (``nullcontext`` for fp32)."""
+    device = torch.device(device)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
