@@ -47,7 +47,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise NexusError(f"config file {path} must hold a mapping of keys to values, not {type(data).__name__}")
+        raise NexusError(
+            f"config file {path} must hold a mapping of keys to values, not {type(data).__name__}"
+        )
     return data
 
 

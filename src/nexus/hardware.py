@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from pathlib import Path
 
 import torch
 
@@ -19,7 +20,7 @@ def pick_device(requested: str | None = None) -> torch.device:
 def cpu_has_fast_bf16() -> bool:
     """True when this CPU runs bf16 matmuls natively (AVX512-BF16 / AMX), where bf16 beats fp32."""
     try:
-        flags = open("/proc/cpuinfo").read()
+        flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -82,8 +82,34 @@ CHAT_PROMPTS = (
     "Describe the job of a librarian in a few sentences.",
 )
 
-_NAMES = ("Ava", "Ben", "Chloe", "Diego", "Emma", "Farah", "Gabe", "Hana", "Ivan", "Jia", "Kofi", "Lena", "Mateo", "Nora")
-_ITEMS = ("apples", "pencils", "stickers", "marbles", "books", "cookies", "cards", "shells", "stamps", "coins")
+_NAMES = (
+    "Ava",
+    "Ben",
+    "Chloe",
+    "Diego",
+    "Emma",
+    "Farah",
+    "Gabe",
+    "Hana",
+    "Ivan",
+    "Jia",
+    "Kofi",
+    "Lena",
+    "Mateo",
+    "Nora",
+)
+_ITEMS = (
+    "apples",
+    "pencils",
+    "stickers",
+    "marbles",
+    "books",
+    "cookies",
+    "cards",
+    "shells",
+    "stamps",
+    "coins",
+)
 
 
 def arithmetic_word_problems(n: int, seed: int = 0) -> list[Example]:
@@ -118,12 +144,21 @@ def arithmetic_word_problems(n: int, seed: int = 0) -> list[Example]:
             q = f"{name} buys {qty} {item} at {price} dollars each and pays with {paid} dollars. How much change does {name} get?"
             work = f"The {item} cost {qty} * {price} = {cost} dollars.\nThe change is {paid} - {cost} = {total} dollars."
         examples.append(
-            Example("chat", f"builtin:math:{seed}:{i}", "math", prompt=q, response=f"{work}\n#### {total}", answer=str(total))
+            Example(
+                "chat",
+                f"builtin:math:{seed}:{i}",
+                "math",
+                prompt=q,
+                response=f"{work}\n#### {total}",
+                answer=str(total),
+            )
         )
     return examples
 
 
-def python_source_snippets(n: int, seed: int = 0, max_chars: int = 1500, root: str | Path | None = None) -> list[Example]:
+def python_source_snippets(
+    n: int, seed: int = 0, max_chars: int = 1500, root: str | Path | None = None
+) -> list[Example]:
     """``n`` top-level functions/classes from the Python standard library on this machine."""
     root = Path(root or sysconfig.get_paths()["stdlib"])
     files = sorted(p for p in root.glob("*.py") if not p.name.startswith("_"))
@@ -171,7 +206,9 @@ def teacher_answers(
         for start in range(0, len(examples), batch_size):
             batch = examples[start : start + batch_size]
             texts = [render_prompt(tokenizer, ex.prompt) for ex in batch]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not tokenizer.chat_template)
+            enc = tokenizer(
+                texts, return_tensors="pt", padding=True, add_special_tokens=not tokenizer.chat_template
+            )
             with torch.inference_mode():
                 out = model.generate(
                     **enc,

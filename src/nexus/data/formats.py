@@ -155,7 +155,9 @@ def example_from_row(row: dict[str, Any], where: str, default_domain: str | None
         return Example("chat", where, domain or "code", prompt=prompt, response=str(row["output"]))
     if "messages" in row:
         messages = row["messages"]
-        if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in messages):
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and "role" in m and "content" in m for m in messages
+        ):
             raise NexusError(f"{where}: 'messages' must be a list of {{'role', 'content'}} objects")
         return Example("chat", where, domain, messages=messages)
     if "prompt" in row and "response" in row:

@@ -35,7 +35,9 @@ def _messages(prompt: str | list[dict[str, str]], system: str | None) -> list[di
 def render_prompt(tokenizer, prompt: str | list[dict[str, str]], *, system: str | None = None) -> str:
     """The text a model should continue to answer ``prompt`` (its chat template when it has one)."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(_messages(prompt, system), add_generation_prompt=True, tokenize=False)
+        return tokenizer.apply_chat_template(
+            _messages(prompt, system), add_generation_prompt=True, tokenize=False
+        )
     if isinstance(prompt, str):
         return prompt + "\n"
     return "\n".join(m["content"] for m in prompt) + "\n"
@@ -65,7 +67,9 @@ def encode_chat(
         response_text = full[len(prompt_text) :]
     else:
         response_text = response + (tokenizer.eos_token or "")
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=not getattr(tokenizer, "chat_template", None))["input_ids"]
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=not getattr(tokenizer, "chat_template", None))[
+        "input_ids"
+    ]
     response_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
     if not response_ids:
         raise NexusError("empty response after tokenization")

@@ -7,7 +7,9 @@ import json
 
 
 def _add_trust_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow model code from the checkpoint"
+    )
     parser.add_argument("--trust-pickle", action="store_true", help="allow pickled .bin weights (runs code!)")
 
 
@@ -55,7 +57,9 @@ def _info(args: argparse.Namespace) -> int:
         ("tied embeddings", info["tie_word_embeddings"]),
     ]
     if "pruned_from" in info:
-        rows.append(("pruned from", f"{info['pruned_from']['teacher']} keeping {info['pruned_from']['keep_layers']}"))
+        rows.append(
+            ("pruned from", f"{info['pruned_from']['teacher']} keeping {info['pruned_from']['keep_layers']}")
+        )
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
@@ -78,7 +82,9 @@ def _prune(args: argparse.Namespace) -> int:
         keep = [int(x) for x in args.keep.split(",") if x.strip()]
     except ValueError:
         raise NexusError(f"--keep must be comma-separated integers, got {args.keep!r}") from None
-    teacher, resolved = load_model(args.teacher, trust_remote_code=args.trust_remote_code, trust_pickle=args.trust_pickle)
+    teacher, resolved = load_model(
+        args.teacher, trust_remote_code=args.trust_remote_code, trust_pickle=args.trust_pickle
+    )
     student = build_student(teacher, keep, teacher_name=args.teacher)
     save_student(student, args.out, load_tokenizer(resolved))
     print(f"wrote {args.out}: {len(keep)} of {len(teacher.model.layers)} layers {keep}")

@@ -17,7 +17,18 @@ log = logging.getLogger(__name__)
 
 RELEASE_MANIFEST = "nexus_manifest.json"
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -81,7 +92,9 @@ def resolve_model(spec: str, *, trust_pickle: bool = False) -> ResolvedModel:
     """Turn a spec into a loadable HF directory, converting GGUF files once (cached)."""
     spec = str(spec)
     if spec == "default":
-        return ResolvedModel(spec, "default", str(convert_gguf(default_gguf_path())), str(default_gguf_path()))
+        return ResolvedModel(
+            spec, "default", str(convert_gguf(default_gguf_path())), str(default_gguf_path())
+        )
     path = Path(spec).expanduser()
     if path.is_file():
         if path.suffix.lower() == ".gguf":
@@ -113,7 +126,9 @@ def _load_config(resolved: ResolvedModel, trust_remote_code: bool):
     except (ValueError, KeyError) as exc:
         raise NexusError(f"unsupported architecture in {resolved.path}: {str(exc).splitlines()[0]}") from None
     except OSError as exc:
-        raise NexusError(f"cannot read the model config of {resolved.spec}: {str(exc).splitlines()[0]}") from None
+        raise NexusError(
+            f"cannot read the model config of {resolved.spec}: {str(exc).splitlines()[0]}"
+        ) from None
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not trust_remote_code:
         raise NexusError(
             f"unsupported architecture '{config.model_type}' in {resolved.path}: Nexus needs a causal "
@@ -150,7 +165,9 @@ def load_model(
             use_safetensors=None if trust_pickle else True,
         )
     except OSError as exc:
-        raise NexusError(f"cannot load model weights from {resolved.path}: {str(exc).splitlines()[0]}") from None
+        raise NexusError(
+            f"cannot load model weights from {resolved.path}: {str(exc).splitlines()[0]}"
+        ) from None
     if device:
         model.to(device)
     model.eval()
@@ -161,11 +178,15 @@ def load_tokenizer(spec_or_resolved: str | ResolvedModel, *, trust_remote_code: 
     """The tokenizer saved with a model (pad token set to EOS when the model has none)."""
     from transformers import AutoTokenizer
 
-    resolved = spec_or_resolved if isinstance(spec_or_resolved, ResolvedModel) else resolve_model(spec_or_resolved)
+    resolved = (
+        spec_or_resolved if isinstance(spec_or_resolved, ResolvedModel) else resolve_model(spec_or_resolved)
+    )
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise NexusError(f"cannot load the tokenizer of {resolved.spec}: {str(exc).splitlines()[0]}") from None
+        raise NexusError(
+            f"cannot load the tokenizer of {resolved.spec}: {str(exc).splitlines()[0]}"
+        ) from None
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -43,7 +43,9 @@ def validate_keep_layers(keep_layers: Sequence[int], num_layers: int) -> list[in
         if isinstance(layer, bool) or not isinstance(layer, int):
             raise NexusError(f"keep-list entries must be layer indices, got {layer!r}")
         if not 0 <= layer < num_layers:
-            raise NexusError(f"keep-list layer {layer} is out of range: the teacher has layers 0..{num_layers - 1}")
+            raise NexusError(
+                f"keep-list layer {layer} is out of range: the teacher has layers 0..{num_layers - 1}"
+            )
     duplicates = sorted({x for x in keep if keep.count(x) > 1})
     if duplicates:
         raise NexusError(f"keep-list has duplicate layers: {duplicates}")
@@ -52,7 +54,9 @@ def validate_keep_layers(keep_layers: Sequence[int], num_layers: int) -> list[in
     return keep
 
 
-def build_student(teacher: nn.Module, keep_layers: Sequence[int], *, teacher_name: str | None = None) -> nn.Module:
+def build_student(
+    teacher: nn.Module, keep_layers: Sequence[int], *, teacher_name: str | None = None
+) -> nn.Module:
     """Return a new model of the teacher's class holding copies of ``keep_layers``, in order.
 
     Embeddings, final norm and LM head are copied too; the teacher is left untouched (the
@@ -102,7 +106,9 @@ def build_student(teacher: nn.Module, keep_layers: Sequence[int], *, teacher_nam
             continue
         module_name, _, buffer_name = new_key.rpartition(".")
         module = student.get_submodule(module_name)
-        module.register_buffer(buffer_name, buffer.detach().clone(), persistent=buffer_name in module.state_dict())
+        module.register_buffer(
+            buffer_name, buffer.detach().clone(), persistent=buffer_name in module.state_dict()
+        )
     student.tie_weights()
     missing = [n for n, p in student.named_parameters() if p.is_meta]
     if missing:

@@ -181,7 +181,9 @@ class StatusWriter:
         self.state["step"] = step
         eta = self.ema.eta(None if total is None else total - step)
         self.state["eta_seconds"] = None if eta is None else round(eta, 1)
-        self.state["throughput"] = None if self.ema.units_per_second is None else round(self.ema.units_per_second, 3)
+        self.state["throughput"] = (
+            None if self.ema.units_per_second is None else round(self.ema.units_per_second, 3)
+        )
         if loss is not None:
             self.state["loss"] = float(loss)
         self.state.update(extra)
