@@ -26,6 +26,8 @@ from nexus.utils import atomic_write_json
 PHASE_NAMES = {1: "Profile", 2: "Distill", 3: "Train", 4: "Router", 5: "Release"}
 STATUSES = ("Running", "Paused", "Stopped", "Failed", "Completed")
 STATUS_FILE = "status.json"
+# Set by the master pipeline (epoch seconds) so every phase's line shows the total elapsed time.
+PIPELINE_START_ENV = "NEXUS_PIPELINE_START"
 
 
 def format_duration(seconds: float) -> str:
@@ -51,8 +53,9 @@ def format_status_line(status: dict[str, Any]) -> str:
     name = status.get("phase_name") or PHASE_NAMES.get(phase, "?")
     step = status.get("step")
     temp = status.get("gpu_temp_c")
+    elapsed = status.get("pipeline_elapsed_seconds") or status.get("elapsed_seconds") or 0
     line = (
-        f"[Phase {phase}: {name}] ⏱️ {format_duration(status.get('elapsed_seconds') or 0)} | "
+        f"[Phase {phase}: {name}] ⏱️ {format_duration(elapsed)} | "
         f"Step: {step if step is not None else '-'} | ETA: {format_eta(status.get('eta_seconds'))} | "
         f"GPU: {f'{temp}°C' if temp is not None else 'n/a'}"
     )
@@ -158,6 +161,9 @@ class StatusWriter:
         self.state["active_seconds"] = round(self._active_seconds(now), 3)
         self.state["gpu_temp_c"] = self.gpu.value if self.gpu is not None else None
         self.state["updated_at"] = _utc_now()
+        pipeline_start = os.environ.get(PIPELINE_START_ENV)
+        if pipeline_start:
+            self.state["pipeline_elapsed_seconds"] = round(time.time() - float(pipeline_start), 3)
 
     # -- public API ------------------------------------------------------------------
     def update(

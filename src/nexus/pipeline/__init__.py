@@ -1,0 +1,1 @@
+"""The master pipeline: phases 1-5, resume mode, the release."""

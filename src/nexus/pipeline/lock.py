@@ -1,0 +1,72 @@
+"""One pipeline per results directory: a lock file holding the owner's pid.
+
+A second pipeline on the same ``results/`` refuses to start; a lock left by a process that no
+longer exists (killed, machine rebooted) is taken over. Creation uses ``O_EXCL`` so two
+starters cannot both win.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from nexus.errors import NexusError
+
+LOCK_FILE = ".pipeline.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class PipelineLock:
+    def __init__(self, results_dir: str | Path) -> None:
+        self.path = Path(results_dir) / LOCK_FILE
+        self.acquired = False
+
+    def acquire(self) -> PipelineLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                same_host = owner.get("host") in (None, socket.gethostname())
+                if owner.get("pid") and same_host and _alive(int(owner["pid"])):
+                    raise NexusError(
+                        f"another pipeline (pid {owner['pid']}) is running on {self.path.parent}; "
+                        "wait for it, stop it with `nexus stop`, or use another results directory"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its owner is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, f)
+            self.acquired = True
+            return self
+        raise NexusError(f"could not take the pipeline lock {self.path}")
+
+    def _owner(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def release(self) -> None:
+        if self.acquired and self._owner().get("pid") == os.getpid():
+            self.path.unlink(missing_ok=True)
+        self.acquired = False
+
+    def __enter__(self) -> PipelineLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
