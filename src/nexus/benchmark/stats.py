@@ -1,0 +1,69 @@
+"""Paired statistics for two models scored on the same items.
+
+``teacher`` and ``student`` are per-item correctness (bools, same order). The gap is
+student accuracy minus teacher accuracy (negative: the student is worse).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def mcnemar_exact(teacher: Sequence[bool], student: Sequence[bool]) -> dict[str, float | int]:
+    """Exact (binomial) McNemar test on the discordant pairs.
+
+    b = items only the teacher got right, c = items only the student got right; under the null
+    hypothesis (same accuracy) b ~ Binomial(b + c, 1/2). Two-sided p = min(1, 2 P(X <= min(b, c))).
+    """
+    _check_paired(teacher, student)
+    b = sum(1 for t, s in zip(teacher, student, strict=True) if t and not s)
+    c = sum(1 for t, s in zip(teacher, student, strict=True) if s and not t)
+    n = b + c
+    if n == 0:
+        return {"b": 0, "c": 0, "p_value": 1.0}
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return {"b": b, "c": c, "p_value": min(1.0, 2.0 * tail)}
+
+
+def bootstrap_gap_ci(
+    teacher: Sequence[bool],
+    student: Sequence[bool],
+    *,
+    samples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of (student accuracy - teacher accuracy), resampling items in pairs."""
+    _check_paired(teacher, student)
+    n = len(teacher)
+    if n == 0:
+        return (0.0, 0.0)
+    diff = np.asarray(student, dtype=np.float64) - np.asarray(teacher, dtype=np.float64)  # (n,)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(samples, n))  # (samples, n)
+    gaps = diff[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(gaps, [alpha, 1.0 - alpha])
+    return (float(lo), float(hi))
+
+
+def agreement_rate(teacher: Sequence[bool], student: Sequence[bool]) -> float:
+    """Fraction of items where both models are right or both are wrong."""
+    _check_paired(teacher, student)
+    if not teacher:
+        return 0.0
+    return sum(1 for t, s in zip(teacher, student, strict=True) if bool(t) == bool(s)) / len(teacher)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100, linear interpolation), None for no values."""
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else None
+
+
+def _check_paired(teacher: Sequence[bool], student: Sequence[bool]) -> None:
+    if len(teacher) != len(student):
+        raise ValueError(f"paired results differ in length: {len(teacher)} vs {len(student)}")
