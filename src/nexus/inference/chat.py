@@ -1,0 +1,188 @@
+"""The terminal chat: load the model (and its knowledge index), then answer turns.
+
+``run_chat(config)`` is the entry point behind ``nexus chat`` and ``scripts/inference.py``.
+On a terminal it shows a ``>>> `` prompt; piped stdin is read line by line, one turn per
+line. An error in one turn is reported and the session goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from nexus.errors import NexusError
+from nexus.inference.session import HELP, ChatOptions, ChatSession, QuitChat, TurnResult
+
+log = logging.getLogger(__name__)
+PROMPT = ">>> "
+
+
+@dataclass
+class ChatConfig:
+    """What `nexus chat` talks to and how it generates."""
+
+    model_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "model spec (release, HF dir, checkpoint, GGUF, 'default'); default: newest release"
+        },
+    )
+    prompt: str | None = field(default=None, metadata={"help": "answer this once and exit"})
+    knowledge: str | None = field(
+        default=None, metadata={"help": "knowledge index directory (default: the model's own)"}
+    )
+    rag: bool = field(default=True, metadata={"help": "prepend retrieved context when an index is loaded"})
+    k: int = field(default=4, metadata={"help": "chunks to retrieve per question"})
+    threshold: float | None = field(
+        default=None, metadata={"help": "min cosine similarity of a retrieved chunk"}
+    )
+    context_tokens: int = field(default=512, metadata={"help": "token budget of the retrieved context"})
+    max_new_tokens: int = field(default=256, metadata={"help": "max tokens per answer"})
+    temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0 = greedy)"})
+    top_p: float = field(default=0.9, metadata={"help": "nucleus sampling mass (with temperature > 0)"})
+    system: str | None = field(default=None, metadata={"help": "system message"})
+    teacher: str | None = field(default=None, metadata={"help": "teacher spec for assisted generation"})
+    assist: bool = field(
+        default=False, metadata={"help": "teacher generates, the model drafts (speculative)"}
+    )
+    dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)"})
+    verbose: bool = field(
+        default=False, metadata={"help": "print tokens/s (and draft acceptance) per answer"}
+    )
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.assist and not self.teacher:
+            raise ValueError("--assist needs --teacher SPEC (the model that verifies the drafts)")
+        if self.teacher and not self.assist:
+            raise ValueError("--teacher is used with --assist (the chat model becomes the draft model)")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.context_tokens < 1:
+            raise ValueError(f"context_tokens must be >= 1, got {self.context_tokens}")
+        ChatOptions(
+            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, k=self.k
+        )
+
+
+def open_session(config: ChatConfig, *, info: TextIO = sys.stderr, cwd: str | Path = ".") -> ChatSession:
+    """Load the model(s) and the knowledge index named by ``config``; say what was loaded."""
+    from nexus.hardware import pick_device
+    from nexus.inference.loading import (
+        describe_loaded,
+        knowledge_dir_for,
+        load_chat_model,
+        resolve_chat_model,
+    )
+    from nexus.knowledge.tower import KnowledgeTower
+
+    device = str(pick_device(config.device))
+    spec = resolve_chat_model(config.model_path, cwd)
+    model, tokenizer, resolved = load_chat_model(
+        spec, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code
+    )
+    assistant = None
+    if config.assist:
+        assistant = model
+        model, tokenizer, teacher_resolved = load_chat_model(
+            config.teacher, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code
+        )
+        print(describe_loaded(teacher_resolved, model) + " as the generating model", file=info)
+        print(describe_loaded(resolved, assistant) + " as the draft model (assisted generation)", file=info)
+    else:
+        print(describe_loaded(resolved, model), file=info)
+    tower = None
+    knowledge = Path(config.knowledge) if config.knowledge else knowledge_dir_for(resolved)
+    if knowledge is not None:
+        tower = KnowledgeTower.load(knowledge, k=config.k, max_context_tokens=config.context_tokens)
+        if config.threshold is not None:
+            tower.threshold = config.threshold
+        print(
+            f"knowledge index {knowledge}: {len(tower)} chunks (RAG {'on' if config.rag else 'off'})",
+            file=info,
+        )
+    options = ChatOptions(
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        system=config.system,
+        rag=config.rag,
+        k=config.k,
+        context_tokens=config.context_tokens,
+    )
+    return ChatSession(model, tokenizer, tower=tower, assistant=assistant, options=options)
+
+
+def _answer(session: ChatSession, text: str, out: TextIO, info: TextIO, verbose: bool) -> TurnResult:
+    def stream(piece: str) -> None:
+        out.write(piece)
+        out.flush()
+
+    result = session.respond(text, on_text=stream)
+    out.write("\n")
+    out.flush()
+    for notice in result.notices:
+        print(f"note: {notice}", file=info)
+    if verbose:
+        print(result.stats_line(), file=info)
+    return result
+
+
+def _read_line(stdin: TextIO, interactive: bool) -> str | None:
+    if interactive and stdin is sys.stdin:
+        try:
+            return input(PROMPT)
+        except EOFError:
+            return None
+    line = stdin.readline()
+    return line if line else None
+
+
+def chat_loop(
+    session: ChatSession, *, stdin: TextIO, out: TextIO, info: TextIO, verbose: bool = False
+) -> int:
+    """Read turns until /quit or end of input. Errors end the turn, not the session."""
+    interactive = stdin.isatty()
+    if interactive:
+        print(f"chat ready. {HELP}", file=info)
+    while True:
+        try:
+            line = _read_line(stdin, interactive)
+        except KeyboardInterrupt:
+            out.write("\n")
+            return 0
+        if line is None:
+            return 0
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            if line.startswith("/"):
+                print(session.command(line), file=out, flush=True)
+            else:
+                _answer(session, line, out, info, verbose)
+        except QuitChat:
+            return 0
+        except KeyboardInterrupt:
+            print("\n[interrupted]", file=info, flush=True)
+        except NexusError as exc:
+            print(f"error: {exc}", file=info, flush=True)
+        except Exception as exc:  # noqa: BLE001  (one bad turn must not end the session)
+            log.debug("turn failed", exc_info=True)
+            print(f"error: {type(exc).__name__}: {exc}", file=info, flush=True)
+
+
+def run_chat(
+    config: ChatConfig, *, stdin: TextIO | None = None, out: TextIO | None = None, info: TextIO | None = None
+) -> int:
+    """Answer ``config.prompt`` once, or chat over ``stdin`` (a terminal or a pipe)."""
+    stdin, out, info = stdin or sys.stdin, out or sys.stdout, info or sys.stderr
+    session = open_session(config, info=info)
+    if config.prompt is not None:
+        _answer(session, config.prompt, out, info, config.verbose)
+        return 0
+    return chat_loop(session, stdin=stdin, out=out, info=info, verbose=config.verbose)

@@ -1,0 +1,71 @@
+"""`nexus chat`: talk to a model in the terminal (also `python scripts/inference.py`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "chat",
+        help="interactive chat with a model (RAG from its knowledge index; assisted generation)",
+        description=(
+            "Chat with a model in the terminal. Commands: /reset, /rag on|off, /k N, /sources, /help, /quit. "
+            "With no --model_path the newest nexus-release-v* in the current directory is used."
+        ),
+    )
+    parser.add_argument("--model_path", "--model-path", "--model", dest="model_path", metavar="SPEC",
+                        help="release dir, HF dir, training checkpoint, GGUF file or 'default'")  # fmt: skip
+    parser.add_argument("--prompt", help="answer this once and exit")
+    parser.add_argument(
+        "--knowledge", metavar="DIR", help="knowledge index directory (default: the model's own)"
+    )
+    parser.add_argument("--no-rag", dest="rag", action="store_false", help="start with RAG off")
+    parser.add_argument("--k", type=int, default=4, help="chunks to retrieve per question (default 4)")
+    parser.add_argument(
+        "--threshold", type=float, help="min cosine similarity of a retrieved chunk (default 0.3)"
+    )
+    parser.add_argument("--context-tokens", type=int, default=512, help="token budget of retrieved context")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="max tokens per answer (default 256)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass")
+    parser.add_argument("--system", help="system message")
+    parser.add_argument("--teacher", metavar="SPEC", help="teacher model for --assist")
+    parser.add_argument(
+        "--assist", action="store_true", help="teacher generates, the model drafts (speculative)"
+    )
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", help="cpu, cuda, ... (default: auto)")
+    parser.add_argument("--verbose", dest="chat_verbose", action="store_true",
+                        help="print tokens/s (and draft acceptance with --assist) after each answer")  # fmt: skip
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow model code from the checkpoint"
+    )
+    parser.set_defaults(func=_chat)
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from nexus.config import from_dict
+    from nexus.inference.chat import ChatConfig, run_chat
+
+    values = {
+        "model_path": args.model_path,
+        "prompt": args.prompt,
+        "knowledge": args.knowledge,
+        "rag": args.rag,
+        "k": args.k,
+        "threshold": args.threshold,
+        "context_tokens": args.context_tokens,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "system": args.system,
+        "teacher": args.teacher,
+        "assist": args.assist,
+        "dtype": args.dtype,
+        "device": args.device,
+        "verbose": args.chat_verbose,
+        "trust_remote_code": args.trust_remote_code,
+    }
+    config = from_dict(ChatConfig, values, "command-line options")
+    return run_chat(config)

@@ -1,0 +1,287 @@
+"""A multi-turn chat with a causal LM: chat template, history, RAG injection, streaming,
+optional assisted (speculative) generation, and the slash commands.
+
+The session is I/O-free: :meth:`ChatSession.respond` takes the user's text and a callback for
+streamed text; the terminal loop lives in :mod:`nexus.inference.chat`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from nexus.data.templates import render_prompt
+from nexus.errors import NexusError
+from nexus.knowledge.tower import Retrieved, augment_prompt, format_context
+
+HELP = (
+    "commands: /reset (forget the conversation), /rag on|off, /k N (chunks to retrieve), "
+    "/sources (what the last answer retrieved), /help, /quit"
+)
+
+
+class QuitChat(Exception):  # noqa: N818  (control flow, not an error)
+    """Raised by ``/quit``."""
+
+
+@dataclass
+class TurnResult:
+    text: str
+    new_tokens: int
+    seconds: float
+    retrieved: list[Retrieved] = field(default_factory=list)
+    drafted: int | None = None  # assisted generation: draft tokens proposed / accepted
+    accepted: int | None = None
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        if self.drafted is None:
+            return None
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    def stats_line(self) -> str:
+        line = f"[{self.new_tokens} tokens in {self.seconds:.2f} s, {self.tokens_per_second:.1f} tokens/s"
+        if self.drafted is not None:
+            line += f"; draft acceptance {self.acceptance_rate:.0%} ({self.accepted}/{self.drafted} tokens)"
+        return line + "]"
+
+
+class _CallbackStreamer:
+    """Decode streamed token ids incrementally and hand finished text to ``on_text``.
+
+    A tiny version of transformers' ``TextStreamer``: the first ``put`` (the prompt) is
+    skipped, text is released up to the last whitespace so words are not split mid-token.
+    """
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None]):
+        self.tokenizer = tokenizer
+        self.on_text = on_text
+        self.ids: list[int] = []
+        self.printed = 0
+        self.prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.ids.extend(value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an unfinished multi-byte character
+            return
+        cut = max(text.rfind(" "), text.rfind("\n")) + 1
+        if cut > self.printed:
+            self.on_text(text[self.printed : cut])
+            self.printed = cut
+
+    def end(self) -> None:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if len(text) > self.printed:
+            self.on_text(text[self.printed :])
+        self.printed = len(text)
+
+
+class _ForwardCounter:
+    """Counts forward calls of a module (assisted generation: target passes and draft tokens)."""
+
+    def __init__(self, module):
+        self.calls = 0
+        self._handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, *_):
+        self.calls += 1
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+@dataclass
+class ChatOptions:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 0.9
+    system: str | None = None
+    rag: bool = True
+    k: int = 4
+    context_tokens: int = 512  # token budget of the retrieved context (model tokens)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+
+
+class ChatSession:
+    """Conversation state plus generation. ``assistant`` (a same-vocabulary model) turns on
+    assisted generation: ``model`` verifies, ``assistant`` drafts."""
+
+    def __init__(self, model, tokenizer, *, tower=None, assistant=None, options: ChatOptions | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.tower = tower
+        self.assistant = assistant
+        self.options = options or ChatOptions()
+        self.history: list[dict[str, str]] = []
+        self.last_retrieved: list[Retrieved] = []
+        self.context_window = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        if assistant is not None and assistant.config.vocab_size != model.config.vocab_size:
+            raise NexusError(
+                f"assisted generation needs the same vocabulary: the teacher has {model.config.vocab_size} "
+                f"tokens, the draft model {assistant.config.vocab_size}"
+            )
+        if self.tower is not None:
+            self.tower.count_tokens = self._count_tokens  # budget the context in the model's tokens
+
+    # ------------------------------------------------------------------ commands
+
+    def command(self, line: str) -> str:
+        """Run a slash command; returns the message to show. ``/quit`` raises :class:`QuitChat`."""
+        name, _, arg = line.strip().partition(" ")
+        arg = arg.strip()
+        if name in ("/quit", "/exit"):
+            raise QuitChat
+        if name == "/help":
+            return HELP
+        if name == "/reset":
+            self.history.clear()
+            self.last_retrieved = []
+            return "conversation reset"
+        if name == "/rag":
+            if arg not in ("on", "off", ""):
+                raise NexusError("usage: /rag on|off")
+            if arg == "on" and self.tower is None:
+                raise NexusError("no knowledge index loaded: start the chat with --knowledge DIR")
+            if arg:
+                self.options.rag = arg == "on"
+            state = "on" if self.options.rag and self.tower is not None else "off"
+            return f"RAG {state}" + (f" ({len(self.tower)} chunks, k={self.options.k})" if self.tower else "")
+        if name == "/k":
+            if not arg.isdigit() or int(arg) < 1:
+                raise NexusError("usage: /k N with N >= 1")
+            self.options.k = int(arg)
+            return f"k = {self.options.k}"
+        if name == "/sources":
+            if not self.last_retrieved:
+                return "no context was retrieved for the last answer"
+            return "\n".join(
+                f"[{c.rank}] {c.source} (chunk {c.position}, score {c.score:.2f}): {c.text[:100].replace(chr(10), ' ')}..."
+                for c in self.last_retrieved
+            )
+        raise NexusError(f"unknown command {name}; {HELP}")
+
+    # ------------------------------------------------------------------ prompt building
+
+    def _count_tokens(self, texts) -> list[int]:
+        return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def _encode(self, messages: list[dict[str, str]]) -> list[int]:
+        text = render_prompt(self.tokenizer, messages, system=self.options.system)
+        return self.tokenizer(text, add_special_tokens=not getattr(self.tokenizer, "chat_template", None))[
+            "input_ids"
+        ]
+
+    def build_input(self, user_text: str) -> tuple[list[int], list[Retrieved], list[str]]:
+        """Token ids for the next answer, the context chunks used, and notices about cuts.
+
+        When the prompt does not fit the context window (less ``max_new_tokens``), retrieved
+        chunks are dropped first (last ranked first), then the oldest turns; a single message
+        that still does not fit is refused.
+        """
+        chunks: list[Retrieved] = []
+        if self.options.rag and self.tower is not None:
+            chunks = self.tower.select_context(
+                user_text, k=self.options.k, max_tokens=self.options.context_tokens
+            )
+        history = list(self.history)
+        limit = self.context_window - self.options.max_new_tokens
+        notices: list[str] = []
+        while True:
+            content = augment_prompt(format_context(chunks), user_text)
+            ids = self._encode([*history, {"role": "user", "content": content}])
+            if len(ids) <= limit:
+                break
+            if chunks:
+                chunks = chunks[:-1]
+                if not notices or not notices[-1].startswith("retrieved context"):
+                    notices.append("retrieved context truncated to fit the context window")
+            elif history:
+                history = history[2:]
+                notices.append("oldest turn dropped to fit the context window")
+            else:
+                raise NexusError(
+                    f"the message is {len(ids)} tokens but the context window allows {limit} "
+                    f"({self.context_window} less {self.options.max_new_tokens} for the answer): shorten it"
+                )
+        self.history = history
+        return ids, chunks, notices
+
+    # ------------------------------------------------------------------ generation
+
+    def _eos_ids(self) -> list[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = list(ids) if isinstance(ids, list | tuple) else ([ids] if ids is not None else [])
+        for token in (self.tokenizer.eos_token, "<|im_end|>"):
+            token_id = self.tokenizer.convert_tokens_to_ids(token) if token else None
+            if isinstance(token_id, int) and token_id != self.tokenizer.unk_token_id and token_id not in ids:
+                ids.append(token_id)
+        return ids
+
+    def generate(self, input_ids: list[int], on_text: Callable[[str], None] | None = None):
+        """Generate an answer to ``input_ids``; returns ``(new_token_ids, seconds, drafted, accepted)``."""
+        import torch
+
+        device = next(self.model.parameters()).device
+        ids = torch.tensor([input_ids], device=device)
+        kwargs = {
+            "attention_mask": torch.ones_like(ids),
+            "max_new_tokens": self.options.max_new_tokens,
+            "eos_token_id": self._eos_ids(),
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if self.options.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.options.temperature, top_p=self.options.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if on_text is not None:
+            kwargs["streamer"] = _CallbackStreamer(self.tokenizer, on_text)
+        counters = None
+        if self.assistant is not None:
+            kwargs["assistant_model"] = self.assistant
+            counters = (_ForwardCounter(self.model), _ForwardCounter(self.assistant))
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                out = self.model.generate(ids, **kwargs)
+        finally:
+            seconds = time.perf_counter() - started
+            if counters:
+                for counter in counters:
+                    counter.close()
+        new = out[0, ids.shape[1] :].tolist()
+        drafted = accepted = None
+        if counters:
+            # Each verification pass keeps the accepted draft tokens plus one token of its own.
+            target_passes, drafted = counters[0].calls, counters[1].calls
+            accepted = max(0, min(drafted, len(new) - target_passes))
+        return new, seconds, drafted, accepted
+
+    def respond(self, user_text: str, on_text: Callable[[str], None] | None = None) -> TurnResult:
+        """Answer one user message (RAG context prepended when on); history keeps the plain text."""
+        if not user_text.strip():
+            raise NexusError("empty message")
+        ids, chunks, notices = self.build_input(user_text)
+        self.last_retrieved = chunks
+        new, seconds, drafted, accepted = self.generate(ids, on_text)
+        text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+        self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
+        return TurnResult(text, len(new), seconds, chunks, drafted, accepted, notices)
