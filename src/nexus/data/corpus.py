@@ -1,0 +1,279 @@
+"""Training corpora for the training phases: sources -> examples -> packed rows, cached on disk.
+
+A source is one of:
+
+* ``builtin`` -- the offline default corpus of :mod:`nexus.data.builtin` (stdlib Python code,
+  generated math with worked answers, and the teacher's own greedy answers to built-in chat
+  prompts); ``builtin:code=200,math=400,chat=60`` sets the counts;
+* a file: JSONL / JSON / ``.gz`` in any format :func:`nexus.data.load_examples` reads, or a
+  ``.txt`` / ``.md`` text file (blank-line separated blocks);
+* a directory: every such file in it, sorted;
+* ``hf:NAME[:SPLIT]`` -- a Hugging Face dataset by name (or a local path), through the
+  ``datasets`` library when installed; its rows go through the same format detection.
+
+Evaluation-only rows (PIQA, HumanEval) are refused. :func:`build_corpus` tokenizes, splits a
+held-out part by document, packs both parts and stores them as ``.npy`` files under a cache
+directory keyed by the sources' content, the tokenizer, the packing options and (for the
+built-in chat part) the teacher, so a second run memory-maps them instead of re-tokenizing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nexus.data.formats import Example, example_from_row, load_examples
+from nexus.data.packing import PackedRows, encode_example, pack_documents, split_heldout
+from nexus.errors import NexusError
+from nexus.utils import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+DATA_SUFFIXES = (".jsonl", ".json", ".gz", ".txt", ".md")
+BUILTIN_DEFAULTS = {"code": 200, "math": 400, "chat": 60}
+CACHE_VERSION = 1
+
+
+def parse_builtin(source: str) -> dict[str, int]:
+    """Counts of a ``builtin[:code=N,math=N,chat=N]`` source."""
+    counts = dict(BUILTIN_DEFAULTS)
+    _, _, spec = source.partition(":")
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key not in counts or not value.isdigit():
+            raise NexusError(
+                f"bad builtin data spec {source!r}: expected e.g. builtin:code=200,math=400,chat=60"
+            )
+        counts[key] = int(value)
+    return counts
+
+
+def _source_files(source: str) -> list[Path]:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(DATA_SUFFIXES))
+        if not files:
+            raise NexusError(f"data directory {path} holds no data files ({', '.join(DATA_SUFFIXES)})")
+        return files
+    if path.is_file():
+        return [path]
+    raise NexusError(
+        f"data not found: {source} (no such file or directory; use 'builtin' for the built-in corpus)"
+    )
+
+
+def _file_fingerprint(path: Path) -> str:
+    stat = path.stat()
+    digest = hashlib.sha256(f"{path.resolve()}:{stat.st_size}".encode())
+    with open(path, "rb") as f:  # head + tail: cheap, catches edits of real data files
+        digest.update(f.read(1 << 20))
+        if stat.st_size > 1 << 20:
+            f.seek(max(0, stat.st_size - (1 << 20)))
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+def source_fingerprint(source: str, teacher_id: str | None = None) -> str:
+    """Identity of a source's content (files) or definition (builtin, with the teacher answering)."""
+    if source.startswith("builtin"):
+        return f"{source}|{json.dumps(parse_builtin(source), sort_keys=True)}|teacher={teacher_id}"
+    if source.startswith("hf:"):
+        return source
+    return "|".join(f"{p}:{_file_fingerprint(p)}" for p in _source_files(source))
+
+
+def _hf_examples(source: str, limit: int | None) -> list[Example]:
+    try:
+        import datasets
+    except ImportError:
+        raise NexusError(
+            f"{source}: reading Hugging Face datasets needs the 'datasets' package (pip install datasets)"
+        ) from None
+    _, _, rest = source.partition(":")
+    name, _, split = rest.partition(":")
+    try:
+        ds = datasets.load_dataset(name, split=split or "train")
+    except Exception as exc:  # the library raises many types for a missing/unreachable dataset
+        raise NexusError(f"cannot load dataset {name!r}: {str(exc).splitlines()[0]}") from None
+    examples = []
+    for i, row in enumerate(ds):
+        examples.append(example_from_row(dict(row), f"{name}:{i + 1}"))
+        if limit is not None and len(examples) >= limit:
+            break
+    return examples
+
+
+def load_source(
+    source: str, *, teacher=None, tokenizer=None, seed: int = 0, limit: int | None = None
+) -> list[Example]:
+    """Examples of one source (see the module docstring); ``builtin`` needs the teacher for chat."""
+    if source.startswith("builtin"):
+        from nexus.data import builtin
+
+        counts = parse_builtin(source)
+        examples = builtin.python_source_snippets(counts["code"], seed)
+        examples += builtin.arithmetic_word_problems(counts["math"], seed)
+        if counts["chat"]:
+            if teacher is None or tokenizer is None:
+                raise NexusError("the built-in chat data needs the teacher to answer its prompts")
+            chats = builtin.chat_prompt_examples(counts["chat"], seed)
+            examples += builtin.teacher_answers(teacher, tokenizer, chats)
+        return examples
+    if source.startswith("hf:"):
+        return _hf_examples(source, limit)
+    examples: list[Example] = []
+    for path in _source_files(source):
+        examples += load_examples(path, limit=limit)
+    return examples
+
+
+@dataclass
+class Corpus:
+    train: PackedRows
+    heldout: PackedRows | None
+    key: str
+    directory: Path | None
+
+
+def _load_cached(directory: Path) -> Corpus | None:
+    meta = directory / "meta.json"
+    if not meta.is_file():
+        return None
+
+    def part(prefix: str) -> PackedRows:
+        arrays = [
+            np.load(directory / f"{prefix}_{n}.npy", mmap_mode="r")
+            for n in ("input_ids", "position_ids", "labels")
+        ]
+        return PackedRows(*arrays)
+
+    info = json.loads(meta.read_text())
+    return Corpus(
+        part("train"), part("heldout") if info.get("heldout_rows") else None, info["key"], directory
+    )
+
+
+def corpus_key(
+    sources: list[str],
+    *,
+    tokenizer_id: str,
+    teacher_id: str | None,
+    seq_len: int,
+    loss_on: str,
+    heldout_fraction: float,
+    seed: int,
+    max_examples: int | None,
+) -> str:
+    blob = json.dumps(
+        {
+            "version": CACHE_VERSION,
+            "sources": [source_fingerprint(s, teacher_id) for s in sources],
+            "tokenizer": tokenizer_id,
+            "seq_len": seq_len,
+            "loss_on": loss_on,
+            "heldout_fraction": heldout_fraction,
+            "seed": seed,
+            "max_examples": max_examples,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of the tokenizer's vocabulary, special tokens and chat template."""
+    vocab = tokenizer.get_vocab()
+    blob = json.dumps(
+        [sorted(vocab.items()), str(tokenizer.chat_template), tokenizer.eos_token, tokenizer.bos_token],
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_corpus(
+    sources: list[str],
+    tokenizer,
+    *,
+    seq_len: int,
+    loss_on: str = "all",
+    heldout_fraction: float = 0.05,
+    seed: int = 0,
+    max_examples: int | None = None,
+    cache_dir: str | Path | None = None,
+    teacher=None,
+    teacher_id: str | None = None,
+) -> Corpus:
+    """Tokenize and pack ``sources`` (train + held-out), reusing ``cache_dir/<key>/`` when present."""
+    if not sources:
+        raise NexusError("no training data given")
+    if loss_on not in ("all", "response"):
+        raise NexusError(f"loss_on must be 'all' or 'response', not {loss_on!r}")
+    key = corpus_key(
+        sources,
+        tokenizer_id=tokenizer_fingerprint(tokenizer),
+        teacher_id=teacher_id,
+        seq_len=seq_len,
+        loss_on=loss_on,
+        heldout_fraction=heldout_fraction,
+        seed=seed,
+        max_examples=max_examples,
+    )
+    directory = Path(cache_dir) / key if cache_dir is not None else None
+    if directory is not None:
+        cached = _load_cached(directory)
+        if cached is not None:
+            log.info("tokenized data: reusing %s", directory)
+            return cached
+    examples: list[Example] = []
+    for source in sources:
+        examples += load_source(source, teacher=teacher, tokenizer=tokenizer, seed=seed)
+    if max_examples is not None:
+        examples = examples[:max_examples]
+    if not examples:
+        raise NexusError(f"the dataset is empty: {', '.join(sources)} gave no examples")
+    docs = [encode_example(tokenizer, ex, max_length=None, loss_on=loss_on) for ex in examples]
+    train_docs, held_docs = split_heldout(docs, heldout_fraction, seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    train = pack_documents(train_docs, seq_len, pad)
+    heldout = pack_documents(held_docs, seq_len, pad) if held_docs else None
+    corpus = Corpus(train, heldout, key, directory)
+    if directory is not None:
+        _save(corpus, directory, len(examples))
+        return _load_cached(directory) or corpus
+    return corpus
+
+
+def _save(corpus: Corpus, directory: Path, n_examples: int) -> None:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        for prefix, part in (("train", corpus.train), ("heldout", corpus.heldout)):
+            if part is None:
+                continue
+            for name in ("input_ids", "position_ids", "labels"):
+                np.save(tmp / f"{prefix}_{name}.npy", getattr(part, name))
+        atomic_write_json(
+            tmp / "meta.json",
+            {
+                "key": corpus.key,
+                "examples": n_examples,
+                "train_rows": len(corpus.train),
+                "heldout_rows": 0 if corpus.heldout is None else len(corpus.heldout),
+                "seq_len": corpus.train.seq_len,
+                "train_scored_tokens": corpus.train.scored_tokens(),
+            },
+        )
+        if directory.exists():  # another process finished first: keep theirs
+            shutil.rmtree(tmp)
+            return
+        tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

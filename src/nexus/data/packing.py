@@ -1,0 +1,167 @@
+"""Tokenize examples into documents and pack them into fixed-length training rows.
+
+A *document* is one example's token ids plus a per-token target mask (True where the token is
+a training target: every token for ``text`` rows and for ``loss_on="all"``, only the response
+tokens for ``loss_on="response"``). Documents are concatenated greedily into rows of
+``seq_len`` tokens (a document longer than a row is split); each row carries:
+
+* ``input_ids``    ``(R, L)`` token ids (pad id after the last document of the last row);
+* ``position_ids`` ``(R, L)`` positions restarting at 0 at every document, which is how the
+  models' attention keeps packed documents apart (transformers builds a block-diagonal causal
+  mask from position resets when no attention mask is given);
+* ``labels``       ``(R, L)`` the next token when position ``t`` is scored, else ``-100``:
+  ``labels[t] = input_ids[t + 1]`` if token ``t + 1`` is a target of the same document.
+
+``loss_mask = labels != -100`` marks the scored positions (KD and CE alike).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nexus.data.formats import Example
+from nexus.data.templates import encode_chat, encode_text
+from nexus.errors import NexusError
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Document:
+    ids: list[int]
+    target: list[bool]
+
+
+@dataclass
+class PackedRows:
+    """Packed rows as numpy arrays (possibly memory-mapped), see the module docstring."""
+
+    input_ids: np.ndarray  # (R, L) int32
+    position_ids: np.ndarray  # (R, L) int32
+    labels: np.ndarray  # (R, L) int32, -100 where not scored
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    def scored_tokens(self, rows: np.ndarray | list[int] | None = None) -> int:
+        labels = self.labels if rows is None else self.labels[np.asarray(rows)]
+        return int((labels != IGNORE_INDEX).sum())
+
+    def batch(self, rows: list[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        """A training batch of the given rows: ``input_ids``, ``position_ids``, ``labels`` (long)
+        and ``loss_mask`` (bool), each ``(B, L)``."""
+        idx = np.asarray(rows, dtype=np.int64)
+        labels = torch.from_numpy(np.ascontiguousarray(self.labels[idx])).long()
+        return {
+            "input_ids": torch.from_numpy(np.ascontiguousarray(self.input_ids[idx])).long(),
+            "position_ids": torch.from_numpy(np.ascontiguousarray(self.position_ids[idx])).long(),
+            "labels": labels,
+            "loss_mask": labels != IGNORE_INDEX,
+        }
+
+
+def encode_example(
+    tokenizer, example: Example, *, max_length: int | None = None, loss_on: str = "all"
+) -> Document:
+    """One example as a document; ``choice``/``code`` (evaluation) examples are refused."""
+    if example.kind in ("choice", "code"):
+        raise NexusError(
+            f"{example.source}: {example.kind} rows (PIQA / HumanEval) are evaluation-only data and are never trained on"
+        )
+    if example.kind == "text":
+        ids = encode_text(tokenizer, example.text, max_length=max_length)
+        if tokenizer.eos_token_id is not None and (max_length is None or len(ids) < max_length):
+            ids = [*ids, tokenizer.eos_token_id]
+        return Document(ids, [True] * len(ids))
+    if example.messages:
+        prompt, response = example.messages[:-1], example.messages[-1]["content"]
+    else:
+        prompt, response = example.prompt, example.response
+    if not str(response).strip():
+        raise NexusError(f"{example.source}: empty response")
+    enc = encode_chat(tokenizer, prompt, response, max_length=max_length)
+    target = list(enc.response_mask) if loss_on == "response" else [True] * len(enc.input_ids)
+    return Document(list(enc.input_ids), target)
+
+
+def pack_documents(docs: list[Document], seq_len: int, pad_id: int) -> PackedRows:
+    """Greedy packing into rows of ``seq_len`` (see the module docstring)."""
+    if seq_len < 2:
+        raise ValueError("seq_len must be at least 2")
+    ids_out: list[list[int]] = []
+    pos_out: list[list[int]] = []
+    lab_out: list[list[int]] = []
+    ids, pos, lab = [], [], []
+
+    def flush():
+        nonlocal ids, pos, lab
+        if not ids:
+            return
+        pad = seq_len - len(ids)
+        # Padding forms its own "document" (positions from 0) so it never attends to real text.
+        ids_out.append(ids + [pad_id] * pad)
+        pos_out.append(pos + list(range(pad)))
+        lab_out.append(lab + [IGNORE_INDEX] * pad)
+        ids, pos, lab = [], [], []
+
+    for doc in docs:
+        start = 0
+        while start < len(doc.ids):
+            room = seq_len - len(ids)
+            piece_ids = doc.ids[start : start + room]
+            piece_tgt = doc.target[start : start + room]
+            if len(piece_ids) < 2 and start + len(piece_ids) < len(doc.ids):
+                flush()  # do not start a document with a single token at the end of a row
+                continue
+            n = len(piece_ids)
+            labels = [IGNORE_INDEX] * n
+            for t in range(n - 1):
+                if piece_tgt[t + 1]:
+                    labels[t] = piece_ids[t + 1]
+            ids += piece_ids
+            pos += list(range(n))
+            lab += labels
+            start += n
+            if len(ids) >= seq_len:
+                flush()
+    flush()
+    if not ids_out:
+        raise NexusError("the dataset is empty: no tokens to train on")
+    return PackedRows(
+        np.asarray(ids_out, dtype=np.int32),
+        np.asarray(pos_out, dtype=np.int32),
+        np.asarray(lab_out, dtype=np.int32),
+    )
+
+
+def split_heldout(
+    docs: list[Document], fraction: float, seed: int = 0
+) -> tuple[list[Document], list[Document]]:
+    """Deterministic train / held-out split of documents by a hash of their content and ``seed``.
+
+    At least one document is held out when ``fraction > 0`` and there are two or more.
+    """
+    if fraction <= 0 or len(docs) < 2:
+        return docs, []
+
+    def key(doc: Document) -> float:
+        digest = hashlib.sha256(f"{seed}:{doc.ids[:64]}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    keys = [key(d) for d in docs]
+    heldout = {i for i, k in enumerate(keys) if k < fraction}
+    if not heldout:
+        heldout = {int(np.argmin(keys))}
+    if len(heldout) == len(docs):
+        heldout.discard(int(np.argmax(keys)))
+    train = [d for i, d in enumerate(docs) if i not in heldout]
+    held = [d for i, d in enumerate(docs) if i in heldout]
+    return train, held

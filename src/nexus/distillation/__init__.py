@@ -1,0 +1,32 @@
+"""Phase 2, distillation: logit KD + ActivationAnchoringLoss from a teacher into a smaller student.
+
+* :mod:`nexus.distillation.losses` -- pure losses: forward/reverse KL, generalized JSD, top-k
+  sparse KD with an explicit tail bin, CE, :class:`ActivationAnchoringLoss`, and the chunked
+  (fused LM-head) loss that never holds ``B x T x V`` logits;
+* :mod:`nexus.distillation.loop` -- :class:`DistillLoop`, the training loop reused by phases 3
+  and 4 (AdamW, warm-up + cosine, accumulation, clipping, bf16 autocast, atomic checkpoints,
+  exact resume, DDP via torchrun, eval, status/flags, metrics JSONL + TensorBoard); its module
+  docstring documents the API (teacher sources, batches, ``extra_loss`` hook);
+* :mod:`nexus.distillation.cache` -- the memory-mapped top-k teacher cache;
+* :mod:`nexus.distillation.run` -- :func:`run_distill`, the phase's entry point;
+* :mod:`nexus.distillation.cli` -- ``nexus distill``.
+"""
+
+from nexus.distillation.config import DistillConfig
+
+__all__ = ["ActivationAnchoringLoss", "DistillConfig", "run_distill"]
+
+
+def __getattr__(name: str):
+    if name == "ActivationAnchoringLoss":  # lazily: torch is not imported by `nexus --help`
+        from nexus.distillation.losses import ActivationAnchoringLoss
+
+        return ActivationAnchoringLoss
+    raise AttributeError(name)
+
+
+def run_distill(config, **kwargs):
+    """See :func:`nexus.distillation.run.run_distill` (imported lazily: it pulls in transformers)."""
+    from nexus.distillation.run import run_distill as _run
+
+    return _run(config, **kwargs)

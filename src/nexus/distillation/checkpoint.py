@@ -1,0 +1,145 @@
+"""Atomic, resumable training checkpoints: ``OUT/checkpoints/checkpoint-<step>/``.
+
+Layout of one checkpoint::
+
+    checkpoint-<step>/
+        model/                    HF directory (safetensors + tokenizer): `resolve_model` loads it
+        extra.safetensors         trained modules that are not part of the model (anchoring projections)
+        trainer_state.pt          optimizer, scheduler, RNG states, step, data position, counters
+        config.yaml               the resolved config of the run
+        meta.json                 step, config hash (result-affecting fields)
+
+It is written into a temporary sibling directory, every file is fsynced, then the directory is
+renamed into place and the parent fsynced: a checkpoint directory either exists complete or not
+at all, whatever kills the process. Older checkpoints beyond ``keep_last`` are removed only
+after the new one is in place. A failed write (disk full, ...) removes the partial temp dir and
+leaves the previous checkpoint untouched.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nexus.errors import NexusError
+
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+META = "meta.json"
+
+
+def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of ``out_dir``, oldest first."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = CHECKPOINT_RE.match(path.name)
+        if match and path.is_dir() and (path / META).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    found = list_checkpoints(out_dir)
+    return found[-1][1] if found else None
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_checkpoint(
+    out_dir: str | Path,
+    step: int,
+    writer: Callable[[Path], None],
+    *,
+    meta: dict[str, Any],
+    keep_last: int,
+) -> Path:
+    """Create ``checkpoint-<step>`` atomically; ``writer(tmp_dir)`` writes the content."""
+    root = Path(out_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"checkpoint-{step}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-checkpoint-{step}-", dir=root))
+    try:
+        writer(tmp)
+        (tmp / META).write_text(json.dumps({"step": step, **meta}, indent=2) + "\n")
+        _fsync_tree(tmp)
+        if final.exists():  # a stale copy of the same step (e.g. re-run after finishing): replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(out_dir)
+        reason = "disk full" if exc.errno == errno.ENOSPC else str(exc)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        raise NexusError(f"cannot write checkpoint {final}: {reason}; {kept}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old_step, path in list_checkpoints(out_dir)[:-keep_last]:
+        if old_step != step:
+            shutil.rmtree(path, ignore_errors=True)
+    return final
+
+
+def clean_partial(out_dir: str | Path) -> None:
+    """Remove temp directories left by a process killed while checkpointing."""
+    root = Path(out_dir) / "checkpoints"
+    if root.is_dir():
+        for path in root.glob(".tmp-checkpoint-*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def read_meta(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / META).read_text())
+
+
+def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    return torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=True)
+
+
+def load_model_weights(model: torch.nn.Module, model_dir: Path) -> None:
+    """Load a ``save_pretrained`` directory's safetensors into ``model`` in place (tied weights ok)."""
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for file in sorted(model_dir.glob("*.safetensors")):
+        state.update(load_file(file))
+    if not state:
+        raise NexusError(f"checkpoint {model_dir} holds no weights")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise NexusError(
+            f"checkpoint {model_dir} does not match the model (missing {sorted(set(missing) - tied)[:3]}, "
+            f"unexpected {unexpected[:3]})"
+        )
+    if tied:
+        model.tie_weights()
