@@ -176,42 +176,57 @@ def collect_mlp_activations(
     layers: Sequence[int],
     *,
     max_tokens: int = 4096,
-) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
-    """Intermediate activations (input of ``down_proj``) of the given dense layers.
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], torch.Tensor]:
+    """MLP inputs and intermediate activations (input of ``down_proj``) of the given dense layers.
 
-    Each batch holds ``input_ids`` (B, T), ``attention_mask`` (B, T) and optionally ``domain_ids``
-    (B,) (-1 = unknown). Returns ``({layer: (N, I)}, token_domains (N,))`` over the non-padding
-    tokens, at most ``max_tokens`` of them.
+    Each batch holds ``input_ids`` (B, T), ``position_ids`` (B, T), ``token_mask`` (B, T) bool
+    (the tokens to keep) and optionally ``domain_ids`` (B,) (-1 = unknown). Returns
+    ``({layer: (N, H)}, {layer: (N, I)}, token_domains (N,))`` over at most ``max_tokens`` tokens.
     """
     blocks = decoder_layers(model)
-    captured: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
-    current_mask: list[torch.Tensor] = []
+    inputs: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+    acts: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
+    keep: list[torch.Tensor] = []
     handles = []
     for i in layers:
 
-        def hook(module, args, i=i):
-            (hidden,) = args  # (B, T, I)
-            captured[i].append(hidden[current_mask[0]].float().cpu())
+        def mlp_hook(module, args, i=i):
+            inputs[i].append(args[0][keep[0]].float().cpu())
 
-        handles.append(blocks[i].mlp.down_proj.register_forward_pre_hook(hook))
+        def down_hook(module, args, i=i):
+            acts[i].append(args[0][keep[0]].float().cpu())
+
+        handles.append(blocks[i].mlp.register_forward_pre_hook(mlp_hook))
+        handles.append(blocks[i].mlp.down_proj.register_forward_pre_hook(down_hook))
     domains: list[torch.Tensor] = []
     total = 0
     try:
         for batch in batches:
-            mask = batch["attention_mask"].bool()
-            current_mask[:] = [mask]
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            mask = batch["token_mask"].bool()
+            keep[:] = [mask]
+            model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
             dom = batch.get("domain_ids")
-            dom = torch.full((mask.shape[0],), -1) if dom is None else dom
-            domains.append(dom[:, None].expand_as(mask)[mask])
+            dom = torch.full((mask.shape[0],), -1) if dom is None else dom.cpu()
+            domains.append(dom[:, None].expand(mask.shape)[mask.cpu()])
             total += int(mask.sum())
             if total >= max_tokens:
                 break
     finally:
         for h in handles:
             h.remove()
-    acts = {i: torch.cat(v)[:max_tokens] for i, v in captured.items()}
-    return acts, torch.cat(domains)[:max_tokens]
+    if not total:
+        raise NexusError("no calibration tokens: the data gave no rows to group neurons on")
+    x = {i: torch.cat(v)[:max_tokens] for i, v in inputs.items()}
+    h = {i: torch.cat(v)[:max_tokens] for i, v in acts.items()}
+    return x, h, torch.cat(domains)[:max_tokens]
+
+
+def expert_output_norms(
+    mlp: nn.Module, activations: torch.Tensor, groups: list[torch.Tensor]
+) -> torch.Tensor:
+    """(N, E) norm of each neuron group's contribution ``down[:, g] @ h[:, g]`` per token."""
+    down = mlp.down_proj.weight.float().cpu()  # (H, I)
+    return torch.stack([(activations[:, g] @ down[:, g].t()).norm(dim=-1) for g in groups], dim=1)
 
 
 # -- config + weights ---------------------------------------------------------------------------

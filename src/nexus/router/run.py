@@ -1,0 +1,306 @@
+"""Phase 4, the expert router: ``run_router`` (convert -> report -> train -> report -> save).
+
+1. **Convert** the dense student into a transformers MoE model (:mod:`nexus.router.experts`):
+   with ``partition=coactivation`` one forward pass over ``calibration_tokens`` tokens of the
+   domain data gives each layer's MLP activations; neurons are grouped by co-activation,
+   groups are matched to domains (expert i <- domain i: code, math, chat) and routers are fitted
+   in closed form to pick the expert whose output matters most (``router_init=fit``).
+2. **Report** routing on held-out rows: per-layer entropy and a domains x experts load table.
+3. **Train** with the phase-2 loop (KD from the teacher) plus :class:`RouterObjective`
+   (load balancing, z-loss, beta_entropy, optional domain warm-up); phase 4 in the monitor,
+   checkpoints / resume / pause / stop as in phase 2.
+4. **Report** again, write ``routing.md``, ``routing.json``, ``routing_load.png`` and the routing
+   scalars to ``metrics.jsonl`` / TensorBoard; warn on collapse. ``OUT/model`` is a plain
+   ``MixtralForCausalLM`` / ``Qwen2MoeForCausalLM`` directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nexus.config import config_hash, save_resolved
+from nexus.data.formats import DOMAINS
+from nexus.errors import NexusError
+from nexus.monitor import Flags, StatusPrinter
+from nexus.utils import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+MOE_MODEL_TYPES = ("mixtral", "qwen2_moe")
+
+
+def parse_expert_layers(spec: str, num_layers: int, *, plan: str | None, student_config=None) -> list[int]:
+    """``all`` | ``critical`` (the plan's critical layers that the student kept) | ``0,3,5``."""
+    if spec == "all":
+        return list(range(num_layers))
+    if spec == "critical":
+        if not plan:
+            raise NexusError("expert_layers=critical needs --plan (the student_plan.json of `nexus profile`)")
+        path = Path(plan)
+        if not path.is_file():
+            raise NexusError(f"plan not found: {plan}")
+        info = json.loads(path.read_text())
+        critical = info.get("critical_layers")
+        if critical is None:
+            raise NexusError(f"{plan} has no 'critical_layers' entry")
+        if isinstance(critical, dict):  # per capability
+            critical = sorted({i for v in critical.values() for i in v})
+        keep = info.get("keep_layers") or (getattr(student_config, "nexus_student", None) or {}).get(
+            "keep_layers"
+        )
+        layers = sorted(keep.index(t) for t in critical if keep and t in keep) if keep else sorted(critical)
+        if not layers:
+            raise NexusError(f"none of the critical layers {critical} of {plan} is in the student")
+        return layers
+    layers = sorted({int(x) for x in spec.split(",") if x.strip()})
+    bad = [i for i in layers if not 0 <= i < num_layers]
+    if bad or not layers:
+        raise NexusError(
+            f"expert layer {bad[0] if bad else spec} is out of range: the student has layers 0..{num_layers - 1}"
+        )
+    return layers
+
+
+def expert_names(num_experts: int, named_by_domain: bool) -> list[str]:
+    if named_by_domain and num_experts >= len(DOMAINS):
+        return [*DOMAINS, *[f"expert{i}" for i in range(len(DOMAINS), num_experts)]]
+    return [f"expert{i}" for i in range(num_experts)]
+
+
+def calibration_batches(rows, tokenizer, total_tokens: int, batch_size: int = 4):
+    """Rows taken round-robin over domains until ``total_tokens`` real tokens (dicts for
+    :func:`~nexus.router.experts.collect_mlp_activations`)."""
+    from nexus.router.objective import token_mask
+
+    per_domain = [np.nonzero(np.asarray(rows.domain_ids) == d)[0] for d in range(len(DOMAINS))]
+    order = [int(r) for group in zip(*[p for p in per_domain if len(p)], strict=False) for r in group]
+    pad = tokenizer.pad_token_id
+    taken = 0
+    for start in range(0, len(order), batch_size):
+        batch = rows.batch(order[start : start + batch_size])
+        mask = token_mask(batch, pad).view_as(batch["input_ids"])
+        yield {**batch, "token_mask": mask}
+        taken += int(mask.sum())
+        if taken >= total_tokens:
+            return
+
+
+def convert_student(dense, cfg, data, tokenizer, layers: list[int]):
+    """The MoE model of ``dense`` per ``cfg`` (see the module docstring, step 1)."""
+    from nexus.models import decoder_layers
+    from nexus.router.experts import (
+        align_groups_to_domains,
+        coactivation_partition,
+        collect_mlp_activations,
+        dense_to_moe,
+        even_partition,
+        expert_output_norms,
+        fit_router,
+    )
+
+    split = cfg.mode == "split"
+    use_data = split and (cfg.partition == "coactivation" or cfg.router_init == "fit")
+    groups, routers = None, None
+    if use_data:
+        x, acts, doms = collect_mlp_activations(
+            dense,
+            calibration_batches(data.train, tokenizer, cfg.calibration_tokens),
+            layers,
+            max_tokens=cfg.calibration_tokens,
+        )
+        blocks = decoder_layers(dense)
+        inter = dense.config.intermediate_size
+        groups, routers = {}, {}
+        for i in layers:
+            if cfg.partition == "coactivation":
+                g = coactivation_partition(acts[i], cfg.num_experts, seed=cfg.seed)
+                g = align_groups_to_domains(g, acts[i], doms, len(DOMAINS))
+            else:
+                g = even_partition(inter, cfg.num_experts)
+            groups[i] = [t.sort().values for t in g]
+            if cfg.router_init == "fit":
+                # the MLP output is E x (scaled) expert outputs, so the per-token ranking is the same
+                routers[i] = fit_router(x[i], expert_output_norms(blocks[i].mlp, acts[i], groups[i]))
+        log.info("grouped MLP neurons of %d layers on %d calibration tokens", len(layers), len(doms))
+    named = cfg.partition == "coactivation" and split or cfg.domain_warmup_steps > 0
+    return dense_to_moe(
+        dense,
+        num_experts=cfg.num_experts,
+        top_k=cfg.top_k,
+        mode=cfg.mode,
+        expert_layers=layers,
+        groups=groups if split and cfg.partition == "coactivation" else None,
+        router_weights=routers,
+        architecture=cfg.moe_architecture,
+        expert_names=expert_names(cfg.num_experts, named),
+        seed=cfg.seed,
+    )
+
+
+def _report(model, rows, layout, tokenizer, device, max_rows):
+    from nexus.router.objective import routing_report
+
+    return routing_report(
+        model,
+        rows,
+        layers=layout.expert_layers,
+        num_experts=layout.num_experts,
+        top_k=layout.top_k,
+        domains=DOMAINS,
+        pad_id=tokenizer.pad_token_id,
+        max_rows=max_rows,
+        device=device,
+    )
+
+
+def _write_reports(out: Path, before, after, layout, threshold: float) -> dict[str, Any]:
+    names = layout.expert_names
+    text = [
+        "# Routing report",
+        "",
+        f"{layout.num_experts} experts ({layout.mode}, {layout.partition}), top-{layout.top_k}, "
+        f"layers {layout.expert_layers}. Cells: share of each domain's top-k slots per expert, all layers pooled.",
+        "",
+        "## Before training",
+        "",
+        before.load_table(names),
+        "",
+        before.entropy_table(),
+        "",
+        "## After training",
+        "",
+        after.load_table(names),
+        "",
+        after.entropy_table(),
+        "",
+    ]
+    warnings = after.collapse_warnings(threshold)
+    if warnings:
+        text += ["## Collapse warnings", "", *[f"- {w}" for w in warnings], ""]
+    atomic_write_text(out / "routing.md", "\n".join(text))
+    report = {"before": before.summary(threshold), "after": after.summary(threshold), "expert_names": names}
+    atomic_write_json(out / "routing.json", report)
+    before.save_png(out / "routing_load_before.png", names, "before training: expert load per domain")
+    after.save_png(out / "routing_load.png", names, "after training: expert load per domain")
+    return report
+
+
+def run_router(
+    config,
+    *,
+    results_dir: Path = Path("results"),
+    flags: Flags | None = None,
+    printer: StatusPrinter | None = None,
+) -> dict[str, Any]:
+    """Phase 4: experts + router from the student, trained with KD and router losses."""
+    from nexus.distillation import checkpoint as ckpt
+    from nexus.distillation.loop import (
+        DistillLoop,
+        LiveTeacherSource,
+        LoopSettings,
+        MetricsLog,
+        evaluate_fidelity,
+    )
+    from nexus.hardware import pick_device
+    from nexus.models import load_model
+    from nexus.router.experts import check_moe_request, moe_layout
+    from nexus.router.objective import RouterObjective, routing_metrics
+    from nexus.training.config import result_fields
+    from nexus.training.run import build_data, default_student, load_pair
+
+    results_dir = Path(results_dir)
+    out = Path(config.out) if config.out else results_dir / "router"
+    device = pick_device(config.device)
+    teacher, dense, tokenizer = load_pair(config, results_dir)
+    data = build_data(config, tokenizer, teacher)
+    teacher_source = LiveTeacherSource(teacher)
+    eval_rows = data.heldout if data.heldout is not None else data.train
+    latest = ckpt.latest_checkpoint(out)
+    dense_eval = None
+    if dense.config.model_type in MOE_MODEL_TYPES:
+        model = dense  # already routed (e.g. a phase-4 output fine-tuned again)
+    elif latest is not None:  # resume: the checkpoint holds the converted model, the loop loads its weights
+        model, _ = load_model(str(latest))
+    else:
+        check_moe_request(dense.config.model_type, config.num_experts, config.top_k, config.moe_architecture)
+        layers = parse_expert_layers(
+            config.expert_layers,
+            dense.config.num_hidden_layers,
+            plan=config.plan,
+            student_config=dense.config,
+        )
+        dense_eval = evaluate_fidelity(
+            dense, teacher_source, eval_rows, max_rows=config.eval_max_rows, device=device
+        )
+        model = convert_student(dense, config, data, tokenizer, layers)
+    del dense
+    layout = moe_layout(model)
+    if layout is None:
+        raise NexusError(
+            f"{default_student(config.student, results_dir)} is an MoE model without Nexus expert metadata"
+        )
+    model.to(device)
+    before = _report(model, eval_rows, layout, tokenizer, device, config.eval_max_rows)
+    init_eval = evaluate_fidelity(
+        model, teacher_source, eval_rows, max_rows=config.eval_max_rows, device=device
+    )
+    log.info("routing before training:\n%s", before.load_table(layout.expert_names))
+
+    domain_to_expert = {d: d for d in range(len(DOMAINS))} if layout.num_experts >= len(DOMAINS) else {}
+    objective = RouterObjective(
+        config, top_k=layout.top_k, pad_id=tokenizer.pad_token_id, domain_to_expert=domain_to_expert
+    )
+    model.train()
+    loop = DistillLoop(
+        model,
+        tokenizer=tokenizer,
+        train=data.train,
+        heldout=data.heldout,
+        teacher=teacher_source,
+        settings=LoopSettings.from_config(config),
+        out_dir=out,
+        run_config=config,
+        result_hash=config_hash(result_fields(config)),
+        extra_loss=objective,
+        model_kwargs={"output_router_logits": True},
+        results_dir=results_dir,
+        flags=flags,
+        printer=printer,
+        phase=4,
+    )
+    objective.loop = loop
+    summary = loop.fit()
+    after = _report(model, eval_rows, layout, tokenizer, device, config.eval_max_rows)
+    report = _write_reports(out, before, after, layout, config.collapse_threshold)
+    metrics_log = MetricsLog(out, True)
+    metrics_log.write(loop.step, routing_metrics(after), prefix="routing")
+    metrics_log.close()
+    for warning in report["after"]["collapse_warnings"]:
+        log.warning(warning)
+        if printer is not None:
+            printer.message(f"warning: {warning}")
+    summary.update(
+        {
+            "experts": layout.num_experts,
+            "top_k": layout.top_k,
+            "mode": layout.mode,
+            "expert_layers": layout.expert_layers,
+            "expert_names": layout.expert_names,
+            "dense_eval": dense_eval,
+            "init_eval": init_eval,
+            "router_entropy_before": report["before"]["mean_entropy"],
+            "router_entropy_after": report["after"]["mean_entropy"],
+            "load_per_domain_before": report["before"]["load_per_domain"],
+            "load_per_domain_after": report["after"]["load_per_domain"],
+            "collapse_warnings": report["after"]["collapse_warnings"],
+            "domain_weights": data.weights,
+        }
+    )
+    atomic_write_json(out / "summary.json", summary)
+    save_resolved(config, out)
+    return summary
