@@ -48,6 +48,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -418,6 +419,25 @@ def evaluate_fidelity(
     return result
 
 
+def _config_diff(saved_yaml: Path, cfg: Any) -> str:
+    """``"lr 0.0001 -> 0.0002, ..."`` between a checkpoint's config.yaml and ``cfg``."""
+    import yaml
+
+    from nexus.config import to_dict
+
+    try:
+        old = yaml.safe_load(saved_yaml.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return f"see {saved_yaml}"
+    new = to_dict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    changed = [
+        f"{k} {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+    return ", ".join(changed[:4]) or f"see {saved_yaml}"
+
+
 # ----------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------
@@ -589,8 +609,9 @@ class DistillLoop:
         meta = ckpt.read_meta(latest)
         if meta.get("result_hash") != self.result_hash:
             raise NexusError(
-                f"{self.out_dir} holds checkpoints of another run (different config, see {latest / 'config.yaml'}); "
-                "use another --out or delete that directory to start over"
+                f"{self.out_dir} holds checkpoints of another run with a different config "
+                f"({_config_diff(latest / 'config.yaml', self.run_config)}); use another --out or delete "
+                "that directory to start over"
             )
         ckpt.load_model_weights(self.student, latest / "model")
         if self.anchoring is not None and (latest / "extra.safetensors").is_file():
@@ -647,7 +668,9 @@ class DistillLoop:
                 "step %d: non-finite loss/gradient, step skipped (%d so far)", self.step + 1, self.nan_steps
             )
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a skipped (non-finite) step still advances the schedule
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
         if grad_norm is not None:
             metrics["grad_norm"] = grad_norm
         metrics["lr"] = self.scheduler.get_last_lr()[0]

@@ -146,6 +146,8 @@ def run_distill(
         )
     teacher_layers = anchoring.teacher_layers if anchoring is not None else []
 
+    if not dist.is_main:  # rank 0 tokenizes (and caches) first; the others then read its cache
+        dist.barrier()
     corpus = build_corpus(
         config.data,
         tokenizer,
@@ -159,6 +161,7 @@ def run_distill(
         teacher_id=teacher_id,
     )
     if dist.is_main:
+        dist.barrier()
         log.info(
             "data: %d train rows, %d held-out rows of %d tokens (%s)",
             len(corpus.train),
