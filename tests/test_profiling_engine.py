@@ -23,7 +23,14 @@ def _probe_set(tokenizer, name="mix"):
         Example("text", "t0", name, text="def add(a, b):\n    return a + b\n"),
         Example("text", "t1", name, text="The quick brown fox jumps over the lazy dog."),
         Example("chat", "c0", name, prompt="Ava has 3 apples and gets 2 more.", response="3 + 2 = 5\n#### 5"),
-        Example("choice", "m0", name, prompt="Keep soup warm", choices=["Put it on the stove.", "Put it in ice."], label=0),
+        Example(
+            "choice",
+            "m0",
+            name,
+            prompt="Keep soup warm",
+            choices=["Put it on the stove.", "Put it in ice."],
+            label=0,
+        ),
     ]
     return encode_probes(name, examples, tokenizer, max_tokens=64)
 
@@ -33,7 +40,9 @@ def _probe_set(tokenizer, name="mix"):
 def test_fast_path_equals_naive_rerun(tiny_tokenizer, family, kind):
     model = tiny.build_model(family, tiny_tokenizer, num_layers=4, seed=3)
     probes = _probe_set(tiny_tokenizer)
-    batches = make_batches(probes.sequences, batch_tokens=64, pad_id=tiny_tokenizer.pad_token_id, device="cpu")
+    batches = make_batches(
+        probes.sequences, batch_tokens=64, pad_id=tiny_tokenizer.pad_token_id, device="cpu"
+    )
     assert len(batches) > 1  # padding and several batches are exercised
     runner = LayerRunner(model)
     perturbation = Perturbation(kind, noise_scale=0.5, seed=7)

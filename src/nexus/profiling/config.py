@@ -12,7 +12,9 @@ from nexus.profiling.engine import PERTURBATIONS
 class PlanConfig:
     """Which teacher layers a depth-pruned student keeps (give ``keep_layers`` or ``param_budget``)."""
 
-    keep_layers: int | None = field(default=None, metadata={"help": "number of teacher layers the student keeps"})
+    keep_layers: int | None = field(
+        default=None, metadata={"help": "number of teacher layers the student keeps"}
+    )
     param_budget: int | None = field(
         default=None, metadata={"help": "most parameters the student may have (keeps as many layers as fit)"}
     )
@@ -26,7 +28,8 @@ class PlanConfig:
         default=3, metadata={"help": "critical (anchor) layers per capability: the most sensitive ones"}
     )
     aggregate: Literal["mean", "max"] = field(
-        default="mean", metadata={"help": "how per-capability sensitivities combine into one layer importance"}
+        default="mean",
+        metadata={"help": "how per-capability sensitivities combine into one layer importance"},
     )
 
     def __post_init__(self) -> None:
@@ -50,7 +53,9 @@ class PlanConfig:
 class ProfileConfig:
     """NIWT sensitivity profile of one model: perturb each layer, measure each capability's probe NLL."""
 
-    model: str = field(default="default", metadata={"help": "model spec: default, GGUF file, HF dir, checkpoint"})
+    model: str = field(
+        default="default", metadata={"help": "model spec: default, GGUF file, HF dir, checkpoint"}
+    )
     name: str | None = field(
         default=None, metadata={"help": "output name: results/profile/<name>.json (default: from the model)"}
     )
@@ -66,15 +71,22 @@ class ProfileConfig:
     )
     num_probes: int = field(default=32, metadata={"help": "probe examples per capability"})
     probe_offset: int = field(
-        default=0, metadata={"help": "skip this many of the seeded shuffle (disjoint samples for stability checks)"}
+        default=0,
+        metadata={"help": "skip this many of the seeded shuffle (disjoint samples for stability checks)"},
     )
-    max_tokens: int = field(default=384, metadata={"help": "longest probe sequence in tokens (longer: truncated)"})
+    max_tokens: int = field(
+        default=384, metadata={"help": "longest probe sequence in tokens (longer: truncated)"}
+    )
     seed: int = field(default=0, metadata={"help": "seed of the probe choice and of the noise"})
     perturbation: Literal["removal", "noise", "attention", "mlp"] = field(
         default="removal", metadata={"help": "per-layer perturbation: " + ", ".join(PERTURBATIONS)}
     )
-    noise_scale: float = field(default=0.5, metadata={"help": "noise std relative to each token's output RMS"})
-    layers: list[int] | None = field(default=None, metadata={"help": "profile only these layers (default: all)"})
+    noise_scale: float = field(
+        default=0.5, metadata={"help": "noise std relative to each token's output RMS"}
+    )
+    layers: list[int] | None = field(
+        default=None, metadata={"help": "profile only these layers (default: all)"}
+    )
     batch_tokens: int = field(default=4096, metadata={"help": "padded tokens per forward batch"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 where supported), bf16, fp32"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda if present)"})
@@ -83,14 +95,18 @@ class ProfileConfig:
     )
     chat_answer_model: str | None = field(
         default=None,
-        metadata={"help": "model whose greedy answers fill the built-in chat probes (default: the profiled one)"},
+        metadata={
+            "help": "model whose greedy answers fill the built-in chat probes (default: the profiled one)"
+        },
     )
     chat_max_new_tokens: int = field(default=96, metadata={"help": "length of built-in chat answers"})
     alignment_threshold: float = field(
         default=0.1, metadata={"help": "a layer 'costs' a capability when its sensitivity exceeds this"}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from the checkpoint"})
-    plan: PlanConfig = field(default_factory=PlanConfig, metadata={"help": "student plan written after the profile"})
+    plan: PlanConfig = field(
+        default_factory=PlanConfig, metadata={"help": "student plan written after the profile"}
+    )
 
     def __post_init__(self) -> None:
         if not self.capabilities and not self.probes:

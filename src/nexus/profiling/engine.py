@@ -121,7 +121,9 @@ class Perturbation:
 
 
 @contextlib.contextmanager
-def perturbed(layers: nn.ModuleList, index: int, perturbation: Perturbation, batch_seed: int = 0) -> Iterator[None]:
+def perturbed(
+    layers: nn.ModuleList, index: int, perturbation: Perturbation, batch_seed: int = 0
+) -> Iterator[None]:
     """Install ``perturbation`` on ``layers[index]`` for the duration of the block."""
     layer = layers[index]
     kind = perturbation.kind
@@ -142,7 +144,9 @@ def perturbed(layers: nn.ModuleList, index: int, perturbation: Perturbation, bat
         name = "self_attn" if kind == "attention" else "mlp"
         sub = getattr(layer, name, None)
         if not isinstance(sub, nn.Module):
-            raise NexusError(f"{type(layer).__name__} has no '{name}' sub-block: cannot apply '{kind}' removal")
+            raise NexusError(
+                f"{type(layer).__name__} has no '{name}' sub-block: cannot apply '{kind}' removal"
+            )
 
         def hook(module, args, output):
             return _replace_first(output, torch.zeros_like(_first(output)))
@@ -179,7 +183,9 @@ class LayerRunner:
         self.norm = getattr(self.base, "norm", None)
         self.head = model.get_output_embeddings()
         if self.norm is None or self.head is None:
-            raise NexusError(f"unsupported architecture {type(model).__name__}: no final norm or LM head found")
+            raise NexusError(
+                f"unsupported architecture {type(model).__name__}: no final norm or LM head found"
+            )
 
     @property
     def num_layers(self) -> int:
@@ -221,13 +227,19 @@ class LayerRunner:
             hidden = clean.inputs[index]
             start = index
         for j in range(start, self.num_layers):
-            ctx = perturbed(self.layers, j, perturbation, batch_seed) if j == index else contextlib.nullcontext()
+            ctx = (
+                perturbed(self.layers, j, perturbation, batch_seed)
+                if j == index
+                else contextlib.nullcontext()
+            )
             with ctx:
                 hidden = _first(self.layers[j](hidden, **clean.layer_kwargs[j]))
         return hidden
 
     @torch.inference_mode()
-    def sequence_logprobs(self, hidden: torch.Tensor, batch: Batch, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    def sequence_logprobs(
+        self, hidden: torch.Tensor, batch: Batch, chunk: int = 1024
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed log-probability of the scored tokens and their count, per sequence.
 
         hidden: (B, T, H) last-layer output (before the final norm). Returns two (B,) tensors
@@ -249,7 +261,9 @@ class LayerRunner:
         return sums, targets_mask.sum(1)
 
 
-def block_influence(inputs: torch.Tensor, outputs: torch.Tensor, attention_mask: torch.Tensor) -> tuple[float, int]:
+def block_influence(
+    inputs: torch.Tensor, outputs: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[float, int]:
     """ShortGPT's Block Influence summed over real tokens: sum of ``1 - cos(input, output)``.
 
     inputs, outputs: (B, T, H); attention_mask: (B, T). Returns (sum, token count) so batches
@@ -275,7 +289,9 @@ def naive_sequence_logprobs(
     log-softmax of the full (B, T, V) logits, summed over the scored tokens. Returns (B,) sums
     and counts like :meth:`LayerRunner.sequence_logprobs`."""
     layers = decoder_layers(model)
-    ctx = perturbed(layers, index, perturbation, batch_seed) if index is not None else contextlib.nullcontext()
+    ctx = (
+        perturbed(layers, index, perturbation, batch_seed) if index is not None else contextlib.nullcontext()
+    )
     with ctx:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
     logprobs = logits[:, :-1].float().log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]

@@ -24,7 +24,9 @@ def probe_metrics(
     highest summed log-likelihood (ties count as wrong).
     """
     per_example: dict[int, list[tuple[int, float, int]]] = {}
-    for total, count, example, choice in zip(logprob_sums, token_counts, sequence_examples, sequence_choices, strict=True):
+    for total, count, example, choice in zip(
+        logprob_sums, token_counts, sequence_examples, sequence_choices, strict=True
+    ):
         per_example.setdefault(example, []).append((choice, float(total), int(count)))
     nlls, correct = [], []
     for example, entries in per_example.items():
@@ -36,7 +38,7 @@ def probe_metrics(
             best_other = max(v[0] for c, v in by_choice.items() if c != right)
             correct.append(s > best_other)
         else:
-            (_, s, n), = entries
+            ((_, s, n),) = entries
             nlls.append(-s / n)
     return {
         "nll": float(np.mean(nlls)),

@@ -167,7 +167,9 @@ def collect_examples(
                 f"(built-in probes exist for {', '.join(BUILTIN_CAPABILITIES)})"
             )
         if len(picked) < num_probes:
-            log.warning("capability '%s': only %d probes available (asked for %d)", cap, len(picked), num_probes)
+            log.warning(
+                "capability '%s': only %d probes available (asked for %d)", cap, len(picked), num_probes
+            )
         for example in picked:
             example.domain = cap
         chosen[cap] = picked
@@ -210,7 +212,9 @@ def encode_probes(
         for choice, (ids, mask, was_cut) in enumerate(encoded):
             truncated += was_cut
             if not any(mask):
-                raise NexusError(f"{example.source}: nothing left to score after truncating to {max_tokens} tokens")
+                raise NexusError(
+                    f"{example.source}: nothing left to score after truncating to {max_tokens} tokens"
+                )
             sequences.append(EncodedProbe(ids, mask, index, choice if example.kind == "choice" else -1))
         if example.kind == "choice":
             labels[index] = example.label
@@ -246,7 +250,9 @@ def _shifted(mask: list[bool]) -> list[bool]:
     return [False, *mask[1:]] if mask else mask
 
 
-def _continuation(tokenizer, context: str, continuation: str, max_tokens: int) -> tuple[list[int], list[bool], bool]:
+def _continuation(
+    tokenizer, context: str, continuation: str, max_tokens: int
+) -> tuple[list[int], list[bool], bool]:
     ctx = encode_text(tokenizer, context)
     cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
     cut = len(ctx) + len(cont) > max_tokens
@@ -265,7 +271,12 @@ def _example_row(example: Example) -> dict:
         row = {"text": example.text}
     elif example.kind == "choice":
         # PIQA's native format (the only multiple-choice format the loaders read: two choices).
-        row = {"goal": example.prompt, "sol1": example.choices[0], "sol2": example.choices[1], "label": example.label}
+        row = {
+            "goal": example.prompt,
+            "sol1": example.choices[0],
+            "sol2": example.choices[1],
+            "label": example.label,
+        }
     elif example.kind == "code":
         row = {
             "prompt": example.prompt,

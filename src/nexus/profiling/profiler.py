@@ -21,8 +21,14 @@ class ProfileStopped(Exception):
     """Raised by a layer callback (stop flag) to end profiling early."""
 
 
-def _set_metrics(probe_set: ProbeSet, sums: np.ndarray, counts: np.ndarray) -> dict[str, float | None]:
+def _score(runner: LayerRunner, probe_set: ProbeSet, batches: list, hiddens: list[torch.Tensor]) -> dict:
+    """Probe metrics of one capability from the last-layer outputs of each of its batches."""
     seqs = probe_set.sequences
+    sums, counts = np.zeros(len(seqs)), np.zeros(len(seqs), dtype=np.int64)
+    for hidden, batch in zip(hiddens, batches, strict=True):
+        s, c = runner.sequence_logprobs(hidden, batch)
+        sums[batch.index.numpy()] = s.cpu().numpy()
+        counts[batch.index.numpy()] = c.cpu().numpy()
     return probe_metrics(sums, counts, [s.example for s in seqs], [s.choice for s in seqs], probe_set.labels)
 
 
@@ -51,15 +57,7 @@ def profile_model(
         batches = make_batches(probe_set.sequences, batch_tokens=batch_tokens, pad_id=pad_id, device=device)
         clean = [runner.clean_pass(b) for b in batches]
 
-        def score(hiddens: list[torch.Tensor], batches=batches) -> dict[str, float | None]:
-            sums, counts = np.zeros(n_seq), np.zeros(n_seq, dtype=np.int64)
-            for hidden, batch in zip(hiddens, batches, strict=True):
-                s, c = runner.sequence_logprobs(hidden, batch)
-                sums[batch.index.numpy()] = s.cpu().numpy()
-                counts[batch.index.numpy()] = c.cpu().numpy()
-            return _set_metrics(probe_set, sums, counts)
-
-        baseline = score([c.inputs[-1] for c in clean])
+        baseline = _score(runner, probe_set, batches, [c.inputs[-1] for c in clean])
         influence = []
         for i in range(runner.num_layers):
             total, count = 0.0, 0
@@ -70,7 +68,8 @@ def profile_model(
 
         nlls, accs = [], []
         for layer in layers:
-            m = score([runner.run_from(c, layer, perturbation, batch_seed=b) for b, c in enumerate(clean)])
+            hiddens = [runner.run_from(c, layer, perturbation, batch_seed=b) for b, c in enumerate(clean)]
+            m = _score(runner, probe_set, batches, hiddens)
             nlls.append(m["nll"])
             accs.append(m["accuracy"])
             if on_layer is not None:
