@@ -41,8 +41,15 @@ def split_units(text: str) -> list[tuple[int, int]]:
         spans.append((start, match.start() if match.start() > start else match.end()))
         start = match.end()
     spans.append((start, len(text)))
-    result = []
+    # A Markdown heading is a unit of its own: cut after its line.
+    split_spans = []
     for a, b in spans:
+        while text.startswith("#", a) and (newline := text.find("\n", a, b)) != -1:
+            split_spans.append((a, newline))
+            a = newline + 1
+        split_spans.append((a, b))
+    result = []
+    for a, b in split_spans:
         while a < b and text[a].isspace():
             a += 1
         while b > a and text[b - 1].isspace():

@@ -6,7 +6,8 @@ An index directory holds:
   exact ``IndexFlatIP`` up to ``hnsw_threshold`` rows, ``IndexHNSWFlat`` above;
 * ``knowledge_docs.json`` -- a list with one entry per index row: ``text``, ``source``,
   ``position`` (chunk number in its document), ``start``/``end`` (character offsets) and
-  ``hash`` (SHA-256 of the chunk text);
+  ``hash`` (SHA-256 of the chunk text) and ``title`` (the document's first line, embedded in
+  front of each of its chunks);
 * ``knowledge_meta.json`` -- embedder identity, dimension, metric, index type, chunking,
   per-document hashes, build times and the measured recall@10 against exact search.
 
@@ -192,15 +193,32 @@ def read_index_dir(directory: str | Path) -> tuple[Any, list[dict], dict]:
 # ---------------------------------------------------------------------------- build / add
 
 
-def _chunk_documents(paths, embedder, config: IndexConfig, skip_hashes: set[str], skip_docs: set[str]):
+def document_title(text: str, max_chars: int = 100) -> str:
+    """A document's first non-empty line (Markdown '#' stripped), as its title."""
+    for line in text.splitlines():
+        line = line.strip().lstrip("#").strip()
+        if line and not set(line) <= set("=-~*^"):
+            return line[:max_chars]
+    return ""
+
+
+def embedding_text(entry: dict) -> str:
+    """What is embedded for a chunk: its document's title, then the chunk (a chunk deep in a
+    document rarely names what the document is about; the title puts that back)."""
+    title = entry.get("title", "")
+    return entry["text"] if not title or entry["text"].startswith(title) else f"{title}\n{entry['text']}"
+
+
+def _chunk_documents(documents, embedder, config: IndexConfig, skip_hashes: set[str], skip_docs: set[str]):
     """New chunk entries and document records, skipping known documents and chunks."""
     entries, records, skipped_docs, skipped_chunks = [], [], 0, 0
-    for doc in read_documents(paths):
+    for doc in documents:
         doc_hash = _sha256(doc.text)
         if doc_hash in skip_docs:
             skipped_docs += 1
             continue
         skip_docs.add(doc_hash)
+        title = document_title(doc.text)
         chunks = chunk_text(
             doc.text,
             max_tokens=config.chunk_tokens,
@@ -222,6 +240,7 @@ def _chunk_documents(paths, embedder, config: IndexConfig, skip_hashes: set[str]
                     "start": chunk.start,
                     "end": chunk.end,
                     "hash": digest,
+                    "title": title,
                 }
             )
             added += 1
@@ -253,12 +272,17 @@ def build_index(
     config = config or IndexConfig()
     out_dir = Path(out_dir)
     started = time.perf_counter()
+    documents = read_documents(docs)  # before loading the embedder: bad paths fail fast
+    if not documents:
+        raise NexusError("the documents hold no text to index")
     embedder = embedder or Embedder(config.embedder, batch_size=config.batch_size)
-    entries, records, skipped_docs, skipped_chunks = _chunk_documents(docs, embedder, config, set(), set())
+    entries, records, skipped_docs, skipped_chunks = _chunk_documents(
+        documents, embedder, config, set(), set()
+    )
     if not entries:
         raise NexusError("the documents hold no text to index")
     embed_started = time.perf_counter()
-    vectors = embedder.embed([e["text"] for e in entries])
+    vectors = embedder.embed([embedding_text(e) for e in entries])
     embed_seconds = time.perf_counter() - embed_started
     index = new_index(embedder.identity.dimension, len(entries), config)
     index.add(vectors)
@@ -320,6 +344,7 @@ def add_to_index(index_dir: str | Path, docs: list[str | Path], *, embedder=None
 
     index_dir = Path(index_dir)
     index, entries, meta = read_index_dir(index_dir)
+    documents = read_documents(docs)
     config = from_dict(IndexConfig, meta.get("config", {}), f"{index_dir / META_FILE}")
     embedder = embedder or Embedder(
         meta["embedder"].get("spec", config.embedder), batch_size=config.batch_size
@@ -330,10 +355,10 @@ def add_to_index(index_dir: str | Path, docs: list[str | Path], *, embedder=None
     known_docs = {r["sha256"] for r in meta.get("documents", [])}
     started = time.perf_counter()
     new_entries, records, skipped_docs, skipped_chunks = _chunk_documents(
-        docs, embedder, config, known_chunks, known_docs
+        documents, embedder, config, known_chunks, known_docs
     )
     if new_entries:
-        vectors = embedder.embed([e["text"] for e in new_entries])
+        vectors = embedder.embed([embedding_text(e) for e in new_entries])
         total = index.ntotal + len(new_entries)
         if index_type(index) == "flat" and total > config.hnsw_threshold:
             old = all_vectors(index)
