@@ -71,7 +71,6 @@ class ChatConfig:
 
 def open_session(config: ChatConfig, *, info: TextIO = sys.stderr, cwd: str | Path = ".") -> ChatSession:
     """Load the model(s) and the knowledge index named by ``config``; say what was loaded."""
-    from nexus.hardware import pick_device
     from nexus.inference.loading import (
         describe_loaded,
         knowledge_dir_for,
@@ -80,8 +79,10 @@ def open_session(config: ChatConfig, *, info: TextIO = sys.stderr, cwd: str | Pa
     )
     from nexus.knowledge.tower import KnowledgeTower
 
+    spec = resolve_chat_model(config.model_path, cwd)  # before torch loads: no release fails fast
+    from nexus.hardware import pick_device
+
     device = str(pick_device(config.device))
-    spec = resolve_chat_model(config.model_path, cwd)
     model, tokenizer, resolved = load_chat_model(
         spec, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code
     )

@@ -1,0 +1,163 @@
+"""Chat session: history, commands, RAG injection, context-window fitting, streaming, assisted
+generation, auto-loading and the CLI (piped stdin, --prompt, errors) with a tiny random model."""
+
+from __future__ import annotations
+
+import copy
+import io
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nexus.errors import NexusError
+from nexus.inference import NO_RELEASE, ChatOptions, ChatSession, QuitChat, find_newest_release
+from nexus.inference.chat import chat_loop
+from nexus.knowledge.tower import Retrieved
+from nexus.models import load_model, load_tokenizer
+
+RAG = Path(__file__).parent / "assets" / "rag"
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir):
+    model, resolved = load_model(str(tiny_llama_dir))
+    return model, load_tokenizer(resolved)
+
+
+class FakeTower:
+    """A tower with one fixed chunk (retrieval itself is tested in test_knowledge_index.py)."""
+
+    def __init__(self, text: str, score: float = 0.9):
+        self.chunk = Retrieved(1, score, text, "facts.md", 0, 0)
+        self.count_tokens = None
+        self.calls = 0
+
+    def __len__(self):
+        return 1
+
+    def select_context(self, prompt, *, k=None, max_tokens=None):
+        self.calls += 1
+        return [self.chunk]
+
+
+def test_turns_keep_history_and_stream(tiny):
+    model, tok = tiny
+    session = ChatSession(model, tok, options=ChatOptions(max_new_tokens=6))
+    pieces: list[str] = []
+    first = session.respond("Hello there", on_text=pieces.append)
+    assert 0 < first.new_tokens <= 6 and first.tokens_per_second > 0
+    assert "".join(pieces).strip() == first.text
+    ids, _, _ = session.build_input("And again")
+    rendered = tok.decode(ids)
+    assert rendered.count("<|im_start|>user") == 2 and "Hello there" in rendered and "And again" in rendered
+    session.respond("And again")
+    assert [m["role"] for m in session.history] == ["user", "assistant", "user", "assistant"]
+    assert session.command("/reset") == "conversation reset" and session.history == []
+
+
+def test_rag_context_is_prepended_and_can_be_turned_off(tiny):
+    model, tok = tiny
+    tower = FakeTower("The capital of Veloria is Quendrath.")
+    session = ChatSession(model, tok, tower=tower, options=ChatOptions(max_new_tokens=3))
+    ids, chunks, _ = session.build_input("What is the capital of Veloria?")
+    assert "The capital of Veloria is Quendrath." in tok.decode(ids) and chunks == [tower.chunk]
+    session.respond("What is the capital of Veloria?")
+    assert session.history[0]["content"] == "What is the capital of Veloria?"  # history stays plain
+    assert "facts.md" in session.command("/sources")
+    assert session.command("/rag off").startswith("RAG off")
+    ids, chunks, _ = session.build_input("What is the capital of Veloria?")
+    assert "Quendrath" not in tok.decode(ids) and chunks == []
+    assert session.command("/k 2") == "k = 2" and session.options.k == 2
+
+
+def test_commands_reject_bad_input(tiny):
+    model, tok = tiny
+    session = ChatSession(model, tok)
+    with pytest.raises(QuitChat):
+        session.command("/quit")
+    for bad in ("/k zero", "/k 0", "/rag maybe", "/nope"):
+        with pytest.raises(NexusError):
+            session.command(bad)
+    with pytest.raises(NexusError, match="no knowledge index"):
+        session.command("/rag on")
+    assert session.command("/sources").startswith("no context")
+    with pytest.raises(NexusError, match="empty message"):
+        session.respond("   ")
+
+
+def test_context_window_cuts_context_first_then_refuses(tiny):
+    model, tok = tiny
+    tower = FakeTower("Veloria facts. " * 120)  # far more than the tiny model's 512-token window
+    session = ChatSession(model, tok, tower=tower, options=ChatOptions(max_new_tokens=4))
+    ids, chunks, notices = session.build_input("What is the capital?")
+    assert chunks == [] and len(ids) <= 512 - 4
+    assert notices == ["retrieved context truncated to fit the context window"]
+    with pytest.raises(NexusError, match=r"the message is \d+ tokens but the context window allows 508"):
+        session.build_input("word " * 600)
+
+
+def test_assisted_generation_with_itself_accepts_every_draft_and_matches_greedy(tiny):
+    model, tok = tiny
+    plain = ChatSession(model, tok, options=ChatOptions(max_new_tokens=12))
+    draft = copy.deepcopy(model)  # the same weights as a separate draft model
+    assisted = ChatSession(model, tok, assistant=draft, options=ChatOptions(max_new_tokens=12))
+    a = plain.respond("Tell me a story")
+    b = assisted.respond("Tell me a story")
+    assert b.text == a.text  # assisted greedy decoding returns the target's greedy answer
+    assert b.drafted and b.acceptance_rate == 1.0
+    assert "draft acceptance 100%" in b.stats_line()
+
+
+def test_chat_loop_survives_errors_and_reads_pipes(tiny):
+    model, tok = tiny
+    session = ChatSession(model, tok, options=ChatOptions(max_new_tokens=3))
+    stdin = io.StringIO("hello\n/k nope\n\n/help\nsecond turn\n/quit\nnever read\n")
+    out, info = io.StringIO(), io.StringIO()
+    assert chat_loop(session, stdin=stdin, out=out, info=info) == 0
+    assert "error: usage: /k N" in info.getvalue()
+    assert "commands:" in out.getvalue()
+    assert len(session.history) == 4  # two answered turns, "never read" was not
+
+
+def test_newest_release_is_picked(tmp_path):
+    assert find_newest_release(tmp_path) is None
+    for name in ("nexus-release-v1", "nexus-release-v10", "nexus-release-v2", "nexus-release-vx"):
+        (tmp_path / name).mkdir()
+    assert find_newest_release(tmp_path).name == "nexus-release-v10"
+
+
+def _chat(*args, cwd=None, stdin=None):
+    return subprocess.run(
+        [sys.executable, "-m", "nexus", "chat", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        input=stdin,
+        timeout=120,
+    )
+
+
+def test_cli_prompt_pipe_checkpoint_and_errors(tiny_llama_dir, tmp_path):
+    # A Nexus training checkpoint folder (weights in model/) loads and says so.
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-5"
+    shutil.copytree(tiny_llama_dir, checkpoint / "model")
+    once = _chat("--model_path", str(checkpoint), "--prompt", "hi", "--max-new-tokens", "4", "--verbose")
+    assert once.returncode == 0, once.stderr
+    assert "loaded Nexus training checkpoint" in once.stderr and "tokens/s" in once.stderr
+    piped = _chat("--model_path", str(tiny_llama_dir), "--max-new-tokens", "3", stdin="one\n/rag on\ntwo\n")
+    assert piped.returncode == 0, piped.stderr
+    assert "error: no knowledge index loaded" in piped.stderr
+    assert "loaded Hugging Face checkpoint" in piped.stderr and len(piped.stdout.strip().splitlines()) >= 1
+    none = _chat(cwd=tmp_path)
+    assert none.returncode == 2 and none.stderr.strip() == f"nexus: error: {NO_RELEASE}"
+    (tmp_path / "junk").mkdir()
+    bad = _chat("--model_path", str(tmp_path / "junk"))
+    assert bad.returncode == 2 and "not a model directory" in bad.stderr and "Traceback" not in bad.stderr
+    wrapper = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "scripts" / "inference.py"), "--assist"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert wrapper.returncode == 2 and "--assist needs --teacher" in wrapper.stderr
