@@ -72,7 +72,7 @@ class Phase:
     number: int
     key: str
     name: str
-    build_config: Callable[[PipelineContext], Any]  # -> the phase's typed config
+    build_config: Callable[[PipelineContext], Any]  # -> the phase's typed config, None when disabled
     run: Callable[[Any, PipelineContext], dict[str, Any]]  # -> summary
     summary_line: Callable[[dict[str, Any]], str]
 
@@ -191,6 +191,10 @@ def run_pipeline(
         ctx = PipelineContext(config, results, flags, printer, gpu, source)
         # Validate every selected phase's config before spending hours on the first one.
         phase_configs = {phase.key: phase.build_config(ctx) for phase in selected}
+        for phase in selected:
+            if phase_configs[phase.key] is None:
+                printer.message(f"[Phase {phase.number}: {phase.name}] disabled in {source}")
+        selected = [phase for phase in selected if phase_configs[phase.key] is not None]
         save_resolved(config, results, "pipeline_config.yaml")
         started = time.monotonic()
         rerun_rest = False

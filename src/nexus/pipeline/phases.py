@@ -1,0 +1,185 @@
+"""The five phases as the master pipeline runs them.
+
+Each adapter builds the phase's own typed config from its YAML section (pipeline-wide values
+such as the teacher and the seed filled in where the section leaves them unset), wires the
+hand-off files between phases (``results/profile/student_plan.json`` ->
+``results/distill/model`` -> ``results/train/model`` -> ``results/router/model`` -> the
+release), and calls the phase's ``run_*`` function with the shared dashboard.
+A section with ``enabled: false`` skips that phase.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nexus.pipeline.runner import Phase, PipelineContext, phase_config_from_section
+
+PLAN = Path("profile") / "student_plan.json"
+
+
+def _section(ctx: PipelineContext, key: str) -> dict[str, Any] | None:
+    section = dict(getattr(ctx.config, key) or {})
+    if section.pop("enabled", True) is False:
+        return None
+    return section
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+# -- phase 1: profile -------------------------------------------------------------------
+
+
+def _profile_config(ctx: PipelineContext):
+    from nexus.profiling.config import ProfileConfig
+
+    section = _section(ctx, "profile")
+    if section is None:
+        return None
+    injected = {"model": ctx.config.teacher, "seed": ctx.config.seed, "name": "teacher"}
+    return phase_config_from_section(ProfileConfig, section, injected, ctx.source, "profile")
+
+
+def _profile_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
+    from nexus.profiling.phase import run_profile
+
+    return run_profile(cfg, results_dir=ctx.results_dir, flags=ctx.flags, printer=ctx.printer)
+
+
+def _profile_line(s: dict[str, Any]) -> str:
+    critical = "; ".join(f"{cap} {layers}" for cap, layers in (s.get("top_critical") or {}).items())
+    keep = s.get("keep_layers")
+    return f"profiled in {_fmt(s.get('wall_seconds'), '.0f')} s | critical: {critical} | student keeps {len(keep) if keep else 'n/a'} layers"
+
+
+# -- phase 2: distill -------------------------------------------------------------------
+
+
+def _distill_config(ctx: PipelineContext):
+    from nexus.distillation.config import DistillConfig
+
+    section = _section(ctx, "distill")
+    if section is None:
+        return None
+    injected: dict[str, Any] = {"teacher": ctx.config.teacher, "seed": ctx.config.seed}
+    if "student" not in section and _section(ctx, "profile") is not None:
+        injected["plan"] = str(ctx.results_dir / PLAN)
+    return phase_config_from_section(DistillConfig, section, injected, ctx.source, "distill")
+
+
+def _distill_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
+    from nexus.distillation import run_distill
+
+    return run_distill(cfg, results_dir=ctx.results_dir, flags=ctx.flags, printer=ctx.printer)
+
+
+def _eval_line(s: dict[str, Any]) -> str:
+    ev = s.get("eval") or {}
+    kd = ev.get("kd", ev.get("kd_topk"))
+    return (
+        f"{s.get('step')} steps, {s.get('tokens_seen') or 0:,} tokens | held-out KD {_fmt(kd)} nats/token, "
+        f"top-1 agreement {_fmt(ev.get('top1_agreement'), '.1%')}, CE {_fmt(ev.get('ce'))}"
+    )
+
+
+# -- phase 3: train ---------------------------------------------------------------------
+
+
+def _previous_model(ctx: PipelineContext, *keys: str) -> str | None:
+    for key in keys:
+        if _section(ctx, key) is not None:
+            return str(ctx.results_dir / key / "model")
+    return None
+
+
+def _train_config(ctx: PipelineContext):
+    from nexus.training.config import TrainConfig
+
+    section = _section(ctx, "train")
+    if section is None:
+        return None
+    injected = {
+        "teacher": ctx.config.teacher,
+        "seed": ctx.config.seed,
+        "student": _previous_model(ctx, "distill"),
+    }
+    return phase_config_from_section(TrainConfig, section, injected, ctx.source, "train")
+
+
+def _train_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
+    from nexus.training.run import run_train
+
+    return run_train(cfg, results_dir=ctx.results_dir, flags=ctx.flags, printer=ctx.printer)
+
+
+# -- phase 4: router --------------------------------------------------------------------
+
+
+def _router_config(ctx: PipelineContext):
+    from nexus.router.config import RouterConfig
+
+    section = _section(ctx, "router")
+    if section is None:
+        return None
+    injected = {
+        "teacher": ctx.config.teacher,
+        "seed": ctx.config.seed,
+        "student": _previous_model(ctx, "train", "distill"),
+    }
+    return phase_config_from_section(RouterConfig, section, injected, ctx.source, "router")
+
+
+def _router_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
+    from nexus.router.run import run_router
+
+    return run_router(cfg, results_dir=ctx.results_dir, flags=ctx.flags, printer=ctx.printer)
+
+
+def _router_line(s: dict[str, Any]) -> str:
+    return (
+        f"{s.get('experts')} experts (top-{s.get('top_k')}, {s.get('mode')}) | router entropy "
+        f"{_fmt(s.get('router_entropy_before'))} -> {_fmt(s.get('router_entropy_after'))} | " + _eval_line(s)
+    )
+
+
+# -- phase 5: release -------------------------------------------------------------------
+
+
+def _release_config(ctx: PipelineContext):
+    from nexus.pipeline.release import ReleaseConfig
+
+    section = _section(ctx, "release")
+    if section is None:
+        return None
+    injected = {
+        "teacher": ctx.config.teacher,
+        "seed": ctx.config.seed,
+        "release_dir": ctx.config.release_dir,
+        "student": _previous_model(ctx, "router", "train", "distill") or "default",
+    }
+    return phase_config_from_section(ReleaseConfig, section, injected, ctx.source, "release")
+
+
+def _release_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
+    from nexus.pipeline.release import run_release
+
+    return run_release(cfg, ctx)
+
+
+def _release_line(s: dict[str, Any]) -> str:
+    return (
+        f"{s.get('release_dir')} | teacher {_fmt(s.get('teacher_accuracy'), '.2%')}, student "
+        f"{_fmt(s.get('student_accuracy'), '.2%')} | alignment {_fmt(s.get('alignment_score'))} | "
+        f"{s.get('knowledge_chunks')} knowledge chunks"
+    )
+
+
+PHASES = [
+    Phase(1, "profile", "Profile", _profile_config, _profile_run, _profile_line),
+    Phase(2, "distill", "Distill", _distill_config, _distill_run, _eval_line),
+    Phase(3, "train", "Train", _train_config, _train_run, _eval_line),
+    Phase(4, "router", "Router", _router_config, _router_run, _router_line),
+    Phase(5, "release", "Release", _release_config, _release_run, _release_line),
+]
