@@ -109,7 +109,7 @@ class ProfileConfig:
     )
 
     def __post_init__(self) -> None:
-        if not self.capabilities and not self.probes:
+        if not self.capabilities and not self.probes and not self.compare:
             raise ValueError("no capabilities to profile")
         if self.num_probes < 1:
             raise ValueError("num_probes must be >= 1")

@@ -174,7 +174,7 @@ def _load(config: ProfileConfig):
 def _probe_sets(config: ProfileConfig, model, tokenizer, info: dict, compare: dict | None):
     from nexus.profiling.probes import collect_examples, encode_probes
 
-    specs = list(config.probes)
+    specs, capabilities = list(config.probes), list(config.capabilities)
     if (
         not specs
         and compare is not None
@@ -182,7 +182,7 @@ def _probe_sets(config: ProfileConfig, model, tokenizer, info: dict, compare: di
         and Path(compare["probes_file"]).is_file()
     ):
         log.info("using the probes of the compared profile: %s", compare["probes_file"])
-        specs = [compare["probes_file"]]
+        specs, capabilities = [compare["probes_file"]], list(compare["capabilities"])
 
     def answer_chat(examples):
         from nexus.data.builtin import teacher_answers
@@ -200,7 +200,7 @@ def _probe_sets(config: ProfileConfig, model, tokenizer, info: dict, compare: di
         return teacher_answers(answer_model, answer_tok, examples, max_new_tokens=config.chat_max_new_tokens)
 
     chosen, sources = collect_examples(
-        config.capabilities,
+        capabilities,
         specs,
         num_probes=config.num_probes,
         seed=config.seed,
@@ -244,6 +244,11 @@ def run_profile(
     writer = StatusWriter(results_dir, phase=1, throughput_unit="layers/s", gpu=GpuTemperature().start())
     callback = KeyboardPauseCallback(writer, flags=flags or Flags(), printer=printer)
     try:
+        from nexus.data import load_examples
+        from nexus.profiling.probes import parse_probe_specs
+
+        for _, path in parse_probe_specs(config.probes):  # bad probe files fail before the model loads
+            load_examples(path)
         model, tokenizer, info = _load(config)
         if config.layers is not None:
             bad = [i for i in config.layers if i >= info["num_layers"]]
