@@ -91,3 +91,17 @@ def profile_model(
         }
         del clean
     return out
+
+
+def evaluate_model(
+    model: nn.Module, probe_sets: Sequence[ProbeSet], *, batch_tokens: int = 4096, pad_id: int = 0
+) -> dict:
+    """Unperturbed metrics (mean NLL, accuracy for multiple choice) of each probe set."""
+    runner = LayerRunner(model)
+    device = next(model.parameters()).device
+    out = {}
+    for probe_set in probe_sets:
+        batches = make_batches(probe_set.sequences, batch_tokens=batch_tokens, pad_id=pad_id, device=device)
+        hiddens = [runner.clean_pass(b).inputs[-1] for b in batches]
+        out[probe_set.name] = _score(runner, probe_set, batches, hiddens)
+    return out
