@@ -51,7 +51,8 @@ def naive_vs_fast(model, tokenizer, layers=(0, 15, 29)) -> dict:
     for layer in layers:
         t = time.perf_counter()
         fast = [
-            runner.sequence_logprobs(runner.run_from(c, layer, pert), b)[0] for c, b in zip(cleans, batches, strict=True)
+            runner.sequence_logprobs(runner.run_from(c, layer, pert), b)[0]
+            for c, b in zip(cleans, batches, strict=True)
         ]
         fast_s[layer] = time.perf_counter() - t
         t = time.perf_counter()
@@ -101,7 +102,9 @@ def main() -> None:
         figures["profile_wall_s"] = summary["wall_seconds"]
     teacher_profile = load_profile(profile_path)
     for cap, c in teacher_profile["capabilities"].items():
-        ranked = sorted(zip(teacher_profile["layers"], c["sensitivity"], strict=True), key=lambda p: -p[1])[:3]
+        ranked = sorted(zip(teacher_profile["layers"], c["sensitivity"], strict=True), key=lambda p: -p[1])[
+            :3
+        ]
         print(
             f"[speed] {cap}: baseline NLL {c['baseline']['nll']:.3f}, {c['num_scored_tokens']} scored tokens; "
             "top-3 critical " + ", ".join(f"{layer} ({v:+.1%})" for layer, v in ranked)
@@ -181,7 +184,7 @@ def main() -> None:
             rows[name] = evaluate_model(student, [*held_out, piqa], pad_id=tokenizer.pad_token_id)
             del student
         print(f"[value] plans: {json.dumps(plans)}")
-        print("[value] model              code NLL  math NLL  chat NLL  PIQA acc (%d items)" % args.piqa)
+        print(f"[value] model              code NLL  math NLL  chat NLL  PIQA acc ({args.piqa} items)")
         for name, m in rows.items():
             print(
                 f"[value] {name:<18} {m['code']['nll']:8.3f}  {m['math']['nll']:8.3f}  {m['chat']['nll']:8.3f}  "
