@@ -157,7 +157,6 @@ def _release_config(ctx: PipelineContext):
         "teacher": ctx.config.teacher,
         "seed": ctx.config.seed,
         "release_dir": ctx.config.release_dir,
-        "student": _previous_model(ctx, "router", "train", "distill") or "default",
     }
     return phase_config_from_section(ReleaseConfig, section, injected, ctx.source, "release")
 

@@ -92,6 +92,43 @@ class ReleaseConfig:
     )
 
 
+PHASE_MODELS = ("router", "train", "distill")  # newest first
+
+
+def _heldout_kd(summary: dict[str, Any]) -> float | None:
+    ev = summary.get("eval") or {}
+    return ev.get("kd", ev.get("kd_topk"))
+
+
+def choose_student(choice: str, results_dir: Path) -> tuple[str, str]:
+    """The model to release and why (one line for the card and the log)."""
+    if choice not in ("best", *PHASE_MODELS):
+        return choice, f"given in the release config: {choice}"
+    if choice in PHASE_MODELS:
+        path = results_dir / choice / "model"
+        if not (path / "config.json").is_file():
+            raise NexusError(f"release.student is '{choice}' but {path} does not exist: run that phase first")
+        return str(path), f"the {choice} phase's output (release.student: {choice})"
+    scored = []
+    for key in PHASE_MODELS:
+        path = results_dir / key / "model"
+        summary_file = results_dir / key / "summary.json"
+        if (path / "config.json").is_file():
+            summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+            scored.append((key, path, _heldout_kd(summary)))
+    if not scored:
+        raise NexusError(
+            f"no trained student under {results_dir} (distill, train or router): run those phases first"
+        )
+    with_kd = [s for s in scored if s[2] is not None]
+    if not with_kd:
+        key, path, _ = scored[0]
+        return str(path), f"the newest phase output ({key}); no held-out KD recorded to compare"
+    key, path, kd = min(with_kd, key=lambda s: s[2])
+    others = ", ".join(f"{k} {v:.3f}" for k, _, v in with_kd if k != key)
+    return str(path), f"lowest held-out KD: {key} {kd:.3f} nats/token" + (f" (vs {others})" if others else "")
+
+
 def _find_doc(path: str) -> Path:
     candidate = Path(path)
     if candidate.is_absolute() or candidate.exists():
@@ -250,6 +287,7 @@ def _model_card(
         + " |",
         f"| Parameters | {student['parameters']:,} |",
         f"| Teacher parameters | {manifest['teacher_info']['parameters']:,} |",
+        f"| Chosen because | {manifest['student_choice']} |",
         f"| Built | {manifest['created_at']} |",
         "",
         "## Use",
@@ -307,11 +345,17 @@ def run_release(cfg: ReleaseConfig, ctx: PipelineContext) -> dict[str, Any]:
     partial = release.with_name(release.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)  # our own unfinished build from an interrupted run
-    source = Path(resolve_model(cfg.student).path)
+    student_spec, reason = choose_student(cfg.student, ctx.results_dir)
+    ctx.printer.message(f"[Phase 5: Release] student: {reason}")
+    source = Path(resolve_model(student_spec).path)
     _copy_model(source, partial)
     _carry_student_record(partial, ctx.results_dir)
 
-    summary: dict[str, Any] = {"release_dir": str(release), "student_source": str(source)}
+    summary: dict[str, Any] = {
+        "release_dir": str(release),
+        "student_source": str(source),
+        "student_choice": reason,
+    }
     align: dict[str, Any] = {}
     if cfg.profile_student:
         profiled = _profile_student(cfg, partial, ctx)
@@ -366,6 +410,7 @@ def run_release(cfg: ReleaseConfig, ctx: PipelineContext) -> dict[str, Any]:
         "teacher": _teacher_identity(cfg.teacher),
         "teacher_info": model_info(cfg.teacher),
         "student": model_info(str(partial)),
+        "student_choice": reason,
         "data": _hash_data_sources(data_sources),
         "knowledge": {
             "documents": [str(d) for d in docs],
