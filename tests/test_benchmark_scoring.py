@@ -96,7 +96,9 @@ def test_answer_extraction_and_matching():
 
 
 def test_truncate_at_stop_and_rouge():
-    assert scoring.truncate_at_stop("    return x\n\ndef other():", ["\ndef ", "\nclass "]) == "    return x\n"
+    assert (
+        scoring.truncate_at_stop("    return x\n\ndef other():", ["\ndef ", "\nclass "]) == "    return x\n"
+    )
     assert scoring.rouge_l_f1("the cat sat on the mat", "the cat sat on the mat") == 1.0
     assert scoring.rouge_l_f1("cat the", "the cat") == pytest.approx(0.5)
     assert scoring.rouge_l_f1("", "x") == 0.0

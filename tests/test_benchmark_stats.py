@@ -38,7 +38,9 @@ def test_bootstrap_matches_normal_approximation_and_is_seeded():
     se = diff.std() / math.sqrt(len(diff))
     assert lo == pytest.approx(diff.mean() - 1.96 * se, abs=0.01)
     assert hi == pytest.approx(diff.mean() + 1.96 * se, abs=0.01)
-    assert bootstrap_gap_ci(teacher, student, samples=500, seed=3) == bootstrap_gap_ci(teacher, student, samples=500, seed=3)
+    assert bootstrap_gap_ci(teacher, student, samples=500, seed=3) == bootstrap_gap_ci(
+        teacher, student, samples=500, seed=3
+    )
 
 
 def test_agreement_and_percentile():

@@ -40,10 +40,15 @@ def test_builtin_code_problems_pass_with_reference_solutions():
     from nexus.benchmark.builtin_suite import CODE_PROBLEMS
     from nexus.benchmark.sandbox import humaneval_program, run_sandboxed
 
-    solutions = {"add": "    return a + b\n", "factorial": "    r = 1\n    for i in range(2, n + 1):\n        r *= i\n    return r\n"}
+    solutions = {
+        "add": "    return a + b\n",
+        "factorial": "    r = 1\n    for i in range(2, n + 1):\n        r *= i\n    return r\n",
+    }
     for problem in CODE_PROBLEMS:
         if problem["entry_point"] in solutions:
-            program = humaneval_program(problem["prompt"], solutions[problem["entry_point"]], problem["test"], problem["entry_point"])
+            program = humaneval_program(
+                problem["prompt"], solutions[problem["entry_point"]], problem["test"], problem["entry_point"]
+            )
             assert run_sandboxed(program).passed
 
 
@@ -52,7 +57,10 @@ def _write(path, rows):
 
 
 def test_generic_yaml_task(tmp_path):
-    _write(tmp_path / "capitals.jsonl", [{"country": "France", "city": "Paris"}, {"country": "Japan", "city": "Tokyo"}])
+    _write(
+        tmp_path / "capitals.jsonl",
+        [{"country": "France", "city": "Paris"}, {"country": "Japan", "city": "Tokyo"}],
+    )
     (tmp_path / "task.yaml").write_text(
         "name: capitals\nkind: generate\nsource: capitals.jsonl\nprompt: 'Capital of {country}?'\n"
         "answer_field: city\nanswer_regex: ['([A-Z][a-z]+)']\nmax_new_tokens: 8\n"
@@ -74,10 +82,14 @@ def test_generic_choice_task_with_text_label(tmp_path):
 
 def test_missing_field_names_file_line_and_field(tmp_path):
     _write(tmp_path / "bad.jsonl", [{"country": "France", "city": "Paris"}, {"country": "Spain"}])
-    (tmp_path / "t.yaml").write_text("name: caps\nkind: generate\nsource: bad.jsonl\nprompt: '{country}'\nanswer_field: city\n")
+    (tmp_path / "t.yaml").write_text(
+        "name: caps\nkind: generate\nsource: bad.jsonl\nprompt: '{country}'\nanswer_field: city\n"
+    )
     with pytest.raises(NexusError, match=r"bad\.jsonl:2: task 'caps' needs field 'city'"):
         load_task(load_task_yaml(tmp_path / "t.yaml")[0])
-    (tmp_path / "t2.yaml").write_text("name: caps\nkind: generate\nsource: bad.jsonl\nprompt: '{nation}'\nanswer_field: city\n")
+    (tmp_path / "t2.yaml").write_text(
+        "name: caps\nkind: generate\nsource: bad.jsonl\nprompt: '{nation}'\nanswer_field: city\n"
+    )
     with pytest.raises(NexusError, match=r"bad\.jsonl:1: task 'caps' needs field 'nation'"):
         load_task(load_task_yaml(tmp_path / "t2.yaml")[0])
     (tmp_path / "t3.yaml").write_text("name: caps\nsource: bad.jsonl\n")
