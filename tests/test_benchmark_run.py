@@ -155,3 +155,13 @@ def test_hanging_code_is_a_failed_item_not_a_hung_run(tmp_path, tiny_llama_dir):
     item = results["tasks"][0]["items"][0]
     assert item["teacher"]["sandbox"] == "timeout" and item["teacher"]["correct"] is False
     shutil.rmtree(tmp_path / "out")
+
+
+def test_lm_eval_bridge_without_the_extra_is_a_clear_error(monkeypatch):
+    import sys
+
+    from nexus.benchmark.lm_eval_bridge import run_lm_eval
+
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    with pytest.raises(NexusError, match="lm-evaluation-harness"):
+        run_lm_eval(object(), ["piqa"], limit=2)

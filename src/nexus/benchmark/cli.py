@@ -36,6 +36,9 @@ def register(subparsers) -> None:
         "--no-fidelity", action="store_true", help="skip the KL / top-1 agreement measurement"
     )
     parser.add_argument("--all", action="store_true", help="every item of every task (ignores --limit)")
+    parser.add_argument(
+        "--lm-eval-tasks", help="comma-separated lm-evaluation-harness tasks to run on both models"
+    )
     parser.add_argument("--config", help="YAML file with a 'benchmark' section")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
@@ -63,6 +66,9 @@ def _run(args: argparse.Namespace) -> int:
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,
         "fidelity": False if args.no_fidelity else None,
+        "lm_eval_tasks": [t for t in args.lm_eval_tasks.split(",") if t.strip()]
+        if args.lm_eval_tasks
+        else None,
         "trust_remote_code": True if args.trust_remote_code else None,
     }
     overrides = deep_merge({k: v for k, v in flags.items() if v is not None}, parse_overrides(args.set))
@@ -73,6 +79,9 @@ def _run(args: argparse.Namespace) -> int:
     )
     if args.all:
         cfg.limit = None
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars would garble the status line
     printer = StatusPrinter(min_interval=1.0)
     summary = run_benchmark(cfg, results_dir=Path(args.out), printer=printer)
     print(summary["console"])

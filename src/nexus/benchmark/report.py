@@ -153,6 +153,18 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"{m['peak_memory_mb']:.0f} MB |"
         )
     parts.append("")
+    if results.get("lm_eval"):
+        parts.append("## lm-evaluation-harness\n")
+        parts.append("| Task | Metric | Teacher | Student |")
+        parts.append("| :--- | :--- | ---: | ---: |")
+        teacher, student = results["lm_eval"]["teacher"], results["lm_eval"]["student"]
+        for task, metrics in teacher.items():
+            for metric, value in metrics.items():
+                other = student.get(task, {}).get(metric)
+                parts.append(
+                    f"| {task} | {metric} | {value:.4f} | {'-' if other is None else f'{other:.4f}'} |"
+                )
+        parts.append("")
     for task in results["tasks"]:
         s = task["summary"]
         parts.append(f"## {s['name']} ({s['kind']}, {s['scoring']})\n")

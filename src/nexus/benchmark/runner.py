@@ -68,6 +68,10 @@ class BenchmarkConfig:
     fidelity_items: int = field(default=32, metadata={"help": "held-out texts for the fidelity metrics"})
     fidelity_max_length: int = field(default=256, metadata={"help": "tokens per fidelity text"})
     bootstrap_samples: int = field(default=2000, metadata={"help": "resamples for the gap's 95% CI"})
+    lm_eval_tasks: list[str] = field(
+        default_factory=list,
+        metadata={"help": "lm-evaluation-harness tasks to run on both models (extra lm-eval)"},
+    )
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from checkpoints"})
     phase: int = field(default=5, metadata={"help": "phase number shown in the status line"})
     phase_name: str = field(default="Benchmark", metadata={"help": "phase name shown in the status line"})
@@ -451,6 +455,15 @@ def run_benchmark(
                 "source": "benchmark items (prompt + reference answer)",
             }
 
+        lm_eval_results = None
+        if cfg.lm_eval_tasks and not stopped:
+            from nexus.benchmark.lm_eval_bridge import run_lm_eval
+
+            lm_eval_results = {
+                role: run_lm_eval(models[role], cfg.lm_eval_tasks, limit=cfg.limit, batch_size=cfg.batch_size)
+                for role in ROLES
+            }
+
         task_results = []
         for task in done_tasks:
             t_rec, s_rec = records[task.name]["teacher"], records[task.name]["student"]
@@ -478,6 +491,7 @@ def run_benchmark(
                 for role in ROLES
             },
             "fidelity": fidelity,
+            "lm_eval": lm_eval_results,
             "sandbox_isolation": isolation_mode() if any(t.spec.kind == "code" for t in done_tasks) else None,
             "stopped": stopped,
             "wall_s": round(time.perf_counter() - started, 2),
