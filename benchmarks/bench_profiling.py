@@ -94,12 +94,16 @@ def main() -> None:
     profile_path = out / "profile" / "teacher.json"
     if "speed" not in skip or not profile_path.is_file():
         before = load()
+        cpu = time.process_time()
         summary = run_profile(cfg, results_dir=out)
+        cpu = time.process_time() - cpu
         print(
             f"[speed] profile wall {summary['wall_seconds']:.1f} s (30 layers x 3 capabilities, "
-            f"{args.num_probes} probes each, max 384 tokens); before: {before}; after: {load()}"
+            f"{args.num_probes} probes each, max 384 tokens), CPU time {cpu:.1f} s; "
+            f"before: {before}; after: {load()}"
         )
         figures["profile_wall_s"] = summary["wall_seconds"]
+        figures["profile_cpu_s"] = cpu
     teacher_profile = load_profile(profile_path)
     for cap, c in teacher_profile["capabilities"].items():
         ranked = sorted(zip(teacher_profile["layers"], c["sensitivity"], strict=True), key=lambda p: -p[1])[
