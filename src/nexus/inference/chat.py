@@ -7,6 +7,7 @@ line. An error in one turn is reported and the session goes on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -149,6 +150,8 @@ def chat_loop(
     """Read turns until /quit or end of input. Errors end the turn, not the session."""
     interactive = stdin.isatty()
     if interactive:
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401  (line editing and history for input())
         print(f"chat ready. {HELP}", file=info)
     while True:
         try:
