@@ -1,6 +1,6 @@
 """Speed and precision of the benchmark's scoring on the default teacher.
 
-    .venv/bin/python benchmarks/bench_benchmark.py [--items 16] [--piqa-rows 200] [--precisions bf16,fp32]
+    .venv/bin/python benchmarks/bench_benchmark.py [--items 16] [--piqa-rows 200] [--precisions bf16,fp32] [--threads 1]
 
 Prints items/s for each task kind (choice: PIQA log-likelihood; generate: built-in math;
 code: built-in code incl. the sandbox) per precision, and PIQA acc / acc_norm of the teacher
@@ -31,7 +31,12 @@ def main() -> None:
     parser.add_argument("--piqa-rows", type=int, default=200)
     parser.add_argument("--precisions", default="bf16,fp32")
     parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a crowded machine)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     piqa_predictions = {}
     for precision in args.precisions.split(","):
         cfg = BenchmarkConfig(precision=precision, batch_size=8, max_new_tokens=args.max_new_tokens)

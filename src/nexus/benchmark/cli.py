@@ -29,6 +29,7 @@ def register(subparsers) -> None:
         "--precision", choices=("auto", "bf16", "fp32"), help="model precision (default auto)"
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (1 helps on a crowded machine)")
     parser.add_argument("--batch-size", type=int, help="items per generation batch")
     parser.add_argument("--max-new-tokens", type=int, help="override every task's generation cap")
     parser.add_argument("--seed", type=int, help="seed of the --limit draw and the bootstrap")
@@ -63,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         "precision": args.precision,
         "device": args.device,
         "batch_size": args.batch_size,
+        "threads": args.threads,
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,
         "fidelity": False if args.no_fidelity else None,

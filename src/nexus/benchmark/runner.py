@@ -372,6 +372,10 @@ def run_benchmark(
 
     cfg = config
     results_dir = Path(results_dir)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     student_spec = cfg.student or str(newest_release())
     for spec in (cfg.teacher, student_spec):
         resolve_model(spec)  # a missing model fails here, before any loading
