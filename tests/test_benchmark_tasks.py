@@ -134,3 +134,13 @@ def test_hub_without_datasets_is_a_clear_error(monkeypatch):
     [spec] = resolve_task_specs(["hf-piqa"])
     with pytest.raises(NexusError, match="needs the 'datasets' package"):
         load_task(spec)
+
+
+def test_shipped_task_yaml_loads():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "configs" / "tasks").glob("*.yaml")):
+        for spec in load_task_yaml(path):
+            task = load_task(spec)
+            assert task.items and all(item.reference for item in task.items)
