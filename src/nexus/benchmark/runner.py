@@ -52,6 +52,10 @@ class BenchmarkConfig:
     device: str | None = field(
         default=None, metadata={"help": "cpu, cuda, cuda:1 (default: cuda if present)"}
     )
+    threads: int | None = field(
+        default=None,
+        metadata={"help": "CPU threads for torch (default: torch's choice; 1 on a crowded machine)"},
+    )
     batch_size: int = field(default=8, metadata={"help": "items per generation batch"})
     loglik_items: int = field(default=32, metadata={"help": "multiple-choice items per scoring step"})
     max_batch_tokens: int = field(
@@ -81,6 +85,8 @@ class BenchmarkConfig:
             raise ValueError("limit must be at least 1 (or null for every item)")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads must be at least 1")
         for name in (
             "batch_size",
             "loglik_items",
