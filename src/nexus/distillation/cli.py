@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 # flag dest -> DistillConfig field
@@ -101,5 +102,6 @@ def _distill(args: argparse.Namespace) -> int:
         printer=printer,
         cache_only=args.cache_only,
     )
-    print(json.dumps(summary, indent=2, default=str))
+    if os.environ.get("RANK", "0") == "0":  # one summary per run, not one per process
+        print(json.dumps(summary, indent=2, default=str))
     return 0
