@@ -1,0 +1,78 @@
+"""Packing, response-only masks, held-out split and the tokenized-data cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nexus.data.corpus import build_corpus, parse_builtin
+from nexus.data.formats import Example
+from nexus.data.packing import IGNORE_INDEX, Document, encode_example, pack_documents, split_heldout
+from nexus.errors import NexusError
+
+
+def test_packing_resets_positions_and_never_predicts_across_documents():
+    docs = [
+        Document([1, 2, 3], [True] * 3),
+        Document([4, 5, 6, 7, 8], [True] * 5),
+        Document([9, 10], [True, True]),
+    ]
+    rows = pack_documents(docs, seq_len=4, pad_id=0)
+    # A document never starts with a lone token at the end of a row (row 0 is padded instead);
+    # a document longer than the room left is split across rows (row 1 -> row 2).
+    assert rows.input_ids.tolist() == [[1, 2, 3, 0], [4, 5, 6, 7], [8, 9, 10, 0]]
+    assert rows.position_ids.tolist() == [[0, 1, 2, 0], [0, 1, 2, 3], [0, 0, 1, 0]]
+    # the last token of a document never predicts the next document's first token
+    assert rows.labels.tolist() == [[2, 3, -100, -100], [5, 6, 7, -100], [-100, 10, -100, -100]]
+    batch = rows.batch([2, 0])
+    assert batch["loss_mask"].tolist() == [[False, True, False, False], [True, True, False, False]]
+    assert rows.scored_tokens() == 6
+
+
+def test_response_only_targets(tiny_tokenizer):
+    ex = Example("chat", "x:1", prompt="What is 2 + 2?", response="4")
+    full = encode_example(tiny_tokenizer, ex, loss_on="all")
+    resp = encode_example(tiny_tokenizer, ex, loss_on="response")
+    assert all(full.target) and 0 < sum(resp.target) < len(resp.target)
+    rows = pack_documents([resp], seq_len=64, pad_id=0)
+    scored = rows.labels[0][rows.labels[0] != IGNORE_INDEX].tolist()
+    assert tiny_tokenizer.decode(scored).startswith("4")
+    with pytest.raises(NexusError, match="evaluation-only"):
+        encode_example(tiny_tokenizer, Example("choice", "piqa:1", prompt="g", choices=["a", "b"], label=0))
+
+
+def test_heldout_split_is_deterministic_and_disjoint():
+    docs = [Document([i, i + 1, i + 2], [True] * 3) for i in range(100)]
+    train, held = split_heldout(docs, 0.1, seed=0)
+    again_train, again_held = split_heldout(docs, 0.1, seed=0)
+    assert [d.ids for d in held] == [d.ids for d in again_held] and len(train) == len(again_train)
+    assert 3 <= len(held) <= 20 and len(train) + len(held) == 100
+    assert not {tuple(d.ids) for d in train} & {tuple(d.ids) for d in held}
+
+
+def test_corpus_cache_is_reused_and_keyed_by_content(tiny_tokenizer, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": f"line {i} " * 10}) + "\n" for i in range(40)))
+    first = build_corpus([str(data)], tiny_tokenizer, seq_len=32, cache_dir=tmp_path / "cache")
+    second = build_corpus([str(data)], tiny_tokenizer, seq_len=32, cache_dir=tmp_path / "cache")
+    assert first.key == second.key and isinstance(second.train.input_ids, np.memmap)
+    assert np.array_equal(np.asarray(first.train.input_ids), np.asarray(second.train.input_ids))
+    assert first.heldout is not None and len(first.heldout) >= 1
+    data.write_text("".join(json.dumps({"text": f"other {i} " * 10}) + "\n" for i in range(40)))
+    third = build_corpus([str(data)], tiny_tokenizer, seq_len=32, cache_dir=tmp_path / "cache")
+    assert third.key != first.key
+
+
+def test_builtin_spec_and_text_files(tiny_tokenizer, tmp_path):
+    assert parse_builtin("builtin:code=3,chat=0") == {"code": 3, "math": 400, "chat": 0}
+    with pytest.raises(NexusError, match="bad builtin"):
+        parse_builtin("builtin:poems=3")
+    corpus = build_corpus(["builtin:code=3,math=5,chat=0"], tiny_tokenizer, seq_len=64, heldout_fraction=0.0)
+    assert len(corpus.train) >= 2 and corpus.heldout is None
+    text = tmp_path / "notes.txt"
+    text.write_text("first block of text here\n\nsecond block of text here\n")
+    assert len(build_corpus([str(text)], tiny_tokenizer, seq_len=16, heldout_fraction=0.0).train) >= 1
+    with pytest.raises(NexusError, match="data not found"):
+        build_corpus([str(tmp_path / "nope.jsonl")], tiny_tokenizer, seq_len=16)
