@@ -165,3 +165,23 @@ def test_lm_eval_bridge_without_the_extra_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "lm_eval", None)
     with pytest.raises(NexusError, match="lm-evaluation-harness"):
         run_lm_eval(object(), ["piqa"], limit=2)
+
+
+def test_stop_flag_stops_at_a_step_boundary(tmp_path, tiny_llama_dir):
+    from nexus.monitor import Flags
+
+    flags = Flags(tmp_path / "flags")
+    flags.stop()
+    cfg = BenchmarkConfig(
+        student=str(tiny_llama_dir),
+        teacher=str(tiny_llama_dir),
+        tasks=["builtin-chat"],
+        limit=2,
+        precision="fp32",
+        fidelity=False,
+        bootstrap_samples=10,
+    )
+    with pytest.raises(NexusError, match="stopped"):
+        run_benchmark(cfg, results_dir=tmp_path / "out", flags=flags)
+    status = json.loads((tmp_path / "out" / "status.json").read_text())
+    assert status["status"] == "Stopped" and status["step"] == 1
