@@ -7,6 +7,7 @@ import operator
 import re
 
 import pytest
+import torch
 
 from nexus.data import encode_chat, load_examples, render_prompt
 from nexus.data.builtin import arithmetic_word_problems, chat_prompt_examples, python_source_snippets
@@ -82,3 +83,22 @@ def test_builtin_corpus_is_deterministic_and_correct():
     code = python_source_snippets(10)
     assert len(code) == 10 and all(c.text.startswith(("def ", "class ")) for c in code)
     assert len(chat_prompt_examples(5)) == 5
+
+
+def test_teacher_answers_are_cached_per_model(tiny_llama_dir, tmp_path, monkeypatch):
+    from nexus.data.builtin import teacher_answers
+    from nexus.models import load_model, load_tokenizer
+
+    monkeypatch.setenv("NEXUS_CACHE_DIR", str(tmp_path))
+    model, resolved = load_model(str(tiny_llama_dir))
+    tokenizer = load_tokenizer(resolved)
+    first = [e.response for e in teacher_answers(model, tokenizer, chat_prompt_examples(3), max_new_tokens=5)]
+    assert len(list((tmp_path / "teacher_answers").glob("*.json"))) == 1
+    calls = []
+    monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(1))
+    again = [e.response for e in teacher_answers(model, tokenizer, chat_prompt_examples(3), max_new_tokens=5)]
+    assert again == first and not calls, "second call must come from the cache"
+    with torch.no_grad():
+        model.get_input_embeddings().weight.add_(1.0)  # another model: another cache entry
+    with pytest.raises(TypeError):  # generate is stubbed out: proves the cache was not used
+        teacher_answers(model, tokenizer, chat_prompt_examples(3), max_new_tokens=5)

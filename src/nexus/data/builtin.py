@@ -13,6 +13,7 @@ Everything is deterministic given ``seed``.
 from __future__ import annotations
 
 import ast
+import json
 import random
 import sysconfig
 from pathlib import Path
@@ -192,13 +193,52 @@ def chat_prompt_examples(n: int | None = None, seed: int = 0) -> list[Example]:
     return [Example("chat", f"builtin:chat:{i}", "chat", prompt=p) for i, p in enumerate(chosen)]
 
 
+def _answers_cache_file(model, examples: list[Example], max_new_tokens: int) -> Path:
+    """Where a model's greedy answers to these prompts are cached: keyed by the model's identity
+    (its path, size and a slice of its embedding weights), the prompts and the length cap."""
+    import hashlib
+    import os
+
+    digest = hashlib.sha256()
+    digest.update(str(getattr(model.config, "_name_or_path", "")).encode())
+    digest.update(str(sum(p.numel() for p in model.parameters())).encode())
+    embedding = model.get_input_embeddings().weight
+    digest.update(embedding.detach().flatten()[:4096].float().cpu().numpy().tobytes())
+    digest.update(json.dumps([ex.prompt for ex in examples]).encode())
+    digest.update(str(max_new_tokens).encode())
+    root = Path(os.environ.get("NEXUS_CACHE_DIR", Path.home() / ".cache" / "nexus"))
+    return root / "teacher_answers" / f"{digest.hexdigest()[:24]}.json"
+
+
 def teacher_answers(
-    model, tokenizer, examples: list[Example], *, max_new_tokens: int = 96, batch_size: int = 8
+    model,
+    tokenizer,
+    examples: list[Example],
+    *,
+    max_new_tokens: int = 96,
+    batch_size: int = 8,
+    cache: bool = True,
 ) -> list[Example]:
-    """Fill each example's ``response`` with the model's greedy answer (left-padded batches)."""
+    """Fill each example's ``response`` with the model's greedy answer (left-padded batches).
+
+    Greedy answers are deterministic, so they are cached on disk (``$NEXUS_CACHE_DIR`` or
+    ``~/.cache/nexus``) and every phase that asks the same model the same prompts reuses them.
+    """
     import torch
 
     from nexus.data.templates import render_prompt
+    from nexus.utils import atomic_write_json
+
+    cache_file = _answers_cache_file(model, examples, max_new_tokens) if cache else None
+    if cache_file is not None and cache_file.is_file():
+        try:
+            answers = json.loads(cache_file.read_text())
+            if len(answers) == len(examples):
+                for ex, answer in zip(examples, answers, strict=True):
+                    ex.response = answer
+                return examples
+        except (OSError, ValueError):
+            pass  # a damaged cache entry is regenerated below
 
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -220,4 +260,6 @@ def teacher_answers(
                 ex.response = tokenizer.decode(ids, skip_special_tokens=True).strip()
     finally:
         tokenizer.padding_side = padding_side
+    if cache_file is not None:
+        atomic_write_json(cache_file, [ex.response for ex in examples])
     return examples

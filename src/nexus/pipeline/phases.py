@@ -49,7 +49,10 @@ def _profile_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
 
 
 def _profile_line(s: dict[str, Any]) -> str:
-    critical = "; ".join(f"{cap} {layers}" for cap, layers in (s.get("top_critical") or {}).items())
+    critical = "; ".join(
+        f"{cap} {[entry[0] if isinstance(entry, list | tuple) else entry for entry in layers]}"
+        for cap, layers in (s.get("top_critical") or {}).items()
+    )
     keep = s.get("keep_layers")
     return f"profiled in {_fmt(s.get('wall_seconds'), '.0f')} s | critical: {critical} | student keeps {len(keep) if keep else 'n/a'} layers"
 
