@@ -32,13 +32,14 @@ def plot_heatmap(
 ) -> Path:
     """Write a PNG with one heatmap per profile (e.g. teacher and student side by side).
 
-    Each panel has its own colour scale (a shallower student is more sensitive everywhere);
-    what is compared is where the hot layers are.
+    Each panel has its own (symmetric-log) colour scale: a shallower student is more sensitive
+    everywhere, and what is compared is where the hot layers are.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import SymLogNorm
 
     titles = list(titles) if titles is not None else [p["model"]["spec"] for p in profiles]
     max_layers = max(len(profile_matrix(p, value)[1]) for p in profiles)
@@ -47,7 +48,12 @@ def plot_heatmap(
     )
     for ax, profile, title in zip(axes[0], profiles, titles, strict=True):
         matrix, layers, caps = profile_matrix(profile, value)
-        image = ax.imshow(matrix, aspect="auto", cmap="magma", interpolation="nearest")
+        # Symmetric-log colours: the first layers often cost 10x more than the rest, which a
+        # linear scale would paint all black.
+        finite = matrix[np.isfinite(matrix)]
+        vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        norm = SymLogNorm(linthresh=0.05, vmin=min(vmin, 0.0), vmax=max(vmax, 1e-6))
+        image = ax.imshow(matrix, aspect="auto", cmap="magma", interpolation="nearest", norm=norm)
         ax.set_xticks(range(len(caps)), caps)
         step = max(1, len(layers) // 16)
         ax.set_yticks(range(0, len(layers), step), [str(layers[i]) for i in range(0, len(layers), step)])
