@@ -31,7 +31,9 @@ def main() -> None:
     parser.add_argument("--piqa-rows", type=int, default=200)
     parser.add_argument("--precisions", default="bf16,fp32")
     parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a crowded machine)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (1 on a crowded machine)"
+    )
     args = parser.parse_args()
     if args.threads:
         import torch
