@@ -93,7 +93,7 @@ def main() -> int:
         vectors[: len(base)] = base  # the real chunks are in the corpus too
         flat = new_index(vectors.shape[1], size, IndexConfig(hnsw_threshold=size))
         flat.add(vectors)
-        config = IndexConfig(hnsw_threshold=0)
+        config = IndexConfig(hnsw_threshold=1)
         t = time.perf_counter()
         hnsw = new_index(vectors.shape[1], size, config)
         hnsw.add(vectors)

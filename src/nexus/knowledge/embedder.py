@@ -101,7 +101,7 @@ class Embedder:
         """Tokens per text under the embedder's tokenizer (no special tokens)."""
         if not texts:
             return []
-        encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        encoded = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
         return [len(ids) for ids in encoded]
 
     def embed(self, texts, *, show_progress: bool = False) -> np.ndarray:
