@@ -161,3 +161,21 @@ def test_cli_prompt_pipe_checkpoint_and_errors(tiny_llama_dir, tmp_path):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert wrapper.returncode == 2 and "--assist needs --teacher" in wrapper.stderr
+
+
+def test_newest_release_and_its_knowledge_index_are_found(tiny_llama_dir, tmp_path):
+    from nexus.inference import resolve_chat_model
+    from nexus.inference.loading import knowledge_dir_for
+    from nexus.knowledge import INDEX_FILE
+    from nexus.models import resolve_model
+
+    release = tmp_path / "nexus-release-v1"
+    shutil.copytree(tiny_llama_dir, release)
+    (release / "nexus_manifest.json").write_text("{}")
+    spec = resolve_chat_model(None, tmp_path)
+    assert spec == str(release)
+    resolved = resolve_model(spec)
+    assert resolved.kind == "release" and knowledge_dir_for(resolved) is None
+    (release / INDEX_FILE).write_bytes(b"")
+    assert knowledge_dir_for(resolved) == release
+    assert resolve_chat_model("default", tmp_path) == "default"
