@@ -10,29 +10,29 @@ A *spec* is one of:
 * a hub name (``org/name``) for users with a network; it goes to ``from_pretrained`` as is.
 """
 
-from nexus.models.gguf import convert_gguf, default_gguf_path, gguf_cache_dir
-from nexus.models.loading import (
-    ResolvedModel,
-    count_parameters,
-    load_model,
-    load_tokenizer,
-    model_info,
-    resolve_model,
-)
-from nexus.models.pruning import build_student, decoder_layers, save_student, validate_keep_layers
+import importlib
+from typing import Any
 
-__all__ = [
-    "ResolvedModel",
-    "build_student",
-    "convert_gguf",
-    "count_parameters",
-    "decoder_layers",
-    "default_gguf_path",
-    "gguf_cache_dir",
-    "load_model",
-    "load_tokenizer",
-    "model_info",
-    "resolve_model",
-    "save_student",
-    "validate_keep_layers",
-]
+# Names resolve lazily (PEP 562): `nexus --help` must not pay for importing torch/transformers.
+_LAZY = {
+    "ResolvedModel": "nexus.models.loading",
+    "build_student": "nexus.models.pruning",
+    "convert_gguf": "nexus.models.gguf",
+    "count_parameters": "nexus.models.loading",
+    "decoder_layers": "nexus.models.pruning",
+    "default_gguf_path": "nexus.models.gguf",
+    "gguf_cache_dir": "nexus.models.gguf",
+    "load_model": "nexus.models.loading",
+    "load_tokenizer": "nexus.models.loading",
+    "model_info": "nexus.models.loading",
+    "resolve_model": "nexus.models.loading",
+    "save_student": "nexus.models.pruning",
+    "validate_keep_layers": "nexus.models.pruning",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

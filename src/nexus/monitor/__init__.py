@@ -8,34 +8,30 @@
   cleanly on ``flags/stop.flag``.
 """
 
-from nexus.monitor.callbacks import KeyboardPauseCallback, StepAction
-from nexus.monitor.flags import Flags
-from nexus.monitor.gpu import GpuTemperature, read_gpu_temperature
-from nexus.monitor.status import (
-    PHASE_NAMES,
-    STATUSES,
-    StatusPrinter,
-    StatusWriter,
-    ThroughputEMA,
-    format_duration,
-    format_eta,
-    format_status_line,
-    read_status,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "PHASE_NAMES",
-    "STATUSES",
-    "Flags",
-    "GpuTemperature",
-    "KeyboardPauseCallback",
-    "StatusPrinter",
-    "StatusWriter",
-    "StepAction",
-    "ThroughputEMA",
-    "format_duration",
-    "format_eta",
-    "format_status_line",
-    "read_gpu_temperature",
-    "read_status",
-]
+# Names resolve lazily (PEP 562): `nexus --help` must not pay for importing torch/transformers.
+_LAZY = {
+    "Flags": "nexus.monitor.flags",
+    "GpuTemperature": "nexus.monitor.gpu",
+    "KeyboardPauseCallback": "nexus.monitor.callbacks",
+    "PHASE_NAMES": "nexus.monitor.status",
+    "STATUSES": "nexus.monitor.status",
+    "StatusPrinter": "nexus.monitor.status",
+    "StatusWriter": "nexus.monitor.status",
+    "StepAction": "nexus.monitor.callbacks",
+    "ThroughputEMA": "nexus.monitor.status",
+    "format_duration": "nexus.monitor.status",
+    "format_eta": "nexus.monitor.status",
+    "format_status_line": "nexus.monitor.status",
+    "read_gpu_temperature": "nexus.monitor.gpu",
+    "read_status": "nexus.monitor.status",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)
