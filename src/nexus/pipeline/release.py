@@ -68,7 +68,12 @@ class ReleaseConfig:
 
     teacher: str = field(default="default", metadata={"help": "teacher spec (benchmark and alignment)"})
     student: str = field(
-        default="default", metadata={"help": "the final student (default: the last phase's model)"}
+        default="best",
+        metadata={
+            "help": "the released student: 'best' (of the train and router outputs, the one with the lower "
+            "held-out KD: the routed student only when routing did not cost fidelity), 'router', 'train', "
+            "'distill', or a model spec"
+        },
     )
     release_dir: str = field(default="nexus-release-v1", metadata={"help": "where the release goes"})
     seed: int = field(default=0, metadata={"help": "seed for the student profile and the benchmark draw"})
@@ -109,24 +114,28 @@ def choose_student(choice: str, results_dir: Path) -> tuple[str, str]:
         if not (path / "config.json").is_file():
             raise NexusError(f"release.student is '{choice}' but {path} does not exist: run that phase first")
         return str(path), f"the {choice} phase's output (release.student: {choice})"
-    scored = []
-    for key in PHASE_MODELS:
-        path = results_dir / key / "model"
-        summary_file = results_dir / key / "summary.json"
-        if (path / "config.json").is_file():
-            summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-            scored.append((key, path, _heldout_kd(summary)))
-    if not scored:
+    existing = [k for k in PHASE_MODELS if (results_dir / k / "model" / "config.json").is_file()]
+    if not existing:
         raise NexusError(
             f"no trained student under {results_dir} (distill, train or router): run those phases first"
         )
-    with_kd = [s for s in scored if s[2] is not None]
-    if not with_kd:
-        key, path, _ = scored[0]
-        return str(path), f"the newest phase output ({key}); no held-out KD recorded to compare"
-    key, path, kd = min(with_kd, key=lambda s: s[2])
-    others = ", ".join(f"{k} {v:.3f}" for k, _, v in with_kd if k != key)
-    return str(path), f"lowest held-out KD: {key} {kd:.3f} nats/token" + (f" (vs {others})" if others else "")
+    # Phases 3 and 4 evaluate on the same held-out instruction rows, so their KD compares;
+    # phase 2's held-out text is other data, so it only serves when neither later phase ran.
+    comparable = {}
+    for key in ("router", "train"):
+        summary_file = results_dir / key / "summary.json"
+        if key in existing and summary_file.is_file():
+            kd = _heldout_kd(json.loads(summary_file.read_text()))
+            if kd is not None:
+                comparable[key] = kd
+    if not comparable:
+        return str(results_dir / existing[0] / "model"), f"the newest phase output ({existing[0]})"
+    key = min(comparable, key=lambda k: (comparable[k], k != "router"))
+    others = ", ".join(f"{k} {v:.3f}" for k, v in comparable.items() if k != key)
+    reason = f"lowest held-out KD: {key} {comparable[key]:.3f} nats/token" + (
+        f" (vs {others})" if others else ""
+    )
+    return str(results_dir / key / "model"), reason
 
 
 def _find_doc(path: str) -> Path:
@@ -201,7 +210,14 @@ def _profile_student(cfg: ReleaseConfig, model_dir: Path, ctx: PipelineContext) 
         **cfg.student_profile,
     }
     profile_cfg = from_dict(ProfileConfig, values, "release.student_profile")
-    return run_profile(profile_cfg, results_dir=ctx.results_dir, flags=ctx.flags, printer=ctx.printer)
+    return run_profile(
+        profile_cfg,
+        results_dir=ctx.results_dir,
+        flags=ctx.flags,
+        printer=ctx.printer,
+        phase=5,
+        phase_name="Release",
+    )
 
 
 def _benchmark(cfg: ReleaseConfig, model_dir: Path, ctx: PipelineContext) -> dict[str, Any]:

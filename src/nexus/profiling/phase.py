@@ -229,9 +229,13 @@ def run_profile(
     results_dir: Path = Path("results"),
     flags: Flags | None = None,
     printer: StatusPrinter | None = None,
+    phase: int = 1,
+    phase_name: str | None = None,
 ) -> dict:
     """Profile ``config.model`` and write the outputs under ``results_dir/profile``; returns a
-    summary (paths, wall time, baselines, top-3 critical layers, alignment, plan)."""
+    summary (paths, wall time, baselines, top-3 critical layers, alignment, plan).
+
+    ``phase``/``phase_name`` label the status line (the release profiles the student as phase 5)."""
     from nexus.profiling.engine import Perturbation
     from nexus.profiling.probes import probe_rows
     from nexus.profiling.profiler import ProfileStopped, profile_model
@@ -241,7 +245,13 @@ def run_profile(
     out_dir = results_dir / "profile"
     name = default_name(config)
     compare = load_profile(config.compare) if config.compare else None
-    writer = StatusWriter(results_dir, phase=1, throughput_unit="layers/s", gpu=GpuTemperature().start())
+    writer = StatusWriter(
+        results_dir,
+        phase=phase,
+        phase_name=phase_name,
+        throughput_unit="layers/s",
+        gpu=GpuTemperature().start(),
+    )
     callback = KeyboardPauseCallback(writer, flags=flags or Flags(), printer=printer)
     try:
         from nexus.data import load_examples
