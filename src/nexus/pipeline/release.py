@@ -170,7 +170,7 @@ def _carry_student_record(target: Path, results_dir: Path) -> None:
         upstream = results_dir / key / "model" / "config.json"
         if upstream.is_file():
             record = json.loads(upstream.read_text()).get("nexus_student")
-            if record:
+            if record and len(record.get("keep_layers", [])) == config.get("num_hidden_layers"):
                 config["nexus_student"] = record
                 atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
                 return
