@@ -20,7 +20,11 @@ from nexus.knowledge.index import embedder_mismatch_message, read_index_dir
 DEFAULT_THRESHOLD = 0.3
 DEFAULT_K = 4
 DEFAULT_CONTEXT_TOKENS = 512
-CONTEXT_HEADER = "Use the following context to answer the question.\n"
+# The retrieved chunks come first (numbered, with their sources), then the question. Of the
+# layouts tried with the 135M default teacher, this one answered from the documents; a
+# "Use the following context..." header followed by "Question: ..." made it loop.
+CONTEXT_HEADER = ""
+QUESTION_PREFIX = "Using the documentation above, answer: "
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ def format_context(chunks: Sequence[Retrieved]) -> str:
 
 def augment_prompt(context: str, prompt: str) -> str:
     """The user message with the retrieved context prepended (unchanged without context)."""
-    return f"{context}Question: {prompt}" if context else prompt
+    return f"{context}{QUESTION_PREFIX}{prompt}" if context else prompt
 
 
 class KnowledgeTower:
