@@ -70,8 +70,8 @@ class ReleaseConfig:
     student: str = field(
         default="best",
         metadata={
-            "help": "the released student: 'best' (of the train and router outputs, the one with the lower "
-            "held-out KD: the routed student only when routing did not cost fidelity), 'router', 'train', "
+            "help": "the released student: 'best' (the routed student only when its held-out KD is no "
+            "worse than the dense student it came from, else the dense one), 'router', 'train', "
             "'distill', or a model spec"
         },
     )
@@ -119,23 +119,21 @@ def choose_student(choice: str, results_dir: Path) -> tuple[str, str]:
         raise NexusError(
             f"no trained student under {results_dir} (distill, train or router): run those phases first"
         )
-    # Phases 3 and 4 evaluate on the same held-out instruction rows, so their KD compares;
-    # phase 2's held-out text is other data, so it only serves when neither later phase ran.
-    comparable = {}
-    for key in ("router", "train"):
-        summary_file = results_dir / key / "summary.json"
-        if key in existing and summary_file.is_file():
-            kd = _heldout_kd(json.loads(summary_file.read_text()))
-            if kd is not None:
-                comparable[key] = kd
-    if not comparable:
-        return str(results_dir / existing[0] / "model"), f"the newest phase output ({existing[0]})"
-    key = min(comparable, key=lambda k: (comparable[k], k != "router"))
-    others = ", ".join(f"{k} {v:.3f}" for k, v in comparable.items() if k != key)
-    reason = f"lowest held-out KD: {key} {comparable[key]:.3f} nats/token" + (
-        f" (vs {others})" if others else ""
-    )
-    return str(results_dir / key / "model"), reason
+    # The router phase evaluates the dense model it started from and the routed one on the same
+    # held-out rows: release the routed student only if routing did not cost fidelity there.
+    router_file = results_dir / "router" / "summary.json"
+    if "router" in existing and router_file.is_file():
+        summary = json.loads(router_file.read_text())
+        routed, dense = _heldout_kd(summary), _heldout_kd({"eval": summary.get("dense_eval")})
+        dense_key = next((k for k in ("train", "distill") if k in existing), None)
+        if routed is not None and dense is not None and dense_key is not None:
+            key = "router" if routed <= dense else dense_key
+            reason = (
+                f"held-out KD on the router phase's rows: routed {routed:.3f} vs dense {dense:.3f} "
+                f"nats/token -> {key}"
+            )
+            return str(results_dir / key / "model"), reason
+    return str(results_dir / existing[0] / "model"), f"the newest phase output ({existing[0]})"
 
 
 def _find_doc(path: str) -> Path:
