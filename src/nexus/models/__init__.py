@@ -10,8 +10,7 @@ A *spec* is one of:
 * a hub name (``org/name``) for users with a network; it goes to ``from_pretrained`` as is.
 """
 
-import importlib
-from typing import Any
+from nexus.utils import lazy_exports
 
 # Names resolve lazily (PEP 562): `nexus --help` must not pay for importing torch/transformers.
 _LAZY = {
@@ -32,7 +31,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_LAZY[name]), name)
+__getattr__ = lazy_exports(__name__, _LAZY)
