@@ -25,6 +25,19 @@ def _section(ctx: PipelineContext, key: str) -> dict[str, Any] | None:
     return section
 
 
+def _build(ctx: PipelineContext, key: str, cls: type, injected: dict[str, Any]):
+    """The phase's typed config from its section, with ``injected`` filling what the section leaves
+    unset (None when the section says ``enabled: false``)."""
+    section = _section(ctx, key)
+    if section is None:
+        return None
+    return phase_config_from_section(cls, section, injected, ctx.source, key)
+
+
+def _shared(ctx: PipelineContext, **extra: Any) -> dict[str, Any]:
+    return {"teacher": ctx.config.teacher, "seed": ctx.config.seed, **extra}
+
+
 def _fmt(value: Any, spec: str = ".3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -35,11 +48,8 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
 def _profile_config(ctx: PipelineContext):
     from nexus.profiling.config import ProfileConfig
 
-    section = _section(ctx, "profile")
-    if section is None:
-        return None
     injected = {"model": ctx.config.teacher, "seed": ctx.config.seed, "name": "teacher"}
-    return phase_config_from_section(ProfileConfig, section, injected, ctx.source, "profile")
+    return _build(ctx, "profile", ProfileConfig, injected)
 
 
 def _profile_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
@@ -63,13 +73,10 @@ def _profile_line(s: dict[str, Any]) -> str:
 def _distill_config(ctx: PipelineContext):
     from nexus.distillation.config import DistillConfig
 
-    section = _section(ctx, "distill")
-    if section is None:
-        return None
-    injected: dict[str, Any] = {"teacher": ctx.config.teacher, "seed": ctx.config.seed}
-    if "student" not in section and _section(ctx, "profile") is not None:
+    injected = _shared(ctx)
+    if "student" not in (ctx.config.distill or {}) and _section(ctx, "profile") is not None:
         injected["plan"] = str(ctx.results_dir / PLAN)
-    return phase_config_from_section(DistillConfig, section, injected, ctx.source, "distill")
+    return _build(ctx, "distill", DistillConfig, injected)
 
 
 def _distill_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
@@ -100,15 +107,7 @@ def _previous_model(ctx: PipelineContext, *keys: str) -> str | None:
 def _train_config(ctx: PipelineContext):
     from nexus.training.config import TrainConfig
 
-    section = _section(ctx, "train")
-    if section is None:
-        return None
-    injected = {
-        "teacher": ctx.config.teacher,
-        "seed": ctx.config.seed,
-        "student": _previous_model(ctx, "distill"),
-    }
-    return phase_config_from_section(TrainConfig, section, injected, ctx.source, "train")
+    return _build(ctx, "train", TrainConfig, _shared(ctx, student=_previous_model(ctx, "distill")))
 
 
 def _train_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
@@ -123,15 +122,7 @@ def _train_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
 def _router_config(ctx: PipelineContext):
     from nexus.router.config import RouterConfig
 
-    section = _section(ctx, "router")
-    if section is None:
-        return None
-    injected = {
-        "teacher": ctx.config.teacher,
-        "seed": ctx.config.seed,
-        "student": _previous_model(ctx, "train", "distill"),
-    }
-    return phase_config_from_section(RouterConfig, section, injected, ctx.source, "router")
+    return _build(ctx, "router", RouterConfig, _shared(ctx, student=_previous_model(ctx, "train", "distill")))
 
 
 def _router_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
@@ -153,15 +144,7 @@ def _router_line(s: dict[str, Any]) -> str:
 def _release_config(ctx: PipelineContext):
     from nexus.pipeline.release import ReleaseConfig
 
-    section = _section(ctx, "release")
-    if section is None:
-        return None
-    injected = {
-        "teacher": ctx.config.teacher,
-        "seed": ctx.config.seed,
-        "release_dir": ctx.config.release_dir,
-    }
-    return phase_config_from_section(ReleaseConfig, section, injected, ctx.source, "release")
+    return _build(ctx, "release", ReleaseConfig, _shared(ctx, release_dir=ctx.config.release_dir))
 
 
 def _release_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
