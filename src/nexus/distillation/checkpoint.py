@@ -126,20 +126,27 @@ def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
 
 
 def load_model_weights(model: torch.nn.Module, model_dir: Path) -> None:
-    """Load a ``save_pretrained`` directory's safetensors into ``model`` in place (tied weights ok)."""
-    from safetensors.torch import load_file
+    """Load a ``save_pretrained`` directory's weights into ``model`` in place.
 
-    state: dict[str, torch.Tensor] = {}
-    for file in sorted(model_dir.glob("*.safetensors")):
-        state.update(load_file(file))
-    if not state:
+    The weights go through transformers' own loader, not a raw safetensors read: ``save_pretrained``
+    may store another layout than the model holds in memory (transformers 5 writes Mixtral experts
+    as per-expert ``w1/w2/w3`` and fuses them on load), so only the loader maps them back exactly.
+    """
+    if not list(model_dir.glob("*.safetensors")):
         raise NexusError(f"checkpoint {model_dir} holds no weights")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
-    if unexpected or set(missing) - tied:
+    dtype = next(model.parameters()).dtype
+    loaded, info = type(model).from_pretrained(
+        model_dir, dtype=dtype, use_safetensors=True, output_loading_info=True
+    )
+    bad = {k: sorted(info.get(k) or [])[:3] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(bad.values()):
         raise NexusError(
-            f"checkpoint {model_dir} does not match the model (missing {sorted(set(missing) - tied)[:3]}, "
-            f"unexpected {unexpected[:3]})"
+            f"checkpoint {model_dir} does not match the model (missing {bad['missing_keys']}, "
+            f"unexpected {bad['unexpected_keys']}, other shapes {bad['mismatched_keys']})"
         )
-    if tied:
-        model.tie_weights()
+    try:
+        model.load_state_dict(loaded.state_dict())
+    except RuntimeError as exc:
+        raise NexusError(
+            f"checkpoint {model_dir} does not match the model: {str(exc).splitlines()[0]}"
+        ) from None

@@ -198,7 +198,6 @@ def run_router(
     printer: StatusPrinter | None = None,
 ) -> dict[str, Any]:
     """Phase 4: experts + router from the student, trained with KD and router losses."""
-    from nexus.distillation import checkpoint as ckpt
     from nexus.distillation.loop import (
         DistillLoop,
         LiveTeacherSource,
@@ -207,7 +206,6 @@ def run_router(
         evaluate_fidelity,
     )
     from nexus.hardware import pick_device
-    from nexus.models import load_model
     from nexus.router.experts import check_moe_request, moe_layout
     from nexus.router.objective import RouterObjective, routing_metrics
     from nexus.training.config import result_fields
@@ -220,13 +218,13 @@ def run_router(
     data = build_data(config, tokenizer, teacher)
     teacher_source = LiveTeacherSource(teacher)
     eval_rows = data.heldout if data.heldout is not None else data.train
-    latest = ckpt.latest_checkpoint(out)
     dense_eval = None
     if dense.config.model_type in MOE_MODEL_TYPES:
         model = dense  # already routed (e.g. a phase-4 output fine-tuned again)
-    elif latest is not None:  # resume: the checkpoint holds the converted model, the loop loads its weights
-        model, _ = load_model(str(latest))
     else:
+        # Also on resume: the conversion is seeded, so the dense evaluation and the "before training"
+        # reports describe the same start as an uninterrupted run (the release compares against
+        # dense_eval); the loop then loads the checkpoint's trained weights into this model.
         check_moe_request(dense.config.model_type, config.num_experts, config.top_k, config.moe_architecture)
         layers = parse_expert_layers(
             config.expert_layers,

@@ -1,0 +1,133 @@
+"""`nexus run` as a user runs it: SIGKILL inside every training phase, resume, same weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from nexus.monitor import read_status
+
+TRAINING_PHASES = {"distill": 2, "train": 3, "router": 4}
+STEPS = 8
+
+
+def _section(**extra) -> dict:
+    return {
+        "data": ["builtin:code=8,math=24,chat=0"],
+        "max_steps": STEPS,
+        "micro_batch_size": 2,
+        "seq_len": 64,
+        "warmup_steps": 2,
+        "eval_every": 0,
+        "eval_max_rows": 2,
+        "save_every": 1,
+        "keep_last": 2,
+        "precision": "fp32",
+        "device": "cpu",
+        **extra,
+    }
+
+
+def write_config(path: Path, teacher: Path, **sections) -> Path:
+    config = {
+        "teacher": str(teacher),
+        "seed": 0,
+        "profile": {"enabled": False},
+        "distill": _section(student_layers=2, anchor_weight=0.3),
+        "train": _section(),
+        "router": _section(calibration_tokens=256),
+        "release": {"enabled": False},
+        **sections,
+    }
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def nexus_run(config: Path) -> list[str]:
+    return [sys.executable, "-m", "nexus", "run", "--config", str(config)]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def wait_for_step(proc: subprocess.Popen, status_file: Path, phase: int, step: int, timeout: float = 120):
+    """Poll status.json until *this* process reports ``phase`` at ``step`` or later."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"nexus run exited ({proc.returncode}) before phase {phase} reached step {step}"
+            )
+        try:
+            status = read_status(status_file) or {}
+        except ValueError:  # never expected (atomic writes), but do not hide it behind a timeout
+            raise AssertionError(f"{status_file} was not valid JSON") from None
+        if status.get("pid") == proc.pid and status.get("phase") == phase and status.get("step", 0) >= step:
+            return status
+        time.sleep(0.01)
+    raise AssertionError(f"phase {phase} did not reach step {step} within {timeout} s")
+
+
+def weights(model_dir: Path) -> dict:
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def assert_same_weights(reference: Path, got: Path, context: str) -> None:
+    ref, new = weights(reference), weights(got)
+    assert ref.keys() == new.keys(), context
+    different = [k for k in ref if not (ref[k] == new[k]).all()]
+    assert not different, f"{context}: {len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_sigkill_in_every_training_phase_then_resume_is_bit_identical(tiny_llama_dir, tmp_path):
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    for cwd in (reference, killed):
+        cwd.mkdir()
+        write_config(cwd / "pipeline.yaml", tiny_llama_dir)
+    subprocess.run(nexus_run(reference / "pipeline.yaml"), cwd=reference, env=ENV, check=True,
+                   capture_output=True)  # fmt: skip
+
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    results = killed / "results"
+    for key, number in TRAINING_PHASES.items():
+        proc = subprocess.Popen(nexus_run(killed / "pipeline.yaml"), cwd=killed, env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            # Step 2 reported means checkpoint-1 is on disk, so the rerun must resume, not restart.
+            wait_for_step(proc, results / "status.json", number, 2)
+            time.sleep(rng.uniform(0.0, 0.15))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        assert proc.returncode == -signal.SIGKILL, f"seed {seed}: phase {key} ended before the kill"
+        assert not (results / key / "COMPLETE.json").exists(), f"seed {seed}: killed after {key} completed"
+
+    done = subprocess.run(
+        nexus_run(killed / "pipeline.yaml"), cwd=killed, env=ENV, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Pipeline complete" in done.stderr
+    assert read_status(results / "status.json")["status"] == "Completed"
+    for key in TRAINING_PHASES:
+        summary = json.loads((results / key / "summary.json").read_text())
+        assert summary["step"] == STEPS
+        assert summary["resumed_from_step"] is not None and 1 <= summary["resumed_from_step"] < STEPS, (
+            f"seed {seed}: {key} did not resume from a checkpoint ({summary['resumed_from_step']})"
+        )
+        assert_same_weights(
+            reference / "results" / key / "model", results / key / "model", f"kill seed {seed}, phase {key}"
+        )
+    # What the release would choose from (router vs its dense start) survives the kill too.
+    ref_router = json.loads((reference / "results/router/summary.json").read_text())
+    got_router = json.loads((results / "router/summary.json").read_text())
+    for field in ("dense_eval", "init_eval", "router_entropy_before", "load_per_domain_before"):
+        assert got_router[field] == ref_router[field], f"seed {seed}: router {field}"
