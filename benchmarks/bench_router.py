@@ -5,7 +5,7 @@
 Without --student the student is the default teacher pruned to --keep evenly spread layers.
 Both arms start from the same student and train the same steps on the same rows with KD from the
 teacher: the dense arm through phase 3 (kd only), the routed arm through phase 4. Prints held-out
-KD, top-1 agreement, PIQA accuracy (log-likelihood of the two solutions, first --piqa rows),
+KD, top-1 agreement, PIQA accuracy (the benchmark's log-likelihood rule, fp32; --piqa rows drawn with its seed, 0 = all),
 generation tokens/s, router entropy and load per domain before/after.
 """
 
@@ -27,21 +27,14 @@ DATA = [
 ]
 
 
-@torch.no_grad()
-def piqa_accuracy(model, tok, rows: int) -> float:
-    from nexus.data import load_examples
+def piqa_accuracy(path: Path, rows: int | None) -> float:
+    """PIQA accuracy (``acc``, lm-evaluation-harness rule) through the benchmark's own scoring."""
+    from nexus.benchmark.runner import BenchmarkConfig, load_for_benchmark, task_accuracy
+    from nexus.benchmark.tasks import load_task, resolve_task_specs
 
-    correct = 0
-    examples = load_examples(SHARED / "piqa/valid.jsonl", limit=rows)
-    for ex in examples:
-        scores = []
-        for choice in ex.choices:
-            ids = tok(ex.prompt + " " + choice, return_tensors="pt")["input_ids"]
-            n_prompt = len(tok(ex.prompt)["input_ids"])
-            logp = model(ids).logits[0, :-1].log_softmax(-1).gather(-1, ids[0, 1:, None])[:, 0]
-            scores.append(float(logp[n_prompt - 1 :].mean()))
-        correct += int(scores.index(max(scores)) == ex.label)
-    return correct / len(examples)
+    cfg = BenchmarkConfig(precision="fp32")
+    task = load_task(resolve_task_specs(["piqa"], SHARED)[0], limit=rows or None, seed=cfg.seed)
+    return task_accuracy(load_for_benchmark("student", str(path), cfg), task, cfg)
 
 
 @torch.no_grad()
@@ -60,6 +53,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--examples", type=int, default=300)
     parser.add_argument("--piqa", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=4, help="micro-batch rows (x 256 tokens) per step")
+    parser.add_argument("--mode", choices=["split", "copy"], default="split", help="expert construction")
+    parser.add_argument("--top-k", type=int, default=1, help="experts per token")
     parser.add_argument("--out", default="/tmp/bench_router")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -90,7 +86,7 @@ def main() -> None:
         max_examples=args.examples,
         seq_len=256,
         max_steps=args.steps,
-        micro_batch_size=4,
+        micro_batch_size=args.batch,
         lr=1e-4,
         eval_every=0,
         eval_max_rows=24,
@@ -103,7 +99,10 @@ def main() -> None:
     dense = run_train(TrainConfig(**common, out=str(out / "dense")), results_dir=out / "results")
     t_dense = time.time() - t0
     t0 = time.time()
-    routed = run_router(RouterConfig(**common, out=str(out / "routed")), results_dir=out / "results")
+    routed = run_router(
+        RouterConfig(**common, mode=args.mode, top_k=args.top_k, out=str(out / "routed")),
+        results_dir=out / "results",
+    )
     t_routed = time.time() - t0
     tok = load_tokenizer(student)
     rows = {}
@@ -115,7 +114,7 @@ def main() -> None:
         rows[name] = {
             "heldout_kd": summary["eval"]["kd"],
             "top1_agreement": summary["eval"]["top1_agreement"],
-            "piqa_acc": piqa_accuracy(model, tok, args.piqa),
+            "piqa_acc": piqa_accuracy(path, args.piqa),
             "gen_tok_s": generation_speed(model, tok),
             "train_tokens": summary["tokens_seen"],
             "train_tok_s": summary["tokens_per_second"],

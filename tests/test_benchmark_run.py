@@ -185,3 +185,19 @@ def test_stop_flag_stops_at_a_step_boundary(tmp_path, tiny_llama_dir):
         run_benchmark(cfg, results_dir=tmp_path / "out", flags=flags)
     status = json.loads((tmp_path / "out" / "status.json").read_text())
     assert status["status"] == "Stopped" and status["step"] == 1
+
+
+def test_task_accuracy_matches_the_head_to_head_run(run, tiny_qwen2_dir):
+    from nexus.benchmark.runner import load_for_benchmark, task_accuracy
+    from nexus.benchmark.tasks import load_task, resolve_task_specs
+
+    summary, out = run
+    results = json.loads((out / "benchmark_results.json").read_text())
+    cfg = BenchmarkConfig(**{**results["config"], "student": str(tiny_qwen2_dir)})
+    lm = load_for_benchmark("student", str(tiny_qwen2_dir), cfg)
+    for name in ("builtin-chat", "builtin-math"):
+        task = load_task(resolve_task_specs([name])[0], limit=cfg.limit, seed=cfg.seed)
+        expected = next(
+            t["summary"]["student_accuracy"] for t in results["tasks"] if t["summary"]["name"] == name
+        )
+        assert task_accuracy(lm, task, cfg) == pytest.approx(expected)

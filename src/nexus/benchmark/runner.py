@@ -257,6 +257,17 @@ def score_batch(
     return records
 
 
+def task_accuracy(lm: scoring.LoadedModel, task: Task, cfg: BenchmarkConfig | None = None) -> float:
+    """One model's accuracy on one task, by the same rules as the head-to-head run (for
+    benchmarks and ablations that score a single model, e.g. PIQA of several students)."""
+    cfg = cfg or BenchmarkConfig()
+    size = cfg.loglik_items if task.spec.kind == "choice" else cfg.batch_size
+    records = [r for batch in _batches(task.items, size) for r in score_batch(lm, task, batch, cfg)]
+    if not records:
+        raise ValueError(f"task {task.name} has no items")
+    return sum(bool(r["correct"]) for r in records) / len(records)
+
+
 # -- fidelity ---------------------------------------------------------------------------------
 
 
