@@ -4,7 +4,8 @@
 
 Prints items/s for each task kind (choice: PIQA log-likelihood; generate: built-in math;
 code: built-in code incl. the sandbox) per precision, and PIQA acc / acc_norm of the teacher
-on ``--piqa-rows`` rows with the lm-evaluation-harness prompt, with the fp32-vs-bf16 agreement
+on ``--piqa-rows`` rows (a seeded draw, or the file's first rows with ``--piqa-first``; 0 = all)
+with the lm-evaluation-harness prompt, with the fp32-vs-bf16 agreement
 of the per-item predictions (whether bf16 keeps the scores correct).
 """
 
@@ -28,7 +29,12 @@ def items_per_second(lm, task, cfg) -> tuple[float, list[dict]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=16, help="items per generation/code task")
-    parser.add_argument("--piqa-rows", type=int, default=200)
+    parser.add_argument("--piqa-rows", type=int, default=200, help="PIQA rows (0: all 1338 shared rows)")
+    parser.add_argument(
+        "--piqa-first",
+        action="store_true",
+        help="the first --piqa-rows rows of the file (as lm-eval's --limit) instead of a seeded draw",
+    )
     parser.add_argument("--precisions", default="bf16,fp32")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument(
@@ -43,7 +49,13 @@ def main() -> None:
     for precision in args.precisions.split(","):
         cfg = BenchmarkConfig(precision=precision, batch_size=8, max_new_tokens=args.max_new_tokens)
         lm = load_for_benchmark("teacher", "default", cfg)
-        piqa = load_task(resolve_task_specs(["piqa"])[0], limit=args.piqa_rows, seed=cfg.seed)
+        piqa = load_task(
+            resolve_task_specs(["piqa"])[0],
+            limit=None if args.piqa_first else args.piqa_rows or None,
+            seed=cfg.seed,
+        )
+        if args.piqa_first and args.piqa_rows:
+            piqa.items = piqa.items[: args.piqa_rows]
         rate, records = items_per_second(lm, piqa, cfg)
         acc = sum(r["correct"] for r in records) / len(records)
         acc_norm = sum(r["correct_norm"] for r in records) / len(records)
@@ -51,7 +63,7 @@ def main() -> None:
         print(
             f"[{precision}] choice (piqa, {len(records)} rows): {rate:.2f} items/s; acc {acc:.4f} acc_norm {acc_norm:.4f}"
         )
-        for name in ("builtin-math", "builtin-code"):
+        for name in ("builtin-math", "builtin-code") if args.items else ():
             task = load_task(resolve_task_specs([name])[0], limit=args.items, seed=cfg.seed)
             rate, records = items_per_second(lm, task, cfg)
             tokens = sum(r["tokens"] for r in records)
