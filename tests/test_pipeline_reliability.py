@@ -131,3 +131,89 @@ def test_sigkill_in_every_training_phase_then_resume_is_bit_identical(tiny_llama
     got_router = json.loads((results / "router/summary.json").read_text())
     for field in ("dense_eval", "init_eval", "router_entropy_before", "load_per_domain_before"):
         assert got_router[field] == ref_router[field], f"seed {seed}: router {field}"
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process, from /proc/<pid>/stat (fields 14 and 15, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for(proc: subprocess.Popen, status_file: Path, accept, what: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = read_status(status_file) or {}
+        if status.get("pid") == proc.pid and accept(status):
+            return status
+        if proc.poll() is not None:
+            raise AssertionError(f"nexus run exited ({proc.returncode}) before {what}")
+        time.sleep(0.01)
+    raise AssertionError(f"no {what} within {timeout} s")
+
+
+def test_pause_flag_pauses_nexus_run_idle_and_resumes_without_counting_the_pause(tiny_llama_dir, tmp_path):
+    steps, hold = 24, 3.0
+    config = write_config(
+        tmp_path / "pipeline.yaml",
+        tiny_llama_dir,
+        distill=_section(student_layers=2, max_steps=steps, save_every=100),
+        train={"enabled": False},
+        router={"enabled": False},
+    )
+    status_file, pause_flag = tmp_path / "results/status.json", tmp_path / "flags/pause.flag"
+    proc = subprocess.Popen(nexus_run(config), cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_for(proc, status_file, lambda s: s["phase"] == 2 and s["step"] >= 1, "distill step 1")
+        pause_flag.parent.mkdir(exist_ok=True)
+        pause_flag.touch()
+        asked_at = read_status(status_file)["step"]  # the newest boundary that may have missed the flag
+        paused = wait_for(proc, status_file, lambda s: s["status"] == "Paused", "Paused status")
+        paused_seen = time.monotonic()
+        assert asked_at <= paused["step"] <= asked_at + 1, (
+            f"paused at step {paused['step']}, asked at {asked_at}"
+        )
+        assert paused["step"] < steps
+
+        time.sleep(0.3)  # let the last step's worker threads settle
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(2.0)
+        cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
+        rate = (cpu1 - cpu0) / (t1 - t0)
+        assert rate < 0.1, f"paused process used {rate:.3f} CPU seconds per second"
+        still = read_status(status_file)
+        assert still["status"] == "Paused" and still["step"] == paused["step"], (
+            "training went on while paused"
+        )
+
+        time.sleep(max(0.0, hold - (time.monotonic() - paused_seen)))
+        pause_flag.unlink()
+        held = time.monotonic() - paused_seen
+        after = wait_for(
+            proc,
+            status_file,
+            lambda s: s["status"] == "Running" and s["step"] > paused["step"],
+            "resumed step",
+        )
+        stderr = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr[-2000:]
+    summary = json.loads((tmp_path / "results/distill/summary.json").read_text())
+    assert summary["step"] == steps and summary["status"] == "Completed"
+
+    # Elapsed time counts the pause, active time does not: their gap is the time we held the flag
+    # (plus at most one 0.5 s poll of the flag and the status write lag).
+    gap = after["elapsed_seconds"] - after["active_seconds"]
+    assert held - 0.1 <= gap <= held + 1.5, f"paused {held:.2f} s but elapsed - active = {gap:.2f} s"
+    # The ETA is (remaining steps) x an EMA (weight 0.1) of active seconds per step. Had the pause
+    # been counted, the k-th step after it would add >= 0.1 * held * 0.9**(k-1) per remaining step.
+    k = after["step"] - paused["step"]
+    remaining_paused, remaining_after = steps - paused["step"], steps - after["step"]
+    expected = paused["eta_seconds"] * remaining_after / remaining_paused
+    leak = remaining_after * 0.1 * held * 0.9 ** (k - 1)
+    assert after["eta_seconds"] < expected + leak / 2, (
+        f"ETA {after['eta_seconds']} s after the pause vs {expected:.2f} s before it: the pause leaked into it"
+    )
