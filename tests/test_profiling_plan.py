@@ -69,6 +69,20 @@ def test_plan_removes_least_important_and_anchors_kept_critical_layers():
     assert plan["anchor_pairs"] == sorted([student_of[t], t] for t in kept_critical)
 
 
+def test_block_influence_criterion_ranks_by_block_influence_and_keeps_sensitivity_anchors():
+    sens = [0.9, 0.01, 0.5, 0.02, 0.8, 0.03]
+    influence = [0.9, 0.8, 0.01, 0.7, 0.02, 0.6]
+    profile = fake_profile({"chat": sens})
+    profile["capabilities"]["chat"]["block_influence"] = influence
+    cfg = dict(keep_layers=3, protect_first=False, protect_last=False, critical_per_capability=1)
+    assert make_plan(profile, PlanConfig(**cfg))["keep_layers"] == [0, 2, 4]
+    plan = make_plan(profile, PlanConfig(**cfg, criterion="block_influence"))
+    assert plan["keep_layers"] == [0, 1, 3]
+    assert plan["critical_layers"] == {"chat": [0]}  # anchors still come from the ablation
+    with pytest.raises(ValueError, match="criterion"):
+        PlanConfig(keep_layers=3, criterion="random")
+
+
 def test_plan_parameter_budget():
     # 1000 fixed + 100 per layer: 1650 fits 6 layers.
     plan = make_plan(PROFILE, PlanConfig(param_budget=1650))

@@ -31,6 +31,11 @@ def _add_plan_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
         type=int,
         help="re-profile the partly pruned teacher after every k removals (0: score once)",
     )
+    parser.add_argument(
+        "--criterion",
+        choices=["sensitivity", "block_influence"],
+        help="what ranks layers for removal (default sensitivity: NIWT removal NLL increase)",
+    )
     parser.add_argument("--critical", type=int, help="critical (anchor) layers per capability (default 3)")
     parser.add_argument("--no-protect-first", action="store_true", help="allow removing the first layer")
     parser.add_argument("--no-protect-last", action="store_true", help="allow removing the last layer")
@@ -42,6 +47,7 @@ def _plan_overrides(args: argparse.Namespace) -> dict:
         "param_budget": parse_count(args.plan_budget) if args.plan_budget else None,
         "rescore_every": args.rescore_every,
         "critical_per_capability": args.critical,
+        "criterion": args.criterion,
     }
     if args.no_protect_first:
         plan["protect_first"] = False

@@ -27,6 +27,13 @@ class PlanConfig:
     critical_per_capability: int = field(
         default=3, metadata={"help": "critical (anchor) layers per capability: the most sensitive ones"}
     )
+    criterion: Literal["sensitivity", "block_influence"] = field(
+        default="sensitivity",
+        metadata={
+            "help": "what ranks layers for removal: sensitivity (NIWT: probe NLL increase when the layer "
+            "is removed) or block_influence (ShortGPT: mean 1 - cos(layer input, output) on the probes)"
+        },
+    )
     aggregate: Literal["mean", "max"] = field(
         default="mean",
         metadata={"help": "how per-capability sensitivities combine into one layer importance"},
@@ -43,6 +50,8 @@ class PlanConfig:
             raise ValueError("plan.rescore_every must be >= 0")
         if self.critical_per_capability < 0:
             raise ValueError("plan.critical_per_capability must be >= 0")
+        if self.criterion not in ("sensitivity", "block_influence"):
+            raise ValueError(f"plan.criterion must be sensitivity or block_influence, not {self.criterion!r}")
 
     @property
     def has_target(self) -> bool:

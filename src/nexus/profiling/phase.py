@@ -404,7 +404,7 @@ def plan_from_profile(
                 perturbation=Perturbation(cfg.perturbation, cfg.noise_scale, cfg.seed),
                 batch_tokens=cfg.batch_tokens,
             )
-            scores = layer_importance(result, plan_config.aggregate)
+            scores = layer_importance(result, plan_config.aggregate, plan_config.criterion)
             return {keep[s]: v for s, v in scores.items()}
 
     return make_plan(profile, plan_config, rescorer=rescorer, profile_path=profile.get("_path"))

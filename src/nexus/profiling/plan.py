@@ -31,12 +31,17 @@ PLAN_FILE = "student_plan.json"
 Rescorer = Callable[[list[int]], dict[int, float]]
 
 
-def layer_importance(profile: dict, aggregate: str = "mean") -> dict[int, float]:
-    """Teacher layer -> importance: its sensitivities over capabilities, combined by mean or max."""
+def layer_importance(
+    profile: dict, aggregate: str = "mean", criterion: str = "sensitivity"
+) -> dict[int, float]:
+    """Teacher layer -> importance: its ``criterion`` (removal sensitivity or Block Influence)
+    over capabilities, combined by mean or max."""
     caps = profile["capabilities"]
     if not caps:
         raise NexusError("profile has no capabilities")
-    values = [caps[name]["sensitivity"] for name in caps]
+    if criterion not in ("sensitivity", "block_influence"):
+        raise NexusError(f"plan criterion must be sensitivity or block_influence, not {criterion!r}")
+    values = [caps[name][criterion] for name in caps]
     combine = max if aggregate == "max" else (lambda xs: sum(xs) / len(xs))
     return {layer: combine([v[k] for v in values]) for k, layer in enumerate(profile["layers"])}
 
@@ -137,7 +142,7 @@ def make_plan(
         raise NexusError(
             "plan.rescore_every needs the teacher and probes to re-score (run through nexus profile/plan)"
         )
-    importance = layer_importance(profile, config.aggregate)
+    importance = layer_importance(profile, config.aggregate, config.criterion)
     keep, removals = select_layers(
         importance, n, target, protected=protected, rescore_every=config.rescore_every, rescorer=rescorer
     )
