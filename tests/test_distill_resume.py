@@ -46,7 +46,8 @@ def test_sigkill_then_resume_gives_bitwise_identical_weights(tiny_llama_dir, tmp
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_command(tiny_llama_dir, data, killed, tmp_path), env=env,
+    # stdin is no terminal: a SIGKILLed run reading keys would leave a developer's terminal in cbreak mode
+    proc = subprocess.Popen(_command(tiny_llama_dir, data, killed, tmp_path), env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     # Wait until training is under way (a checkpoint exists), then kill at a random moment.
     deadline = time.time() + 120

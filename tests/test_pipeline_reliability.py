@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import random
 import signal
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from nexus.monitor import read_status
@@ -58,22 +62,23 @@ def nexus_run(config: Path) -> list[str]:
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def wait_for_step(proc: subprocess.Popen, status_file: Path, phase: int, step: int, timeout: float = 120):
-    """Poll status.json until *this* process reports ``phase`` at ``step`` or later."""
+def wait_for(proc, status_file: Path, accept, what: str, timeout: float = 120) -> dict:
+    """Poll status.json until *this* process (a Popen or a pexpect child, whose output is drained
+    meanwhile so it never blocks on a full terminal) writes a status that ``accept`` takes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"nexus run exited ({proc.returncode}) before phase {phase} reached step {step}"
-            )
-        try:
-            status = read_status(status_file) or {}
-        except ValueError:  # never expected (atomic writes), but do not hide it behind a timeout
-            raise AssertionError(f"{status_file} was not valid JSON") from None
-        if status.get("pid") == proc.pid and status.get("phase") == phase and status.get("step", 0) >= step:
+        status = read_status(status_file) or {}
+        if status.get("pid") == proc.pid and accept(status):
             return status
+        if hasattr(proc, "read_nonblocking"):
+            import pexpect
+
+            with contextlib.suppress(pexpect.TIMEOUT, pexpect.EOF):
+                proc.read_nonblocking(1 << 16, timeout=0)
+        if not (proc.isalive() if hasattr(proc, "isalive") else proc.poll() is None):
+            raise AssertionError(f"nexus run exited before {what}")
         time.sleep(0.01)
-    raise AssertionError(f"phase {phase} did not reach step {step} within {timeout} s")
+    raise AssertionError(f"no {what} within {timeout} s")
 
 
 def weights(model_dir: Path) -> dict:
@@ -93,17 +98,19 @@ def test_sigkill_in_every_training_phase_then_resume_is_bit_identical(tiny_llama
         cwd.mkdir()
         write_config(cwd / "pipeline.yaml", tiny_llama_dir)
     subprocess.run(nexus_run(reference / "pipeline.yaml"), cwd=reference, env=ENV, check=True,
-                   capture_output=True)  # fmt: skip
+                   stdin=subprocess.DEVNULL, capture_output=True)  # fmt: skip
 
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     results = killed / "results"
     for key, number in TRAINING_PHASES.items():
-        proc = subprocess.Popen(nexus_run(killed / "pipeline.yaml"), cwd=killed, env=ENV,
+        # stdin is no terminal: a SIGKILLed run must not leave a developer's terminal in cbreak mode
+        proc = subprocess.Popen(nexus_run(killed / "pipeline.yaml"), cwd=killed, env=ENV, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
             # Step 2 reported means checkpoint-1 is on disk, so the rerun must resume, not restart.
-            wait_for_step(proc, results / "status.json", number, 2)
+            wait_for(proc, results / "status.json", lambda s, n=number: s["phase"] == n and s["step"] >= 2,
+                     f"phase {number} step 2")  # fmt: skip
             time.sleep(rng.uniform(0.0, 0.15))
         finally:
             proc.send_signal(signal.SIGKILL)
@@ -111,9 +118,8 @@ def test_sigkill_in_every_training_phase_then_resume_is_bit_identical(tiny_llama
         assert proc.returncode == -signal.SIGKILL, f"seed {seed}: phase {key} ended before the kill"
         assert not (results / key / "COMPLETE.json").exists(), f"seed {seed}: killed after {key} completed"
 
-    done = subprocess.run(
-        nexus_run(killed / "pipeline.yaml"), cwd=killed, env=ENV, capture_output=True, text=True
-    )
+    done = subprocess.run(nexus_run(killed / "pipeline.yaml"), cwd=killed, env=ENV, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Pipeline complete" in done.stderr
     assert read_status(results / "status.json")["status"] == "Completed"
@@ -139,18 +145,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_for(proc: subprocess.Popen, status_file: Path, accept, what: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = read_status(status_file) or {}
-        if status.get("pid") == proc.pid and accept(status):
-            return status
-        if proc.poll() is not None:
-            raise AssertionError(f"nexus run exited ({proc.returncode}) before {what}")
-        time.sleep(0.01)
-    raise AssertionError(f"no {what} within {timeout} s")
-
-
 def test_pause_flag_pauses_nexus_run_idle_and_resumes_without_counting_the_pause(tiny_llama_dir, tmp_path):
     steps, hold = 24, 3.0
     config = write_config(
@@ -161,8 +155,8 @@ def test_pause_flag_pauses_nexus_run_idle_and_resumes_without_counting_the_pause
         router={"enabled": False},
     )
     status_file, pause_flag = tmp_path / "results/status.json", tmp_path / "flags/pause.flag"
-    proc = subprocess.Popen(nexus_run(config), cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(nexus_run(config), cwd=tmp_path, env=ENV, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         wait_for(proc, status_file, lambda s: s["phase"] == 2 and s["step"] >= 1, "distill step 1")
         pause_flag.parent.mkdir(exist_ok=True)
@@ -217,3 +211,45 @@ def test_pause_flag_pauses_nexus_run_idle_and_resumes_without_counting_the_pause
     assert after["eta_seconds"] < expected + leak / 2, (
         f"ETA {after['eta_seconds']} s after the pause vs {expected:.2f} s before it: the pause leaked into it"
     )
+
+
+def test_key_p_in_the_terminal_pauses_and_resumes_nexus_run(tiny_llama_dir, tmp_path):
+    pexpect = pytest.importorskip("pexpect")
+    config = write_config(
+        tmp_path / "pipeline.yaml",
+        tiny_llama_dir,
+        distill=_section(student_layers=2, max_steps=60, save_every=100),
+        train={"enabled": False},
+        router={"enabled": False},
+    )
+    status_file, pause_flag = tmp_path / "results/status.json", tmp_path / "flags/pause.flag"
+    child = pexpect.spawn(sys.executable, nexus_run(config)[1:], cwd=str(tmp_path), env=ENV, encoding="utf-8",
+                          timeout=60, dimensions=(40, 200))  # fmt: skip
+    child.logfile_read = io.StringIO()
+    terminal = termios.tcgetattr(child.child_fd)  # the pty's settings before nexus touches them
+    try:
+        child.expect_exact("keys: p pause/resume, s stop")
+        assert not termios.tcgetattr(child.child_fd)[3] & termios.ECHO, "keys are read unechoed"
+        wait_for(child, status_file, lambda s: s["phase"] == 2 and s["step"] >= 1, "distill step 1")
+        child.send("p")
+        paused = wait_for(child, status_file, lambda s: s["status"] == "Paused", "Paused after the key p")
+        assert pause_flag.exists(), "the key must pause through flags/pause.flag"
+        shown = subprocess.run([sys.executable, "-m", "nexus", "status", "--results", "results"], cwd=tmp_path,
+                               env=ENV, stdin=subprocess.DEVNULL, capture_output=True, text=True)  # fmt: skip
+        assert shown.returncode == 0 and shown.stdout.rstrip().endswith("| Paused"), shown.stdout
+        child.send("p")
+        wait_for(
+            child, status_file, lambda s: s["status"] == "Running" and s["step"] > paused["step"], "resume"
+        )
+        assert not pause_flag.exists()
+        child.sendcontrol("c")  # the terminal still turns Ctrl-C into SIGINT: a clean stop
+        child.expect_exact("stopping cleanly")
+        child.expect(pexpect.EOF)
+        after = termios.tcgetattr(child.child_fd)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 130, child.logfile_read.getvalue()[-2000:]
+    assert after == terminal, "nexus run must give the terminal back as it found it"
+    log = child.logfile_read.getvalue()
+    assert "p: pausing at the next step boundary" in log and "p: resuming" in log
+    assert read_status(status_file)["status"] == "Stopped"

@@ -82,7 +82,7 @@ def _distill(args: argparse.Namespace) -> int:
     from nexus.config import load_config, parse_overrides
     from nexus.distillation.config import DistillConfig
     from nexus.distillation.run import run_distill
-    from nexus.monitor import Flags, StatusPrinter
+    from nexus.monitor import Flags, KeyControls, StatusPrinter
 
     overrides = parse_overrides(args.set)
     for dest, name in _FLAG_FIELDS.items():
@@ -95,13 +95,11 @@ def _distill(args: argparse.Namespace) -> int:
         DistillConfig, args.config, section="distill" if args.config else None, overrides=overrides
     )
     printer = StatusPrinter(sys.stderr, min_interval=1.0)
-    summary = run_distill(
-        cfg,
-        results_dir=Path(args.results),
-        flags=Flags(Path(args.flags)),
-        printer=printer,
-        cache_only=args.cache_only,
-    )
+    flags = Flags(Path(args.flags))
+    with KeyControls(flags, printer):
+        summary = run_distill(
+            cfg, results_dir=Path(args.results), flags=flags, printer=printer, cache_only=args.cache_only
+        )
     if os.environ.get("RANK", "0") == "0":  # one summary per run, not one per process
         print(json.dumps(summary, indent=2, default=str))
     return 0

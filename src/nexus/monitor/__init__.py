@@ -5,7 +5,8 @@
 * :class:`GpuTemperature` polls the GPU temperature every 2 s on a background thread;
 * :class:`KeyboardPauseCallback` is the step-boundary hook for ``transformers.Trainer`` and for
   plain loops: it updates the status, pauses while ``flags/pause.flag`` exists and stops
-  cleanly on ``flags/stop.flag``.
+  cleanly on ``flags/stop.flag``;
+* :class:`KeyControls` turns ``p`` / ``s`` pressed in the run's terminal into those flags.
 """
 
 from nexus.utils import lazy_exports
@@ -14,6 +15,7 @@ from nexus.utils import lazy_exports
 _LAZY = {
     "Flags": "nexus.monitor.flags",
     "GpuTemperature": "nexus.monitor.gpu",
+    "KeyControls": "nexus.monitor.keys",
     "KeyboardPauseCallback": "nexus.monitor.callbacks",
     "PHASE_NAMES": "nexus.monitor.status",
     "STATUSES": "nexus.monitor.status",

@@ -9,14 +9,13 @@ the status line, then honours the control flags:
 * ``flags/stop.flag`` (or :meth:`request_stop`, used by the Ctrl-C handler): the caller
   checkpoints and stops; status ``Stopped``.
 
-With ``listen_keys=True`` on a terminal, pressing ``p`` toggles the pause flag and ``s``
-requests a stop, so a user can pause without a second shell.
+Keys (``p`` pause/resume, ``s`` stop) reach it through the same flags: the commands wrap the
+whole run in :class:`nexus.monitor.keys.KeyControls`, which owns the terminal.
 """
 
 from __future__ import annotations
 
 import enum
-import sys
 import threading
 import time
 
@@ -39,7 +38,6 @@ class KeyboardPauseCallback(TrainerCallback):
         flags: Flags | None = None,
         printer: StatusPrinter | None = None,
         poll_interval: float = 0.5,
-        listen_keys: bool = False,
         sleep=time.sleep,
     ) -> None:
         self.writer = writer
@@ -48,10 +46,6 @@ class KeyboardPauseCallback(TrainerCallback):
         self.poll_interval = poll_interval
         self._sleep = sleep
         self._stop_requested = threading.Event()
-        self._key_thread: threading.Thread | None = None
-        if listen_keys and sys.stdin.isatty():
-            self._key_thread = threading.Thread(target=self._listen_keys, name="nexus-keys", daemon=True)
-            self._key_thread.start()
 
     # -- plain-loop API --------------------------------------------------------------
     def request_stop(self) -> None:
@@ -107,29 +101,3 @@ class KeyboardPauseCallback(TrainerCallback):
             control.should_save = True
             control.should_training_stop = True
         return control
-
-    # -- keyboard --------------------------------------------------------------------
-    def _listen_keys(self) -> None:
-        import termios
-        import tty
-
-        fd = sys.stdin.fileno()
-        try:
-            old = termios.tcgetattr(fd)
-        except termios.error:
-            return
-        try:
-            tty.setcbreak(fd)
-            while not self._stop_requested.is_set():
-                key = sys.stdin.read(1).lower()
-                if key == "p":
-                    if self.flags.pause_requested():
-                        self.flags.resume()
-                    else:
-                        self.flags.pause()
-                elif key == "s":
-                    self.request_stop()
-                elif key == "":
-                    return
-        finally:
-            termios.tcsetattr(fd, termios.TCSADRAIN, old)

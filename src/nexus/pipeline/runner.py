@@ -11,7 +11,8 @@ produced it. On the next run:
 
 ``--fresh`` moves the whole ``results/`` aside (``results.archive-<time>/``) and starts over.
 First Ctrl-C (or ``flags/stop.flag``) checkpoints and stops cleanly at the next step boundary
-with status ``Stopped``; a second Ctrl-C aborts at once.
+with status ``Stopped``; a second Ctrl-C aborts at once. In a terminal, ``p`` pauses/resumes and
+``s`` stops (:class:`~nexus.monitor.keys.KeyControls`, through the same flags).
 """
 
 from __future__ import annotations
@@ -31,7 +32,15 @@ from typing import Any
 
 from nexus.config import config_hash, from_dict, load_config, save_resolved, to_dict
 from nexus.errors import NexusError
-from nexus.monitor import Flags, GpuTemperature, StatusPrinter, StatusWriter, format_duration, read_status
+from nexus.monitor import (
+    Flags,
+    GpuTemperature,
+    KeyControls,
+    StatusPrinter,
+    StatusWriter,
+    format_duration,
+    read_status,
+)
 from nexus.monitor.status import PIPELINE_START_ENV
 from nexus.pipeline.lock import PipelineLock
 from nexus.utils import atomic_write_json
@@ -199,7 +208,7 @@ def run_pipeline(
         started = time.monotonic()
         rerun_rest = False
         try:
-            with _InterruptHandler(flags, printer) as interrupts:
+            with _InterruptHandler(flags, printer) as interrupts, KeyControls(flags, printer):
                 for phase in selected:
                     phase_config = phase_configs[phase.key]
                     digest = config_hash(

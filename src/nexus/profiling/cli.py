@@ -127,7 +127,7 @@ def register(subparsers) -> None:
 def _profile(args: argparse.Namespace) -> int:
     from nexus.config import load_config, parse_overrides
     from nexus.errors import NexusError
-    from nexus.monitor import Flags, StatusPrinter
+    from nexus.monitor import Flags, KeyControls, StatusPrinter
     from nexus.profiling.config import ProfileConfig
     from nexus.profiling.phase import run_profile
 
@@ -165,10 +165,9 @@ def _profile(args: argparse.Namespace) -> int:
     config = load_config(
         ProfileConfig, args.config, section="profile" if args.config else None, overrides=overrides
     )
-    printer = StatusPrinter(min_interval=1.0)
-    summary = run_profile(
-        config, results_dir=Path(args.results_dir), flags=Flags(Path("flags")), printer=printer
-    )
+    printer, flags = StatusPrinter(min_interval=1.0), Flags(Path("flags"))
+    with KeyControls(flags, printer):
+        summary = run_profile(config, results_dir=Path(args.results_dir), flags=flags, printer=printer)
     if summary.get("stopped"):
         print(
             f"stopped after {summary['steps_done']} of {summary['total_steps']} layer steps (no profile written)"

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
 
 def _router(args: argparse.Namespace) -> int:
     from nexus.config import load_config
-    from nexus.monitor import Flags, StatusPrinter
+    from nexus.monitor import Flags, KeyControls, StatusPrinter
     from nexus.router.config import RouterConfig
     from nexus.router.run import run_router
     from nexus.training.cli import overrides
@@ -42,9 +42,9 @@ def _router(args: argparse.Namespace) -> int:
         }
     )
     cfg = load_config(RouterConfig, args.config, section="router" if args.config else None, overrides=values)
-    summary = run_router(
-        cfg, results_dir=Path(args.results), flags=Flags(), printer=StatusPrinter(min_interval=1.0)
-    )
+    flags, printer = Flags(), StatusPrinter(min_interval=1.0)
+    with KeyControls(flags, printer):
+        summary = run_router(cfg, results_dir=Path(args.results), flags=flags, printer=printer)
     keys = (
         "status",
         "step",

@@ -46,15 +46,15 @@ def register(subparsers) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from nexus.config import load_config
-    from nexus.monitor import Flags, StatusPrinter
+    from nexus.monitor import Flags, KeyControls, StatusPrinter
     from nexus.training.config import TrainConfig
     from nexus.training.run import run_train
 
     cfg = load_config(
         TrainConfig, args.config, section="train" if args.config else None, overrides=overrides(args)
     )
-    summary = run_train(
-        cfg, results_dir=Path(args.results), flags=Flags(), printer=StatusPrinter(min_interval=1.0)
-    )
+    flags, printer = Flags(), StatusPrinter(min_interval=1.0)
+    with KeyControls(flags, printer):
+        summary = run_train(cfg, results_dir=Path(args.results), flags=flags, printer=printer)
     print(json.dumps({k: summary.get(k) for k in ("status", "step", "loss", "eval", "model_dir")}, indent=2))
     return 0
