@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import tiny
@@ -187,6 +188,36 @@ def test_cli_profile_and_plan(tmp_path, monkeypatch, capsys, tiny_llama_dir, tin
     assert "larger than the teacher (4 layers)" in capsys.readouterr().err
     assert main(["plan", "--profile", str(profile), "--keep", "2", "--model", str(tiny_qwen2_dir)]) == 2
     assert "was made from" in capsys.readouterr().err
+
+
+def test_plan_rescoring_from_another_directory_finds_the_profiles_probes(
+    tmp_path, monkeypatch, capsys, tiny_llama_dir, probe_files
+):
+    made, elsewhere = tmp_path / "made", tmp_path / "elsewhere"
+    made.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(made)
+    args = ["--probes", f"code={probe_files['code']}", "--capabilities", "code", "--num-probes", "2"]
+    assert main(["profile", "--model", str(tiny_llama_dir), *args, "--name", "t"]) == 0
+    profile = made / "results" / "profile" / "t.json"
+    assert json.loads(profile.read_text())["probes_file"] == "t_probes.jsonl"  # beside the profile
+    monkeypatch.chdir(elsewhere)
+    relative = os.path.relpath(profile, elsewhere)
+    plan = ["plan", "--profile", relative, "--keep", "2", "--rescore-every", "1", "--out", "plan.json"]
+    capsys.readouterr()
+    assert main(plan) == 0, capsys.readouterr().err
+    assert len(json.loads((elsewhere / "plan.json").read_text())["keep_layers"]) == 2
+    # A profile written before: its probes path is relative to the directory it was made in.
+    data = json.loads(profile.read_text())
+    profile.write_text(json.dumps({**data, "probes_file": "results/profile/t_probes.jsonl"}))
+    (elsewhere / "plan.json").unlink()
+    assert main(plan) == 0, capsys.readouterr().err
+    assert (elsewhere / "plan.json").is_file()
+    (made / "results" / "profile" / "t_probes.jsonl").unlink()
+    capsys.readouterr()
+    assert main(plan) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "t_probes.jsonl" in err and "--rescore-every" in err, err
 
 
 @pytest.mark.parametrize(

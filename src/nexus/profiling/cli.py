@@ -212,7 +212,12 @@ def _plan(args: argparse.Namespace) -> int:
             f"{args.profile} (config)",
         )
         if plan_config.rescore_every:
-            config.probes = [profile["probes_file"]]
+            probes = profile.get("probes_file")
+            if not probes or not Path(probes).is_file():
+                raise NexusError(
+                    f"{args.profile}: its probes file {probes} is missing; --rescore-every re-runs those probes"
+                )
+            config.probes = [probes]
             config.capabilities = list(profile["capabilities"])
         model, tokenizer, info = _load(config)
         check_same_model(profile, info["identity"], config.model)

@@ -89,7 +89,22 @@ def load_profile(path: str | Path) -> dict:
                 f"for {len(profile['layers'])} layers"
             )
     profile["_path"] = str(path)
+    if profile.get("probes_file"):
+        profile["probes_file"] = _probes_beside(path, profile["probes_file"])
     return profile
+
+
+def _probes_beside(profile_path: Path, stored: str) -> str:
+    """The profile's probes file, wherever the profile is read from. It is stored by name, beside the
+    profile; profiles written before that hold a path relative to the directory they were made in."""
+    stored_path = Path(stored)
+    if stored_path.is_absolute():
+        return stored
+    beside = profile_path.parent / stored_path.name
+    for candidate in (profile_path.parent / stored_path, beside, stored_path):
+        if candidate.is_file():
+            return str(candidate)
+    return str(beside)
 
 
 def check_same_model(profile: dict, identity: str, spec: str) -> None:
@@ -317,7 +332,7 @@ def run_profile(
             "layers": result["layers"],
             "capabilities": result["capabilities"],
             "probes": {cap: c["sha256"] for cap, c in result["capabilities"].items()},
-            "probes_file": str(probes_path),
+            "probes_file": probes_path.name,  # beside the profile: read it from anywhere
             "wall_seconds": round(wall, 2),
             "config": to_dict(config),
         }
