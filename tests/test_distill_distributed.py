@@ -68,3 +68,128 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_llama_d
     assert [p.name for p in (double / "checkpoints").iterdir()] == ["checkpoint-5"]
     meta = json.loads((double / "checkpoints" / "checkpoint-5" / "meta.json").read_text())
     assert meta["world_size"] == 2
+
+
+# ----------------------------------------------------------------------------------------
+# FSDP (PyTorch FSDP2 on gloo): student sharded, teacher sharded or replicated
+# ----------------------------------------------------------------------------------------
+ACCELERATE_FSDP_CONFIG = """\
+compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+num_machines: 1
+num_processes: 2
+machine_rank: 0
+mixed_precision: 'no'
+use_cpu: true
+fsdp_config:
+  fsdp_version: 2
+  fsdp_reshard_after_forward: true
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+  fsdp_state_dict_type: FULL_STATE_DICT
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return {
+        **load_file(str(out / "model" / "model.safetensors")),
+        **{f"proj.{k}": v for k, v in load_file(str(out / "anchoring_projections.safetensors")).items()},
+    }
+
+
+def _meta(out: Path, step: int) -> dict:
+    return json.loads((out / "checkpoints" / f"checkpoint-{step}" / "meta.json").read_text())
+
+
+def _eval(out: Path) -> dict:
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    (row,) = [r for r in rows if r["split"] == "eval"]  # eval_every=0: once, at the end
+    return row
+
+
+@pytest.mark.slow  # 60-150 s on the shared 2-core machine (seven process start-ups)
+def test_fsdp_matches_one_process_and_its_checkpoints_resume(tiny_llama_dir, tiny_tokenizer, tmp_path):
+    """FSDP on 2 gloo processes = 1 process with the same global batch (student of another hidden
+    size, so the anchoring projections are sharded too; fused LM-head loss on the gathered head):
+    per-step losses within 1e-5 relative, final weights and projections within 1e-5 absolute,
+    held-out metrics within 1e-5 relative. Then: a run stopped at step 1 under FSDP resumes under
+    FSDP, and a DDP checkpoint resumes under `accelerate launch` with an FSDP config (auto mode),
+    both ending on the uninterrupted weights."""
+    import tiny
+
+    student = tiny.save_model(
+        tiny.build_model("llama", tiny_tokenizer, num_layers=2, hidden=32, intermediate=64, seed=3),
+        tiny_tokenizer,
+        tmp_path / "student",
+    )
+    data = tmp_path / "data.jsonl"
+    rows = [{"text": e.text} for e in python_source_snippets(8)]
+    rows += [{"question": e.prompt, "answer": e.response} for e in arithmetic_word_problems(30)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for name in ("ACCELERATE_USE_FSDP", "WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(name, None)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+    def run(name: str, launcher: list[str], accum: int, *extra: str, stop_first: bool = False) -> Path:
+        out = tmp_path / name / "distill"
+        if stop_first:  # stop.flag before the start: the run checkpoints after step 1 and stops
+            (tmp_path / name / "flags").mkdir(parents=True)
+            (tmp_path / name / "flags" / "stop.flag").touch()
+        args = [*_args(tiny_llama_dir, data, out, 2, accum), "--student", str(student), *extra]
+        done = subprocess.run([*launcher, "-m", "nexus", *args], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        if stop_first:
+            assert [p.name for p in (out / "checkpoints").iterdir()] == ["checkpoint-1"]
+            (tmp_path / name / "flags" / "stop.flag").unlink()
+        return out
+
+    single = run("one", [sys.executable], 2)
+    fsdp = run("fsdp", torchrun, 1, "--distributed", "fsdp", "--set", "gradient_checkpointing=true")
+
+    one, two = _losses(single), _losses(fsdp)
+    assert len(one) == len(two) == 5  # rank 1 writes no metrics
+    for a, b in zip(one, two, strict=True):
+        assert abs(a - b) <= 1e-5 * abs(a), (one, two)
+    w1, w2 = _weights(single), _weights(fsdp)
+    assert w1.keys() == w2.keys() and any(k.startswith("proj.") for k in w1)
+    for key in w1:
+        torch.testing.assert_close(w1[key], w2[key], atol=1e-5, rtol=0)
+    e1, e2 = _eval(single), _eval(fsdp)
+    for key in ("kd", "ce", "top1_agreement"):
+        assert abs(e1[key] - e2[key]) <= 1e-5 * abs(e1[key]), (e1, e2)
+    assert [p.name for p in (fsdp / "checkpoints").iterdir()] == ["checkpoint-5"]
+    assert (_meta(fsdp, 5)["world_size"], _meta(fsdp, 5)["parallelism"]) == (2, "fsdp")
+    status = json.loads((tmp_path / "fsdp" / "results" / "status.json").read_text())
+    assert status["status"] == "Completed" and status["step"] == 5
+
+    # Stopped at step 1 under FSDP (teacher replicated this time), resumed under FSDP.
+    resumed = run("resume", torchrun, 1, "--distributed", "fsdp", "--teacher-sharding", "replicate",
+                  stop_first=True)  # fmt: skip
+    resumed = run("resume", torchrun, 1, "--distributed", "fsdp", "--teacher-sharding", "replicate")
+    assert json.loads((resumed / "summary.json").read_text())["resumed_from_step"] == 1
+
+    # Stopped at step 1 under DDP, resumed by accelerate launch with an FSDP config (no Nexus flag).
+    config = tmp_path / "fsdp.yaml"
+    config.write_text(ACCELERATE_FSDP_CONFIG)
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+                  "--main_process_port", str(_free_port())]  # fmt: skip
+    crossed = run("crossed", torchrun, 1, stop_first=True)
+    assert _meta(crossed, 1)["parallelism"] == "ddp"
+    crossed = run("crossed", accelerate, 1)
+    summary = json.loads((crossed / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 1
+    assert _meta(crossed, 5)["parallelism"] == "fsdp"
+
+    for out in (resumed, crossed):
+        assert _losses(out)[1:] == pytest.approx(two[1:], rel=1e-5)
+        w = _weights(out)
+        for key in w2:
+            torch.testing.assert_close(w[key], w2[key], atol=1e-6, rtol=0)

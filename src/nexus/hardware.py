@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 
 import torch
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """``requested`` if given ("cpu", "cuda", "cuda:1", ...), else CUDA when present, else CPU."""
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``requested`` if given ("cpu", "cuda", "cuda:1", ...), else CUDA when present, else CPU.
+
+    Under a multi-process launch (``WORLD_SIZE > 1``) a bare ``cuda`` means this process's GPU,
+    ``cuda:LOCAL_RANK``, which also becomes the current CUDA device (NCCL and FSDP need it).
+    """
+    device = (
+        torch.device(requested) if requested else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
 
 
 @functools.cache

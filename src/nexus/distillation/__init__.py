@@ -7,6 +7,8 @@
   and 4 (AdamW, warm-up + cosine, accumulation, clipping, bf16 autocast, atomic checkpoints,
   exact resume, DDP via torchrun, eval, status/flags, metrics JSONL + TensorBoard); its module
   docstring documents the API (teacher sources, batches, ``extra_loss`` hook);
+* :mod:`nexus.distillation.parallel` -- one process, DDP or FSDP2 for the student and the
+  teacher, chosen by config or an ``accelerate launch`` FSDP config; full-state checkpoints;
 * :mod:`nexus.distillation.cache` -- the memory-mapped top-k teacher cache;
 * :mod:`nexus.distillation.run` -- :func:`run_distill`, the phase's entry point;
 * :mod:`nexus.distillation.cli` -- ``nexus distill``.

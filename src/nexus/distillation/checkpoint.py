@@ -121,12 +121,14 @@ def read_meta(checkpoint: Path) -> dict[str, Any]:
     return json.loads((checkpoint / META).read_text())
 
 
-def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    return torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=True)
+def load_trainer_state(checkpoint: Path, *, mmap: bool = False) -> dict[str, Any]:
+    """``trainer_state.pt``; ``mmap=True`` maps its tensors instead of reading them (under FSDP
+    every process opens it, but only rank 0 uses the optimizer state)."""
+    return torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=True, mmap=mmap)
 
 
-def load_model_weights(model: torch.nn.Module, model_dir: Path) -> None:
-    """Load a ``save_pretrained`` directory's weights into ``model`` in place.
+def read_model_state(model: torch.nn.Module, model_dir: Path) -> dict[str, torch.Tensor]:
+    """A ``save_pretrained`` directory's weights as a state dict in ``model``'s in-memory layout.
 
     The weights go through transformers' own loader, not a raw safetensors read: ``save_pretrained``
     may store another layout than the model holds in memory (transformers 5 writes Mixtral experts
@@ -144,8 +146,14 @@ def load_model_weights(model: torch.nn.Module, model_dir: Path) -> None:
             f"checkpoint {model_dir} does not match the model (missing {bad['missing_keys']}, "
             f"unexpected {bad['unexpected_keys']}, other shapes {bad['mismatched_keys']})"
         )
+    return loaded.state_dict()
+
+
+def load_model_weights(model: torch.nn.Module, model_dir: Path) -> None:
+    """Load a ``save_pretrained`` directory's weights into ``model`` in place (see :func:`read_model_state`)."""
+    state = read_model_state(model, model_dir)
     try:
-        model.load_state_dict(loaded.state_dict())
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise NexusError(
             f"checkpoint {model_dir} does not match the model: {str(exc).splitlines()[0]}"

@@ -29,6 +29,8 @@ _FLAG_FIELDS = {
     "precision": "precision",
     "device": "device",
     "seed": "seed",
+    "distributed": "distributed",
+    "teacher_sharding": "teacher_sharding",
 }
 
 
@@ -72,6 +74,16 @@ def register(subparsers) -> None:
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), help="training precision")
     p.add_argument("--device", help="cpu, cuda, cuda:1")
     p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument(
+        "--distributed",
+        choices=("auto", "ddp", "fsdp"),
+        help="multi-process mode (auto: FSDP under an accelerate FSDP config, else DDP under torchrun)",
+    )
+    p.add_argument(
+        "--teacher-sharding",
+        choices=("auto", "replicate", "fsdp"),
+        help="live teacher: whole on every process, or FSDP-sharded (auto: sharded when the student is)",
+    )
     p.add_argument("--flags", default="flags", help="flags directory (pause.flag / stop.flag)")
     p.set_defaults(func=_distill)
 

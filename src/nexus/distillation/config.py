@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+DISTRIBUTED_MODES = ("auto", "ddp", "fsdp")  # see nexus.distillation.parallel
+TEACHER_SHARDING = ("auto", "replicate", "fsdp")
 
 # Fields that do not change the trained weights: a resume may change them freely.
 NON_RESULT_FIELDS = frozenset(
@@ -21,12 +24,44 @@ NON_RESULT_FIELDS = frozenset(
         "teacher_cache_dir",
         "gradient_checkpointing",
         "chunk_size",
+        "distributed",
+        "teacher_sharding",
     }
 )
 
 
+def check_parallel_fields(cfg: Any) -> None:
+    """``distributed`` / ``teacher_sharding`` of a phase config (2, 3 or 4) take known values."""
+    if cfg.distributed not in DISTRIBUTED_MODES:
+        raise ValueError(
+            f"distributed must be one of {', '.join(DISTRIBUTED_MODES)}, not {cfg.distributed!r}"
+        )
+    if cfg.teacher_sharding not in TEACHER_SHARDING:
+        raise ValueError(
+            f"teacher_sharding must be one of {', '.join(TEACHER_SHARDING)}, not {cfg.teacher_sharding!r}"
+        )
+
+
 def _help(text: str) -> dict:
     return {"help": text}
+
+
+def distributed_field() -> Any:
+    """The ``distributed`` field of the phase 2, 3 and 4 configs."""
+    return field(
+        default="auto",
+        metadata=_help("auto (FSDP under an accelerate FSDP config, DDP under torchrun) | ddp | fsdp"),
+    )
+
+
+def teacher_sharding_field() -> Any:
+    """The ``teacher_sharding`` field of the phase 2, 3 and 4 configs."""
+    return field(
+        default="auto",
+        metadata=_help(
+            "live teacher: auto (fsdp when the student is) | replicate (whole per process) | fsdp"
+        ),
+    )
 
 
 @dataclass
@@ -101,6 +136,8 @@ class DistillConfig:
         default=False, metadata=_help("recompute student activations in backward")
     )
     device: str | None = field(default=None, metadata=_help("cpu, cuda, cuda:1 (default: cuda if present)"))
+    distributed: str = distributed_field()
+    teacher_sharding: str = teacher_sharding_field()
     # bookkeeping
     eval_every: int = field(
         default=50, metadata=_help("evaluate on the held-out rows every N steps (0 = end only)")
@@ -125,6 +162,7 @@ class DistillConfig:
             raise ValueError(f"loss_on must be all or response, not {self.loss_on!r}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
+        check_parallel_fields(self)
         for name in (
             "max_steps",
             "micro_batch_size",

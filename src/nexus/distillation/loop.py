@@ -1,7 +1,9 @@
 """The training loop shared by phases 2 (distill), 3 (recovery fine-tuning) and 4 (router).
 
-A plain PyTorch loop (DDP through ``torchrun`` when ``WORLD_SIZE > 1``), driven by
-:class:`LoopSettings`. Use::
+A plain PyTorch loop, driven by :class:`LoopSettings`: one process, DDP through ``torchrun``
+when ``WORLD_SIZE > 1``, or FSDP2 (``fully_shard``) for the student and optionally the teacher
+when configured (``distributed`` / ``teacher_sharding`` settings, or ``accelerate launch`` with
+an FSDP config; see :mod:`nexus.distillation.parallel`). Use::
 
     from nexus.distillation.loop import DistillLoop, LoopSettings, LiveTeacherSource
 
@@ -36,12 +38,15 @@ Checkpoints (``OUT/checkpoints/checkpoint-<step>/``, atomic, keep-last-N) hold t
 modules (anchoring projections), optimizer, scheduler, RNG states and the step (the data order
 is a pure function of seed and step, so the step *is* the data position). ``fit`` on a
 directory with checkpoints resumes from the newest one and refuses a different config.
+Under FSDP the model and optimizer state are gathered to rank 0 and written in the same format,
+so checkpoints resume under any parallelism.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -62,6 +67,7 @@ from torch import nn
 from nexus.config import save_resolved
 from nexus.data.packing import PackedRows
 from nexus.distillation import checkpoint as ckpt
+from nexus.distillation import parallel
 from nexus.distillation.losses import (
     ActivationAnchoringLoss,
     CachedTeacher,
@@ -116,6 +122,8 @@ class LoopSettings:
     keep_last: int = 2
     log_every: int = 1
     max_nan_steps: int = 10
+    distributed: str = "auto"
+    teacher_sharding: str = "auto"
 
     @classmethod
     def from_config(cls, cfg: Any) -> LoopSettings:
@@ -260,8 +268,21 @@ class LiveTeacherSource:
             p.requires_grad_(False)
         self.layers = sorted(set(layers or []))
         self.capture = _LayerCapture(model, self.layers) if self.layers else None
-        head = model.get_output_embeddings()
+        self._read_head()
+
+    def _read_head(self) -> None:
+        head = self.model.get_output_embeddings()
         self.head_weight, self.head_bias = head.weight, getattr(head, "bias", None)
+
+    def place(self, device: torch.device, *, mesh=None, par: parallel.Parallelism | None = None) -> None:
+        """Move the teacher to ``device`` whole, or shard it over ``mesh`` with FSDP (forward only)."""
+        if mesh is None:
+            self.model.to(device)
+        else:
+            parallel.shard_teacher(
+                self.model, decoder_layers(self.model), mesh, par or parallel.Parallelism(), device=device
+            )
+        self._read_head()
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, torch.Tensor], rows: np.ndarray) -> TeacherTargets:
@@ -302,8 +323,19 @@ class StudentLoss(nn.Module):
         self.capture = _LayerCapture(student, anchoring.student_layers) if use_anchor else None
 
     def forward(
-        self, batch: dict[str, torch.Tensor], teacher: TeacherTargets | None, normalizer: float
+        self,
+        batch: dict[str, torch.Tensor],
+        teacher: TeacherTargets | None,
+        normalizer: float,
+        within: Callable[[nn.Module], Any] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The step's loss share of ``batch``; with ``within``, ``within(student)`` instead.
+
+        ``within`` runs inside this module's forward, where FSDP has gathered the root
+        parameters (embeddings, LM head, projections): evaluation of a sharded student.
+        """
+        if within is not None:
+            return within(self.student)
         s = self.settings
         out = base_model(self.student)(
             input_ids=batch["input_ids"],
@@ -352,6 +384,51 @@ class StudentLoss(nn.Module):
 # Evaluation: held-out KD, CE, top-1 agreement
 # ----------------------------------------------------------------------------------------
 @torch.no_grad()
+def score_batch(
+    student: nn.Module,
+    batch: dict[str, torch.Tensor],
+    targets: TeacherTargets | None,
+    *,
+    cached: bool,
+    precision: str,
+    device: torch.device,
+    chunk_size: int,
+) -> dict[str, float]:
+    """Summed KL(teacher || student), CE and top-1 agreements of one batch, and its token count."""
+    head = student.get_output_embeddings()
+    with autocast(precision, device):
+        out = base_model(student)(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        )
+    mask = batch["loss_mask"]
+    hidden = out.last_hidden_state[mask]
+    labels = batch["labels"][mask]
+    sums = {"kl": 0.0, "ce": 0.0, "agree": 0.0, "tokens": int(hidden.shape[0])}
+    for c in range(0, hidden.shape[0], chunk_size):
+        e = min(hidden.shape[0], c + chunk_size)
+        logits = F.linear(hidden[c:e].to(head.weight.dtype), head.weight, getattr(head, "bias", None)).float()
+        logp = F.log_softmax(logits, -1)
+        sums["ce"] += float(F.nll_loss(logp, labels[c:e], reduction="sum"))
+        if targets is None:
+            continue
+        if cached:
+            t = targets.target
+            s_top = logp.gather(-1, t.topk_idx[c:e].long())
+            s_tail = _log1mexp(torch.logsumexp(s_top, -1))
+            t_logp = torch.cat([t.topk_logp[c:e].float(), t.tail_logp[c:e].float()[:, None]], -1)
+            s_logp = torch.cat([s_top, s_tail[:, None]], -1)
+            sums["kl"] += float((t_logp.exp() * (t_logp - s_logp)).sum())
+            teacher_top1 = t.topk_idx[c:e, 0].long()
+        else:
+            t_logits = targets.target.logits(c, e).float()
+            t_logp = F.log_softmax(t_logits, -1)
+            sums["kl"] += float((t_logp.exp() * (t_logp - logp)).sum())
+            teacher_top1 = t_logits.argmax(-1)
+        sums["agree"] += float((logits.argmax(-1) == teacher_top1).sum())
+    return sums
+
+
+@torch.no_grad()
 def evaluate_fidelity(
     student: nn.Module,
     teacher: LiveTeacherSource | Any | None,
@@ -362,54 +439,29 @@ def evaluate_fidelity(
     precision: str = "fp32",
     device: torch.device | str = "cpu",
     chunk_size: int = 1024,
+    scorer: Callable[..., dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """Mean per-token KL(teacher || student) at T=1, CE on the data and top-1 agreement.
 
     With a cached teacher the KL is the top-k (K + 1 bins) one and is reported as
-    ``kd_topk``; with a live teacher it is the full-vocabulary KL (``kd``).
+    ``kd_topk``; with a live teacher it is the full-vocabulary KL (``kd``). ``scorer``
+    replaces :func:`score_batch` (same keyword arguments), e.g. to run it inside an FSDP root.
     """
     device = torch.device(device)
     was_training = student.training
     student.eval()
     n = len(rows) if max_rows is None else min(len(rows), max_rows)
     sums = {"kl": 0.0, "ce": 0.0, "agree": 0.0, "tokens": 0}
-    head = student.get_output_embeddings()
     cached = teacher is not None and not isinstance(teacher, LiveTeacherSource)
+    score = scorer or functools.partial(score_batch, student)
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(n, start + batch_size))
         batch = {k: v.to(device) for k, v in rows.batch(idx).items()}
         with autocast(precision, device):
-            out = base_model(student)(
-                input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
-            )
             targets = teacher(batch, idx) if teacher is not None else None
-        mask = batch["loss_mask"]
-        hidden = out.last_hidden_state[mask]
-        labels = batch["labels"][mask]
-        for c in range(0, hidden.shape[0], chunk_size):
-            e = min(hidden.shape[0], c + chunk_size)
-            logits = F.linear(
-                hidden[c:e].to(head.weight.dtype), head.weight, getattr(head, "bias", None)
-            ).float()
-            logp = F.log_softmax(logits, -1)
-            sums["ce"] += float(F.nll_loss(logp, labels[c:e], reduction="sum"))
-            if targets is None:
-                continue
-            if cached:
-                t = targets.target
-                s_top = logp.gather(-1, t.topk_idx[c:e].long())
-                s_tail = _log1mexp(torch.logsumexp(s_top, -1))
-                t_logp = torch.cat([t.topk_logp[c:e].float(), t.tail_logp[c:e].float()[:, None]], -1)
-                s_logp = torch.cat([s_top, s_tail[:, None]], -1)
-                sums["kl"] += float((t_logp.exp() * (t_logp - s_logp)).sum())
-                teacher_top1 = t.topk_idx[c:e, 0].long()
-            else:
-                t_logits = targets.target.logits(c, e).float()
-                t_logp = F.log_softmax(t_logits, -1)
-                sums["kl"] += float((t_logp.exp() * (t_logp - logp)).sum())
-                teacher_top1 = t_logits.argmax(-1)
-            sums["agree"] += float((logits.argmax(-1) == teacher_top1).sum())
-        sums["tokens"] += int(hidden.shape[0])
+        part = score(batch, targets, cached=cached, precision=precision, device=device, chunk_size=chunk_size)
+        for key in sums:
+            sums[key] += part[key]
     student.train(was_training)
     tokens = max(1, sums["tokens"])
     result = {"ce": sums["ce"] / tokens, "tokens": sums["tokens"]}
@@ -500,14 +552,20 @@ class DistillLoop:
         self.device = pick_device(settings.device)
         self.dist = dist or DistContext.from_env(self.device)
         self.precision = resolve_precision(settings.precision, self.device)
-        self.student = student.to(self.device)
+        self.par = parallel.resolve_parallelism(
+            settings.distributed, settings.teacher_sharding, self.dist.world
+        )
+        # Under FSDP the student stays where it is: fully_shard moves only each process's shard.
+        self.student = student if self.par.fsdp else student.to(self.device)
         self.tokenizer = tokenizer
         self.train_rows, self.heldout = train, heldout
         self.teacher = teacher
         self.out_dir = Path(out_dir)
         self.run_config = run_config
         self.result_hash = result_hash
-        self.anchoring = anchoring.to(self.device) if anchoring is not None else None
+        self.anchoring = (
+            anchoring.to(self.device) if anchoring is not None and not self.par.fsdp else anchoring
+        )
         self.results_dir = Path(results_dir)
         self.flags = flags or Flags()
         self.printer = printer
@@ -524,14 +582,39 @@ class DistillLoop:
             model_kwargs=model_kwargs,
             compute_dtype=compute_dtype,
         )
-        if settings.gradient_checkpointing:
+        if settings.gradient_checkpointing or self.par.activation_checkpointing:
             self.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.ddp = None
-        if self.dist.enabled:
+        self.teacher_sharded = self.par.sharded_teacher and isinstance(teacher, LiveTeacherSource)
+        mesh = (
+            parallel.device_mesh(self.device, self.dist.world)
+            if self.par.fsdp or self.teacher_sharded
+            else None
+        )
+        if self.par.fsdp:
+            parallel.shard_student(
+                self.module,
+                decoder_layers(self.student),
+                mesh,
+                self.par,
+                device=self.device,
+                param_dtype=torch.bfloat16 if self.precision == "bf16" else None,
+            )
+        elif self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             self.ddp = DistributedDataParallel(
                 self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        if isinstance(teacher, LiveTeacherSource):
+            teacher.place(self.device, mesh=mesh if self.teacher_sharded else None, par=self.par)
+        if self.dist.is_main:
+            log.info(
+                "parallelism: student %s, teacher %s, %d process(es)%s",
+                self.par.student,
+                self.par.teacher if isinstance(teacher, LiveTeacherSource) else "cached/none",
+                self.dist.world,
+                "".join(f"; {note}" for note in self.par.notes),
             )
         params = [p for p in self.module.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
@@ -556,19 +639,40 @@ class DistillLoop:
         self.tokens_seen = 0
 
     # -- checkpoints -------------------------------------------------------------------
-    def _extra_state(self) -> dict[str, torch.Tensor]:
-        return self.anchoring.projection_state_dict() if self.anchoring is not None else {}
+    def _weights(self, *, optimizer: bool) -> tuple[dict | None, dict[str, torch.Tensor], dict | None]:
+        """(student state dict or None = the live module, projections, optimizer state dict).
+
+        Under FSDP this gathers full state dicts onto rank 0 (collective: every rank calls it);
+        otherwise it reads the in-memory modules.
+        """
+        if not self.par.fsdp:
+            if not self.dist.is_main:
+                return None, {}, None
+            extra = self.anchoring.projection_state_dict() if self.anchoring is not None else {}
+            return None, extra, self.optimizer.state_dict() if optimizer else None
+        full = parallel.gather_model_state(self.module)
+        optim = parallel.gather_optimizer_state(self.module, self.optimizer) if optimizer else None
+        student = {k.removeprefix("student."): v for k, v in full.items() if k.startswith("student.")}
+        prefix = "anchoring.projections."
+        extra = {k.removeprefix(prefix): v for k, v in full.items() if k.startswith(prefix)}
+        return student, extra, optim
+
+    def _save_student(self, directory: Path, state: dict[str, torch.Tensor] | None) -> None:
+        if state is None:
+            self.student.save_pretrained(directory, safe_serialization=True)
+        else:
+            self.student.save_pretrained(directory, state_dict=state, safe_serialization=True)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(directory)
 
     def save_checkpoint(self) -> Path | None:
+        student_state, extra, optim_state = self._weights(optimizer=True)
         if self.dist.is_main:
 
             def write(tmp: Path) -> None:
                 from safetensors.torch import save_file
 
-                self.student.save_pretrained(tmp / "model", safe_serialization=True)
-                if self.tokenizer is not None:
-                    self.tokenizer.save_pretrained(tmp / "model")
-                extra = self._extra_state()
+                self._save_student(tmp / "model", student_state)
                 if extra:
                     save_file(
                         {k: v.contiguous().cpu() for k, v in extra.items()}, str(tmp / "extra.safetensors")
@@ -578,7 +682,7 @@ class DistillLoop:
                     "nan_steps": self.nan_steps,
                     "tokens_seen": self.tokens_seen,
                     "data_position": self.step * self.global_batch,
-                    "optimizer": self.optimizer.state_dict(),
+                    "optimizer": optim_state,
                     "scheduler": self.scheduler.state_dict(),
                     "rng_torch": torch.get_rng_state(),
                     "rng_python": list(random.getstate()[1]),
@@ -590,7 +694,11 @@ class DistillLoop:
                 self.out_dir,
                 self.step,
                 write,
-                meta={"result_hash": self.result_hash, "world_size": self.dist.world},
+                meta={
+                    "result_hash": self.result_hash,
+                    "world_size": self.dist.world,
+                    "parallelism": self.par.student,
+                },
                 keep_last=self.s.keep_last,
             )
         else:
@@ -613,19 +721,43 @@ class DistillLoop:
                 f"({_config_diff(latest / 'config.yaml', self.run_config)}); use another --out or delete "
                 "that directory to start over"
             )
-        ckpt.load_model_weights(self.student, latest / "model")
-        if self.anchoring is not None and (latest / "extra.safetensors").is_file():
-            from safetensors.torch import load_file
+        if self.par.fsdp:
+            state = ckpt.load_trainer_state(latest, mmap=True)
+            self._load_sharded(latest, state)
+        else:
+            ckpt.load_model_weights(self.student, latest / "model")
+            if self.anchoring is not None and (latest / "extra.safetensors").is_file():
+                from safetensors.torch import load_file
 
-            self.anchoring.projections.load_state_dict(load_file(str(latest / "extra.safetensors")))
-        state = ckpt.load_trainer_state(latest)
-        self.optimizer.load_state_dict(state["optimizer"])
+                self.anchoring.projections.load_state_dict(load_file(str(latest / "extra.safetensors")))
+            state = ckpt.load_trainer_state(latest)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_torch"])
         random.setstate((3, tuple(state["rng_python"]), None))
         self.step, self.nan_steps, self.tokens_seen = state["step"], state["nan_steps"], state["tokens_seen"]
         log.info("resuming from %s (step %d)", latest, self.step)
         return latest
+
+    def _load_sharded(self, latest: Path, state: dict[str, Any]) -> None:
+        """FSDP resume: rank 0 reads the full weights, broadcasts them, every rank keeps its shard."""
+        full = None
+        if self.dist.is_main:
+            weights = ckpt.read_model_state(self.student, latest / "model")
+            full = {f"student.{k}": v for k, v in weights.items()}
+            if self.anchoring is not None and len(self.anchoring.projections):
+                extra_file = latest / "extra.safetensors"
+                if not extra_file.is_file():
+                    raise NexusError(
+                        f"checkpoint {latest} has no {extra_file.name} for the anchoring projections"
+                    )
+                from safetensors.torch import load_file
+
+                full.update({f"anchoring.projections.{k}": v for k, v in load_file(str(extra_file)).items()})
+        parallel.load_model_state(self.module, full)
+        parallel.load_optimizer_state(
+            self.module, self.optimizer, state["optimizer"], is_main=self.dist.is_main
+        )
 
     # -- one optimizer step --------------------------------------------------------------
     def _train_step(self) -> tuple[float | None, dict[str, float], int]:
@@ -658,7 +790,9 @@ class DistillLoop:
         finite = math.isfinite(total)
         grad_norm = None
         if finite and s.max_grad_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), s.max_grad_norm))
+            grad_norm = parallel.global_norm(
+                torch.nn.utils.clip_grad_norm_(self.module.parameters(), s.max_grad_norm)
+            )
             finite = math.isfinite(grad_norm)
         if finite:
             self.optimizer.step()
@@ -679,10 +813,20 @@ class DistillLoop:
 
     # -- evaluation ----------------------------------------------------------------------
     def evaluate(self) -> dict[str, float] | None:
-        if self.heldout is None or not self.dist.is_main:
+        """Held-out fidelity on rank 0; on every rank (same rows) when a model is FSDP-sharded,
+        since its forward is then collective."""
+        if self.heldout is None or not (self.dist.is_main or self.par.fsdp or self.teacher_sharded):
             return None
         teacher = self.teacher.heldout() if hasattr(self.teacher, "heldout") else self.teacher
-        return evaluate_fidelity(
+        scorer = None
+        if self.par.fsdp:
+
+            def scorer(batch, targets, **kw):
+                return self.module(
+                    batch, targets, 1.0, within=lambda student: score_batch(student, batch, targets, **kw)
+                )
+
+        result = evaluate_fidelity(
             self.student,
             teacher,
             self.heldout,
@@ -691,7 +835,11 @@ class DistillLoop:
             precision=self.precision,
             device=self.device,
             chunk_size=self.s.chunk_size,
+            scorer=scorer,
         )
+        if self.par.fsdp:
+            self.module.reshard()  # back to the float32 shards before a checkpoint gathers them
+        return result
 
     # -- fit ------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -775,6 +923,11 @@ class DistillLoop:
                 writer.gpu.stop()
             if self.printer is not None and d.is_main:
                 self.printer.finish()
+        if self.par.fsdp:
+            # Leave the student usable by the caller (e.g. phase 4's routing report): the root's
+            # parameters (embeddings, head, norm) gathered on every rank; decoder layers keep
+            # all-gathering in their forward, so any later forward must run on every rank.
+            self.module.unshard()
         timed = step_times[1:] if len(step_times) > 1 else step_times
         summary = {
             "status": "Stopped" if stopped else "Completed",
@@ -796,6 +949,7 @@ class DistillLoop:
 
     def _save_final(self) -> None:
         """``OUT/model`` (HF dir: the student only) and ``OUT/extra.safetensors`` (projections), atomically."""
+        student_state, extra, _ = self._weights(optimizer=False)
         if self.dist.is_main:
             import shutil
             import tempfile
@@ -804,9 +958,7 @@ class DistillLoop:
 
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=self.out_dir))
             try:
-                self.student.save_pretrained(tmp, safe_serialization=True)
-                if self.tokenizer is not None:
-                    self.tokenizer.save_pretrained(tmp)
+                self._save_student(tmp, student_state)
                 final = self.out_dir / "model"
                 if final.exists():
                     shutil.rmtree(final)
@@ -814,7 +966,6 @@ class DistillLoop:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            extra = self._extra_state()
             if extra:
                 save_file(
                     {k: v.contiguous().cpu() for k, v in extra.items()},
@@ -835,5 +986,6 @@ __all__ = [
     "TeacherTargets",
     "evaluate_fidelity",
     "global_batch_rows",
+    "score_batch",
     "lr_factor",
 ]

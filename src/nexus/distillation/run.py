@@ -95,6 +95,7 @@ def run_distill(
     from nexus.data.corpus import build_corpus
     from nexus.distillation.cache import TeacherCache, build_teacher_cache, cache_key, teacher_fingerprint
     from nexus.distillation.loop import DistContext, DistillLoop, LiveTeacherSource, LoopSettings
+    from nexus.distillation.parallel import resolve_parallelism
     from nexus.hardware import pick_device, resolve_precision
     from nexus.models import build_student, decoder_layers, load_model, load_tokenizer
 
@@ -103,6 +104,8 @@ def run_distill(
     device = pick_device(config.device)
     precision = resolve_precision(config.precision, device)
     dist = DistContext.from_env(device)
+    # A bad parallel setup fails here, before any model is loaded (the loop resolves it again).
+    resolve_parallelism(config.distributed, config.teacher_sharding, dist.world)
     torch.manual_seed(config.seed)
 
     teacher, resolved = load_model(config.teacher)
@@ -222,7 +225,7 @@ def run_distill(
     else:
         if cache_only:
             raise NexusError("cache_only needs cache_teacher (--cache-teacher)")
-        teacher.to(device)
+        # Cast here (on the CPU), place in the loop: whole on this process's device, or sharded.
         teacher_source = LiveTeacherSource(teacher, layers=teacher_layers, dtype=teacher_dtype)
 
     settings = LoopSettings.from_config(config)

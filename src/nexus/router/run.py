@@ -275,7 +275,7 @@ def run_router(
     summary = loop.fit()
     after = _report(model, eval_rows, layout, tokenizer, device, config.eval_max_rows)
     report = _write_reports(out, before, after, layout, config.collapse_threshold)
-    metrics_log = MetricsLog(out, True)
+    metrics_log = MetricsLog(out, loop.dist.is_main)  # one routing line per run, not one per process
     metrics_log.write(loop.step, routing_metrics(after), prefix="routing")
     metrics_log.close()
     for warning in report["after"]["collapse_warnings"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from nexus.data.formats import DOMAINS
+from nexus.distillation.config import check_parallel_fields, distributed_field, teacher_sharding_field
 from nexus.distillation.losses import DIVERGENCES
 
 # Fields that do not change the trained weights: a resume may change them freely.
@@ -21,6 +22,8 @@ NON_RESULT_FIELDS = frozenset(
         "gradient_checkpointing",
         "chunk_size",
         "collapse_threshold",
+        "distributed",
+        "teacher_sharding",
     }
 )
 
@@ -75,6 +78,8 @@ class TrainConfig:
     chunk_size: int = field(default=1024, metadata=_help("tokens per loss chunk"))
     gradient_checkpointing: bool = field(default=False, metadata=_help("recompute activations in backward"))
     device: str | None = field(default=None, metadata=_help("cpu, cuda, cuda:1 (default: cuda if present)"))
+    distributed: str = distributed_field()
+    teacher_sharding: str = teacher_sharding_field()
     # bookkeeping
     eval_every: int = field(
         default=50, metadata=_help("evaluate on held-out rows every N steps (0 = end only)")
@@ -106,6 +111,7 @@ class TrainConfig:
             raise ValueError("domain weights must be non-negative")
         if not any(w > 0 for w in self.domain_weights.values()):
             raise ValueError("domain weights are all zero: at least one domain must have a positive weight")
+        check_parallel_fields(self)
         for name in (
             "max_steps",
             "micro_batch_size",
