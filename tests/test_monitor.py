@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import multiprocessing as mp
 import re
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from nexus.monitor import (
     Flags,
@@ -238,3 +241,35 @@ def test_cli_pause_resume_status(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["status"]) == 0
     assert GUIDE_LINE.match(capsys.readouterr().out.strip())
+
+
+@pytest.mark.parametrize(
+    ("command", "module", "function"),
+    [
+        ("distill", "nexus.distillation.run", "run_distill"),
+        ("train", "nexus.training.run", "run_train"),
+        ("router", "nexus.router.run", "run_router"),
+        ("profile", "nexus.profiling.phase", "run_profile"),
+    ],
+)
+def test_single_phase_command_clears_a_stale_stop_flag_like_nexus_run(
+    command, module, function, tmp_path, monkeypatch, capsys
+):
+    """After `nexus stop`, the next single-phase run must not stop after its first step."""
+    from nexus.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+
+    def phase(config, *, flags, **kwargs):
+        seen["stop requested at start"] = flags.stop_requested()
+        profile_summary = {"profile": "p.json", "csv": "p.csv", "heatmap": "p.png", "wall_seconds": 0.0}
+        return {"status": "Completed", **profile_summary, "baseline": {}, "top_critical": {}}
+
+    monkeypatch.setattr(importlib.import_module(module), function, phase)
+    assert main(["stop"]) == 0 and Path("flags/stop.flag").exists()
+    capsys.readouterr()
+    assert main([command]) == 0
+    assert seen == {"stop requested at start": False}
+    assert not Path("flags/stop.flag").exists()
+    assert capsys.readouterr().err.count("removed a stale stop request (flags/stop.flag)") == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nexus.errors import NexusError
-from nexus.monitor import read_status
+from nexus.monitor import Flags, read_status
 from nexus.pipeline.lock import PipelineLock
 from nexus.pipeline.runner import Phase, PipelineConfig, run_pipeline
 
@@ -117,6 +117,14 @@ def test_stop_flag_stops_with_status_and_resumes(tmp_path):
     phases[1].run = original
     assert run_pipeline(config, source="t", phases=phases, stream=io.StringIO()) == 0
     assert calls == ["profile", "distill", "train"]
+
+
+def test_stale_stop_flag_is_cleared_at_start_in_one_line(tmp_path):
+    Flags(tmp_path / "flags").stop()  # `nexus stop` while nothing ran
+    calls = []
+    code, out = run(tmp_path, calls)
+    assert code == 0 and calls == ["profile", "distill", "train"]
+    assert out.count("removed a stale stop request") == 1
 
 
 def test_second_pipeline_refused_and_stale_lock_taken_over(tmp_path):

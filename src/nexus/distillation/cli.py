@@ -108,6 +108,7 @@ def _distill(args: argparse.Namespace) -> int:
     )
     printer = StatusPrinter(sys.stderr, min_interval=1.0)
     flags = Flags(Path(args.flags))
+    flags.clear_stale_stop(printer.message)
     with KeyControls(flags, printer):
         summary = run_distill(
             cfg, results_dir=Path(args.results), flags=flags, printer=printer, cache_only=args.cache_only

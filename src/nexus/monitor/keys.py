@@ -24,7 +24,7 @@ import sys
 import threading
 from typing import TextIO
 
-from nexus.monitor.flags import Flags
+from nexus.monitor.flags import Flags, rank_zero
 from nexus.monitor.status import StatusPrinter
 
 HELP = "keys: p pause/resume, s stop (also: nexus pause / nexus resume / nexus stop)"
@@ -52,7 +52,7 @@ class KeyControls:
         self._thread: threading.Thread | None = None
 
     def _terminal_fd(self) -> int | None:
-        if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 alone owns the keyboard
+        if not rank_zero():
             return None
         try:
             fd = self.stdin.fileno()

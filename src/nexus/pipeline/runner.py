@@ -194,7 +194,7 @@ def run_pipeline(
     flags = Flags(Path(config.flags_dir))
     selected = _select(phases, only, start)
     with PipelineLock(results):
-        flags.clear_stop()  # a stop request belongs to the run it stopped
+        flags.clear_stale_stop(printer.message)
         os.environ[PIPELINE_START_ENV] = str(time.time())
         gpu = GpuTemperature().start()
         ctx = PipelineContext(config, results, flags, printer, gpu, source)

@@ -166,6 +166,7 @@ def _profile(args: argparse.Namespace) -> int:
         ProfileConfig, args.config, section="profile" if args.config else None, overrides=overrides
     )
     printer, flags = StatusPrinter(min_interval=1.0), Flags(Path("flags"))
+    flags.clear_stale_stop(printer.message)
     with KeyControls(flags, printer):
         summary = run_profile(config, results_dir=Path(args.results_dir), flags=flags, printer=printer)
     if summary.get("stopped"):

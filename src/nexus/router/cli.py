@@ -43,6 +43,7 @@ def _router(args: argparse.Namespace) -> int:
     )
     cfg = load_config(RouterConfig, args.config, section="router" if args.config else None, overrides=values)
     flags, printer = Flags(), StatusPrinter(min_interval=1.0)
+    flags.clear_stale_stop(printer.message)
     with KeyControls(flags, printer):
         summary = run_router(cfg, results_dir=Path(args.results), flags=flags, printer=printer)
     keys = (

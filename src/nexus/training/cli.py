@@ -54,6 +54,7 @@ def _train(args: argparse.Namespace) -> int:
         TrainConfig, args.config, section="train" if args.config else None, overrides=overrides(args)
     )
     flags, printer = Flags(), StatusPrinter(min_interval=1.0)
+    flags.clear_stale_stop(printer.message)
     with KeyControls(flags, printer):
         summary = run_train(cfg, results_dir=Path(args.results), flags=flags, printer=printer)
     print(json.dumps({k: summary.get(k) for k in ("status", "step", "loss", "eval", "model_dir")}, indent=2))
