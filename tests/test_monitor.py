@@ -164,6 +164,32 @@ def test_pause_flag_pauses_and_resume_continues(tmp_path):
     assert read_status(tmp_path / "status.json")["status"] == "Running"
 
 
+def test_paused_run_rewrites_status_with_elapsed_moving_and_active_frozen(tmp_path):
+    """`nexus status` must tell a paused live run (its clock moves) from a dead one (frozen)."""
+    clock, flags = FakeClock(), Flags(tmp_path / "flags")
+    writer = StatusWriter(tmp_path, phase=2, total_steps=10, clock=clock)
+    seen, naps = [], []
+
+    def sleep(seconds):  # a 10 s pause, polled every 0.5 s
+        naps.append(seconds)
+        clock.now += seconds
+        seen.append(read_status(tmp_path / "status.json"))
+        if clock.now >= 1013.0:
+            flags.resume()
+
+    callback = KeyboardPauseCallback(writer, flags=flags, sleep=sleep)
+    clock.now += 3
+    assert callback.step_boundary(1) is StepAction.CONTINUE
+    flags.pause()
+    assert callback.step_boundary(2) is StepAction.CONTINUE
+    assert set(naps) == {0.5} and len(naps) == 20, "sleep between flag polls, no spinning"
+    assert {s["status"] for s in seen} == {"Paused"}
+    assert sorted({s["elapsed_seconds"] for s in seen}) == [3, 5, 7, 9, 11], "rewritten every 2 s"
+    assert {s["active_seconds"] for s in seen} == {3}
+    after = read_status(tmp_path / "status.json")
+    assert after["status"] == "Running" and after["elapsed_seconds"] == 13 and after["active_seconds"] == 3
+
+
 def test_stop_flag_stops_even_while_paused(tmp_path):
     flags = Flags(tmp_path / "flags")
     writer = StatusWriter(tmp_path, phase=3)

@@ -181,6 +181,10 @@ def test_pause_flag_pauses_nexus_run_idle_and_resumes_without_counting_the_pause
         )
 
         time.sleep(max(0.0, hold - (time.monotonic() - paused_seen)))
+        late = read_status(status_file)  # rewritten while paused: `nexus status` sees a live clock
+        assert late["status"] == "Paused" and abs(late["active_seconds"] - paused["active_seconds"]) < 0.01
+        for clock in ("elapsed_seconds", "pipeline_elapsed_seconds"):
+            assert late[clock] >= paused[clock] + 1.5, f"{clock} frozen while paused"
         pause_flag.unlink()
         held = time.monotonic() - paused_seen
         after = wait_for(

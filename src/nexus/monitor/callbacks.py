@@ -5,7 +5,9 @@ from plain loops (``step_boundary``). At each boundary it updates ``results/stat
 the status line, then honours the control flags:
 
 * while ``flags/pause.flag`` exists: status ``Paused``, ETA frozen, the process sleeps
-  (polling the flag, ~no CPU); removing the flag resumes;
+  (polling the flag, ~no CPU); removing the flag resumes. Every ``PAUSED_REWRITE_SECONDS`` it
+  rewrites the status (elapsed time and ``updated_at`` move, active time stays), so ``nexus status``
+  tells a paused live run from a dead one;
 * ``flags/stop.flag`` (or :meth:`request_stop`, used by the Ctrl-C handler): the caller
   checkpoints and stops; status ``Stopped``.
 
@@ -24,6 +26,8 @@ from transformers import TrainerCallback
 from nexus.monitor.flags import Flags
 from nexus.monitor.status import StatusPrinter, StatusWriter
 
+PAUSED_REWRITE_SECONDS = 2.0
+
 
 class StepAction(enum.Enum):
     CONTINUE = "continue"
@@ -38,12 +42,14 @@ class KeyboardPauseCallback(TrainerCallback):
         flags: Flags | None = None,
         printer: StatusPrinter | None = None,
         poll_interval: float = 0.5,
+        rewrite_interval: float = PAUSED_REWRITE_SECONDS,
         sleep=time.sleep,
     ) -> None:
         self.writer = writer
         self.flags = flags or Flags()
         self.printer = printer
         self.poll_interval = poll_interval
+        self.rewrite_interval = rewrite_interval
         self._sleep = sleep
         self._stop_requested = threading.Event()
 
@@ -77,8 +83,15 @@ class KeyboardPauseCallback(TrainerCallback):
         if self.flags.pause_requested():
             self.writer.set_status("Paused")
             self._show(force=True)
+            waited = 0.0
             while self.flags.pause_requested() and not self.stop_requested():
                 self._sleep(self.poll_interval)
+                waited += self.poll_interval
+                if waited >= self.rewrite_interval:  # alive and paused: elapsed moves, active does not
+                    waited = 0.0
+                    self.writer.write()
+                    if self.printer is not None and self.printer.is_tty:  # in place; no log line per rewrite
+                        self._show(force=True)
             if self.stop_requested():
                 self.writer.set_status("Stopped")
                 self._show(force=True)
