@@ -7,13 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from nexus.errors import NexusError
-from nexus.monitor import Flags, read_status
+from nexus.monitor import Flags, StatusWriter, read_status
 from nexus.pipeline.lock import PipelineLock
 from nexus.pipeline.runner import Phase, PipelineConfig, run_pipeline
 
@@ -125,6 +126,32 @@ def test_stale_stop_flag_is_cleared_at_start_in_one_line(tmp_path):
     code, out = run(tmp_path, calls)
     assert code == 0 and calls == ["profile", "distill", "train"]
     assert out.count("removed a stale stop request") == 1
+
+
+def test_completed_status_keeps_the_phase_and_pipeline_times(tmp_path):
+    def distill(cfg, ctx):  # like a real phase: loads, then its own writer runs, pauses and completes
+        time.sleep(0.2)
+        own = StatusWriter(ctx.results_dir, phase=2, total_steps=3)
+        own.update(1, loss=1.5)
+        own.set_status("Paused")
+        time.sleep(0.3)
+        own.set_status("Running")
+        time.sleep(0.1)
+        own.update(3, loss=0.5)
+        own.set_status("Completed")
+        return {"steps": 3}
+
+    phases = make_phases([])
+    phases[1].run = distill
+    config = PipelineConfig(results_dir=str(tmp_path / "results"), flags_dir=str(tmp_path / "flags"))
+    t0 = time.monotonic()
+    assert run_pipeline(config, source="t", phases=phases, only="distill", stream=io.StringIO()) == 0
+    wall = time.monotonic() - t0
+    status = read_status(tmp_path / "results/status.json")
+    assert (status["status"], status["phase"], status["step"], status["loss"]) == ("Completed", 2, 3, 0.5)
+    assert 0.6 <= status["elapsed_seconds"] <= wall, "the whole phase, loading included"
+    assert 0.3 <= status["elapsed_seconds"] - status["active_seconds"] <= 0.5, "the pause, and only it"
+    assert status["elapsed_seconds"] <= status["pipeline_elapsed_seconds"] <= wall + 0.05
 
 
 def test_second_pipeline_refused_and_stale_lock_taken_over(tmp_path):

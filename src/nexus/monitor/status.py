@@ -26,6 +26,8 @@ from nexus.utils import atomic_write_json
 PHASE_NAMES = {1: "Profile", 2: "Distill", 3: "Train", 4: "Router", 5: "Release"}
 STATUSES = ("Running", "Paused", "Stopped", "Failed", "Completed")
 STATUS_FILE = "status.json"
+# What a phase's own writer reports that an enclosing writer carries over (StatusWriter.carry_over).
+_PROGRESS = ("step", "total_steps", "loss", "throughput", "throughput_unit")
 # Set by the master pipeline (epoch seconds) so every phase's line shows the total elapsed time.
 PIPELINE_START_ENV = "NEXUS_PIPELINE_START"
 
@@ -210,6 +212,16 @@ class StatusWriter:
         if error is not None:
             self.state["error"] = error
         return self.write()
+
+    def carry_over(self, status: dict[str, Any] | None) -> None:
+        """Take over from the writer a phase ran inside this writer's span (same phase, this
+        process): its progress and the time it spent paused, so this writer's elapsed time stays the
+        whole span and its active time still leaves the pause out. Call once, before the last write."""
+        if not status or (status.get("phase"), status.get("pid")) != (self.state["phase"], self.state["pid"]):
+            return
+        self.state.update({k: status[k] for k in _PROGRESS if k in status})
+        paused = (status.get("elapsed_seconds") or 0.0) - (status.get("active_seconds") or 0.0)
+        self._paused_total += max(0.0, paused)
 
     def write(self) -> dict[str, Any]:
         self._refresh()

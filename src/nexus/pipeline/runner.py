@@ -268,7 +268,7 @@ def _run_phase(phase: Phase, phase_config: Any, digest: str, ctx: PipelineContex
     out = phase.output_dir(ctx)
     out.mkdir(parents=True, exist_ok=True)
     ctx.printer.message(f"[Phase {phase.number}: {phase.name}] starting")
-    writer = StatusWriter(ctx.results_dir, phase=phase.number, gpu=ctx.gpu)
+    writer = StatusWriter(ctx.results_dir, phase=phase.number, gpu=ctx.gpu)  # spans the whole phase
     writer.write()
     t0 = time.monotonic()
     try:
@@ -305,9 +305,8 @@ def _run_phase(phase: Phase, phase_config: Any, digest: str, ctx: PipelineContex
             "summary": summary,
         },
     )
-    done = StatusWriter(ctx.results_dir, phase=phase.number, gpu=ctx.gpu)
-    done.state.update({k: v for k, v in status.items() if k in ("step", "total_steps", "loss")})
-    done.set_status("Completed")
+    writer.carry_over(status)  # elapsed since the phase started, active less the phase's pauses
+    writer.set_status("Completed")
     ctx.printer.message(
         f"[Phase {phase.number}: {phase.name}] done in {format_duration(seconds)} | {phase.summary_line(summary)}"
     )
