@@ -85,6 +85,23 @@ def test_failed_phase_keeps_earlier_and_resumes_there(tmp_path):
     assert calls == ["distill", "train"]
 
 
+def test_failed_status_keeps_the_step_and_times_the_phase_reached(tmp_path):
+    def distill(cfg, ctx):
+        own = StatusWriter(ctx.results_dir, phase=2, total_steps=9)
+        time.sleep(0.2)
+        own.update(4, loss=1.25)
+        raise RuntimeError("out of memory")
+
+    phases = make_phases([])
+    phases[1].run = distill
+    config = PipelineConfig(results_dir=str(tmp_path / "results"), flags_dir=str(tmp_path / "flags"))
+    with pytest.raises(NexusError, match="out of memory"):
+        run_pipeline(config, source="t", phases=phases, only="distill", stream=io.StringIO())
+    status = read_status(tmp_path / "results/status.json")
+    assert (status["status"], status["step"], status["total_steps"], status["loss"]) == ("Failed", 4, 9, 1.25)
+    assert status["error"] == "RuntimeError: out of memory" and status["active_seconds"] >= 0.2
+
+
 def test_only_and_from(tmp_path):
     calls = []
     run(tmp_path, calls, only="distill")

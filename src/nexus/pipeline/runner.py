@@ -273,13 +273,14 @@ def _run_phase(phase: Phase, phase_config: Any, digest: str, ctx: PipelineContex
     t0 = time.monotonic()
     try:
         summary = phase.run(phase_config, ctx)
-    except NexusError as exc:
-        writer.set_status("Failed", error=str(exc))
-        ctx.printer.finish()
-        raise
     except Exception as exc:
-        writer.set_status("Failed", error=f"{type(exc).__name__}: {exc}")
+        writer.carry_over(read_status(ctx.results_dir / "status.json"))  # the step it failed at
+        writer.set_status(
+            "Failed", error=str(exc) if isinstance(exc, NexusError) else f"{type(exc).__name__}: {exc}"
+        )
         ctx.printer.finish()
+        if isinstance(exc, NexusError):
+            raise
         log.error("%s", traceback.format_exc())
         raise NexusError(
             f"phase {phase.number} ({phase.name}) failed: {type(exc).__name__}: {exc}. Earlier phases are kept; "
