@@ -261,6 +261,19 @@ def run_one(args) -> dict:
     return result
 
 
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` / ``name=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
@@ -293,9 +306,7 @@ def main() -> int:
             except ImportError:
                 print(f"{mode}: skipped (trl is not installed: pip install trl)", file=sys.stderr)
                 continue
-        cmd = [sys.executable, __file__, "--only", mode] + [
-            a for a in sys.argv[1:] if not a.startswith("--json")
-        ]
+        cmd = [sys.executable, __file__, "--only", mode, *_without_option(sys.argv[1:], "--json")]
         proc = subprocess.run(
             cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}
         )
