@@ -76,3 +76,19 @@ def test_builtin_spec_and_text_files(tiny_tokenizer, tmp_path):
     assert len(build_corpus([str(text)], tiny_tokenizer, seq_len=16, heldout_fraction=0.0).train) >= 1
     with pytest.raises(NexusError, match="data not found"):
         build_corpus([str(tmp_path / "nope.jsonl")], tiny_tokenizer, seq_len=16)
+
+
+def test_rows_with_an_empty_response_are_skipped_with_one_warning(tiny_tokenizer, tmp_path, caplog):
+    rows = [{"prompt": f"say {i}", "response": f"{i} " * 5} for i in range(6)]
+    rows[2]["response"] = "  "
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with caplog.at_level("WARNING"):
+        corpus = build_corpus([str(data)], tiny_tokenizer, seq_len=16, heldout_fraction=0.0)
+    assert corpus.train.scored_tokens() > 0
+    assert [r.getMessage() for r in caplog.records if "empty response" in r.getMessage()] == [
+        f"skipped 1 row(s) with an empty response (first: {data}:3)"
+    ]
+    data.write_text(json.dumps({"prompt": "p", "response": ""}) + "\n")
+    with pytest.raises(NexusError, match="every row has an empty response"):
+        build_corpus([str(data)], tiny_tokenizer, seq_len=16, heldout_fraction=0.0)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from nexus.data.formats import Example, example_from_row, load_examples
-from nexus.data.packing import PackedRows, encode_example, pack_documents, split_heldout
+from nexus.data.packing import PackedRows, encode_examples, pack_documents, split_heldout
 from nexus.errors import NexusError
 from nexus.utils import atomic_write_json
 
@@ -238,7 +238,7 @@ def build_corpus(
         examples = examples[:max_examples]
     if not examples:
         raise NexusError(f"the dataset is empty: {', '.join(sources)} gave no examples")
-    docs = [encode_example(tokenizer, ex, max_length=None, loss_on=loss_on) for ex in examples]
+    docs = encode_examples(tokenizer, examples, loss_on=loss_on)
     train_docs, held_docs = split_heldout(docs, heldout_fraction, seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     train = pack_documents(train_docs, seq_len, pad)

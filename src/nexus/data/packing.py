@@ -18,6 +18,8 @@ tokens for ``loss_on="response"``). Documents are concatenated greedily into row
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +28,8 @@ import torch
 from nexus.data.formats import Example
 from nexus.data.templates import encode_chat, encode_text
 from nexus.errors import NexusError
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
@@ -90,6 +94,27 @@ def encode_example(
     enc = encode_chat(tokenizer, prompt, response, max_length=max_length)
     target = list(enc.response_mask) if loss_on == "response" else [True] * len(enc.input_ids)
     return Document(list(enc.input_ids), target)
+
+
+def _empty_response(example: Example) -> bool:
+    if example.kind == "text":
+        return False
+    response = example.messages[-1]["content"] if example.messages else example.response
+    return not str(response or "").strip()
+
+
+def encode_examples(
+    tokenizer, examples: Sequence[Example], *, max_length: int | None = None, loss_on: str = "all"
+) -> list[Document]:
+    """:func:`encode_example` over ``examples``, skipping rows with an empty response (public
+    sets have a few, e.g. Code Alpaca): one warning names how many and the first one."""
+    empty = [ex for ex in examples if _empty_response(ex)]
+    if empty:
+        log.warning("skipped %d row(s) with an empty response (first: %s)", len(empty), empty[0].source)
+    kept = [ex for ex in examples if not _empty_response(ex)]
+    if examples and not kept:
+        raise NexusError(f"every row has an empty response (first: {empty[0].source})")
+    return [encode_example(tokenizer, ex, max_length=max_length, loss_on=loss_on) for ex in kept]
 
 
 def pack_documents(docs: list[Document], seq_len: int, pad_id: int) -> PackedRows:

@@ -24,7 +24,7 @@ import torch
 
 from nexus.data.corpus import load_source
 from nexus.data.formats import DOMAINS, Example
-from nexus.data.packing import PackedRows, encode_example, pack_documents, split_heldout
+from nexus.data.packing import PackedRows, encode_examples, pack_documents, split_heldout
 from nexus.errors import NexusError
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def build_domain_data(
             elif weights.get(domain, 0.0) > 0:
                 log.warning("domain %s has weight %s but no data: skipped", domain, weights[domain])
             continue
-        docs = [encode_example(tokenizer, ex, loss_on=loss_on) for ex in examples]
+        docs = encode_examples(tokenizer, examples, loss_on=loss_on)
         train_docs, held_docs = split_heldout(docs, heldout_fraction, seed)
         train_parts.append((d_index, pack_documents(train_docs, seq_len, pad)))
         if held_docs:
