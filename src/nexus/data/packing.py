@@ -97,7 +97,7 @@ def encode_example(
 
 
 def _empty_response(example: Example) -> bool:
-    if example.kind == "text":
+    if example.kind in ("text", "choice", "code"):  # no response; evaluation rows are refused later
         return False
     response = example.messages[-1]["content"] if example.messages else example.response
     return not str(response or "").strip()
