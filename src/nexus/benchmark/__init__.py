@@ -9,6 +9,8 @@
   :mod:`nexus.benchmark.stats` (McNemar, bootstrap CI, agreement).
 """
 
+from nexus.utils import lazy_exports
+
 __all__ = ["BenchmarkConfig", "Fidelity", "fidelity_metrics", "render_summary_table", "run_benchmark"]
 
 _LAZY = {
@@ -20,10 +22,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    # Imported on first use so that `nexus --help` does not import torch.
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, _LAZY)  # first use imports torch, not `nexus --help`

@@ -15,16 +15,13 @@
 """
 
 from nexus.distillation.config import DistillConfig
+from nexus.utils import lazy_exports
 
 __all__ = ["ActivationAnchoringLoss", "DistillConfig", "run_distill"]
 
 
-def __getattr__(name: str):
-    if name == "ActivationAnchoringLoss":  # lazily: torch is not imported by `nexus --help`
-        from nexus.distillation.losses import ActivationAnchoringLoss
-
-        return ActivationAnchoringLoss
-    raise AttributeError(name)
+# lazily: torch is not imported by `nexus --help`
+__getattr__ = lazy_exports(__name__, {"ActivationAnchoringLoss": "nexus.distillation.losses"})
 
 
 def run_distill(config, **kwargs):

@@ -10,7 +10,7 @@ Public API (imported lazily, so ``nexus --help`` stays fast):
 
 from __future__ import annotations
 
-import importlib
+from nexus.utils import lazy_exports
 
 _EXPORTS = {
     "ProfileConfig": "nexus.profiling.config",
@@ -30,7 +30,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'nexus.profiling' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
