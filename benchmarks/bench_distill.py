@@ -261,6 +261,19 @@ def run_one(args) -> dict:
     return result
 
 
+RATIOS = [
+    ("nexus-bf16", "trl-gkd-fkl", 2),
+    ("nexus-bf16-jsd", "trl-gkd-jsd", 3),
+    ("nexus-cached", "trl-gkd-fkl", 4),
+]
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """One mode's rounds as one result: the round with the median tokens/s, plus every round's."""
+    ranked = sorted(runs, key=lambda r: r["tokens_per_s"])
+    return {**ranked[(len(ranked) - 1) // 2], "tokens_per_s_runs": [r["tokens_per_s"] for r in runs]}
+
+
 def _without_option(argv: list[str], name: str) -> list[str]:
     """``argv`` without ``name VALUE`` / ``name=VALUE``."""
     out, skip = [], False
@@ -278,6 +291,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="rounds over all modes (interleaved); median round reported"
+    )
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--student-layers", type=int, default=10)
@@ -298,36 +314,50 @@ def main() -> int:
     if args.only:
         print("RESULT " + json.dumps(run_one(args)), flush=True)
         return 0
-    results = []
-    for mode in args.modes.split(","):
-        if mode.startswith("trl"):
-            try:
-                import trl  # noqa: F401
-            except ImportError:
-                print(f"{mode}: skipped (trl is not installed: pip install trl)", file=sys.stderr)
+    modes = args.modes.split(",")
+    if any(m.startswith("trl") for m in modes):
+        try:
+            import trl  # noqa: F401
+        except ImportError:
+            print("trl modes skipped (trl is not installed: pip install trl)", file=sys.stderr)
+            modes = [m for m in modes if not m.startswith("trl")]
+    runs: dict[str, list[dict]] = {}
+    # Rounds interleave the modes, so a slow spell of a shared machine hits all of them alike.
+    for round_ in range(args.repeat):
+        for mode in modes:
+            cmd = [sys.executable, __file__, "--only", mode, *_without_option(sys.argv[1:], "--json")]
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+            )
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                print(f"{mode}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
                 continue
-        cmd = [sys.executable, __file__, "--only", mode, *_without_option(sys.argv[1:], "--json")]
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-        )
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            print(f"{mode}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
-            continue
-        results.append(json.loads(line[7:]))
-        print(f"done {mode}", file=sys.stderr)
-    header = f"{'mode':<16} {'tok/s':>8} {'step s':>7} {'TFLOP/s':>8} {'% bf16 mm':>9} {'RSS GiB':>8} {'GPU GiB':>8}  extra"
+            runs.setdefault(mode, []).append(json.loads(line[7:]))
+            print(f"done {mode} (round {round_ + 1}/{args.repeat})", file=sys.stderr)
+    results = [_median_run(rs) for rs in runs.values()]
+    header = f"{'mode':<16} {'tok/s':>8} {'range':>13} {'step s':>7} {'TFLOP/s':>8} {'% bf16 mm':>9} {'RSS GiB':>8} {'GPU GiB':>8}  extra"
     print(header)
     for r in results:
         frac = 100 * r["achieved_tflops"] / r["matmul_bf16_tflops"]
         gpu = f"{r['peak_gpu_gib']:.2f}" if r["peak_gpu_gib"] is not None else "-"
         extra = {k: r[k] for k in ("cache_build_seconds", "heldout_kd") if k in r}
-        print(f"{r['mode']:<16} {r['tokens_per_s']:>8.1f} {r['median_step_s']:>7.3f} {r['achieved_tflops']:>8.3f} "
+        span = f"{min(r['tokens_per_s_runs']):.0f}-{max(r['tokens_per_s_runs']):.0f}"
+        print(f"{r['mode']:<16} {r['tokens_per_s']:>8.1f} {span:>13} {r['median_step_s']:>7.3f} {r['achieved_tflops']:>8.3f} "
               f"{frac:>8.1f}% {r['peak_rss_gib']:>8.2f} {gpu:>8}  {extra or ''}")  # fmt: skip
     if results:
         mm = statistics.median(r["matmul_bf16_tflops"] for r in results)
         print(f"bf16 matmul (2048^3, median over runs): {mm * 1000:.0f} GFLOP/s; batch {args.batch} x {args.seq_len}, "
-              f"median of {args.steps} steps after {args.warmup} warm-up")  # fmt: skip
+              f"median of {args.steps} steps after {args.warmup} warm-up, {args.repeat} round(s)")  # fmt: skip
+        by = {r["mode"]: r for r in results}
+        for mine, base, target in RATIOS:
+            if mine in by and base in by:
+                ratio = by[mine]["tokens_per_s"] / by[base]["tokens_per_s"]
+                print(f"{mine} / {base}: {ratio:.2f}x tokens/s (target {target}x)")
+        if "nexus-bf16" in by and "naive-fp32" in by:
+            print(
+                f"peak RSS nexus-bf16 / naive-fp32: {by['nexus-bf16']['peak_rss_gib'] / by['naive-fp32']['peak_rss_gib']:.2f}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -13,6 +13,7 @@ from nexus.distillation.losses import (
     ActivationAnchoringLoss,
     CachedTeacher,
     LiveTeacher,
+    ce_loss,
     divergence,
     fused_lm_head_loss,
     kd_loss,
@@ -100,11 +101,13 @@ def _case(n=41, h=16, v=50, seed=0):
 
 
 @pytest.mark.parametrize("kind", DIVERGENCES)
-@pytest.mark.parametrize("chunk", [1, 7, 1024])
-def test_fused_chunked_loss_matches_reference_values_and_gradients(kind, chunk):
+@pytest.mark.parametrize("chunk,row_block", [(1, None), (7, None), (7, 3), (1024, None), (1024, 4)])
+def test_fused_chunked_loss_matches_reference_values_and_gradients(kind, chunk, row_block):
     hidden, weight, th, tw, labels = _case()
     kw = {"normalizer": 60.0, "kind": kind, "temperature": 1.5, "ce_weight": 0.3, "kd_weight": 0.7}
-    fused, kd, ce = fused_lm_head_loss(hidden, weight, labels, LiveTeacher(th, tw), chunk_size=chunk, **kw)
+    fused, kd, ce = fused_lm_head_loss(
+        hidden, weight, labels, LiveTeacher(th, tw), chunk_size=chunk, row_block=row_block, **kw
+    )
     ref = reference_lm_head_loss(hidden, weight, labels, th @ tw.t(), **kw)
     torch.testing.assert_close(fused, ref)
     torch.testing.assert_close(0.7 * kd + 0.3 * ce, ref.detach())
@@ -124,14 +127,20 @@ def test_fused_loss_bf16_compute_is_close_to_fp32():
     assert abs(float(fp32) - float(bf16)) / float(fp32) < 0.05
 
 
-def test_fused_topk_loss_matches_reference_gradients():
+@pytest.mark.parametrize("kind", DIVERGENCES)
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_fused_topk_loss_matches_reference_gradients(kind, temperature):
     hidden, weight, th, tw, labels = _case()
-    t_logp = F.log_softmax(th @ tw.t(), -1)
+    t_logp = F.log_softmax(th @ tw.t() / temperature, -1)
     values, idx = t_logp.topk(6, -1)
     tail = torch.log1p(-values.exp().sum(-1))
     cached = CachedTeacher(values.half(), idx, tail)
-    fused, _, _ = fused_lm_head_loss(hidden, weight, labels, cached, normalizer=41.0, chunk_size=5)
-    ref = topk_kd_loss(hidden @ weight.t(), values.half(), idx, tail).sum() / 41.0
+    kw = {"kind": kind, "temperature": temperature}
+    fused, _, _ = fused_lm_head_loss(
+        hidden, weight, labels, cached, normalizer=41.0, chunk_size=9, row_block=4, ce_weight=0.2, **kw
+    )
+    logits = hidden @ weight.t()
+    ref = (topk_kd_loss(logits, values.half(), idx, tail, **kw) + 0.2 * ce_loss(logits, labels)).sum() / 41.0
     torch.testing.assert_close(fused, ref)
     for a, b in zip(
         torch.autograd.grad(fused, (hidden, weight)), torch.autograd.grad(ref, (hidden, weight)), strict=True

@@ -626,7 +626,9 @@ class DistillLoop:
             ],
             lr=settings.lr,
             betas=(0.9, 0.95),
-            foreach=True,
+            # The fused kernel is ~5x faster than foreach on CPU; FSDP's sharded DTensor
+            # parameters take the foreach path.
+            **({"foreach": True} if self.par.student == "fsdp" else {"fused": True}),
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,

@@ -11,9 +11,11 @@ Conventions (shapes: ``N`` scored tokens, ``V`` vocabulary, ``K`` cached top-k, 
   magnitude does not shrink with ``T``.
 * :func:`fused_lm_head_loss` never materializes the ``(N, V)`` logits of the whole batch: it
   walks over chunks of tokens, builds each chunk's logits from the hidden states and the LM
-  head weight, computes the loss *and its gradient* for the chunk right away (autograd on the
-  chunk only), and keeps only the ``(N, H)`` gradient of the hidden states and the ``(V, H)``
-  gradient of the head. Peak extra memory is one chunk of logits, not ``B x T x V`` twice.
+  head weight, computes the loss *and its gradient* for the chunk right away (closed-form
+  gradients, :func:`chunk_loss_and_grad`: a few fused passes over the chunk's ``(C, V)`` logits
+  instead of an autograd graph), and keeps only the ``(N, H)`` gradient of the hidden states
+  and the ``(V, H)`` gradient of the head. Peak extra memory is one chunk's logits and a few
+  float32 temporaries of that size, not ``B x T x V`` twice.
 
 Top-k tail mass (the documented choice): the cache stores, per token, the teacher's top-k
 log-probabilities at temperature ``T`` and the log of the remaining probability mass
@@ -146,45 +148,128 @@ class CachedTeacher:
     def __init__(self, topk_logp: torch.Tensor, topk_idx: torch.Tensor, tail_logp: torch.Tensor):
         self.topk_logp, self.topk_idx, self.tail_logp = topk_logp, topk_idx, tail_logp
 
+    def rows(self, start: int, end: int) -> CachedTeacher:
+        return CachedTeacher(self.topk_logp[start:end], self.topk_idx[start:end], self.tail_logp[start:end])
 
-def chunk_loss(
-    student_logits: torch.Tensor,
-    teacher: LiveTeacher | CachedTeacher | None,
+
+def _log_softmax_at(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """float32 ``log_softmax(logits / T)`` without an extra float32 copy of ``logits`` when T=1."""
+    if temperature == 1.0:
+        return F.log_softmax(logits, dim=-1, dtype=torch.float32)
+    return F.log_softmax(logits.float() / temperature, dim=-1)
+
+
+def _divergence_and_grad(
+    s: torch.Tensor, q: torch.Tensor, teacher_logp: torch.Tensor, kind: str, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row :func:`divergence` of full-vocabulary log-probs and its gradient w.r.t. the logits.
+
+    ``s`` = student log-probs, ``q = exp(s)``; the logits ``z`` give ``s = z - logsumexp(z)``, so
+    ``dL/dz = G - q * sum(G)`` with ``G = dL/ds``. Closed forms (no autograd graph, few passes):
+    forward KL ``G = -p`` so ``dL/dz = q - p``; reverse KL ``dL/dz = q * (d - <q, d>)`` with
+    ``d = s - t``; JSD ``dL/dz = (1 - beta) * q * (d - <q, d>)`` with ``d = s - log m``.
+    """
+    if kind == "forward_kl":
+        p = teacher_logp.exp()
+        rows = torch.linalg.vecdot(p, teacher_logp - s)
+        return rows, q - p
+    if kind == "reverse_kl":
+        d = s - teacher_logp
+        rows = torch.linalg.vecdot(q, d)
+        return rows, q * (d - rows[:, None])
+    if kind == "jsd":
+        if not 0.0 < beta < 1.0:
+            raise ValueError(f"jsd beta must be in (0, 1), got {beta}")
+        logm = torch.logaddexp(teacher_logp + math.log(beta), s + math.log(1.0 - beta))
+        d = s - logm
+        q_d = torch.linalg.vecdot(q, d)
+        rows = beta * torch.linalg.vecdot(teacher_logp.exp(), teacher_logp - logm) + (1.0 - beta) * q_d
+        return rows, (1.0 - beta) * q * (d - q_d[:, None])
+    raise ValueError(f"unknown divergence {kind!r} (choose from {', '.join(DIVERGENCES)})")
+
+
+def _topk_divergence_and_grad(
+    s: torch.Tensor, q: torch.Tensor, teacher: CachedTeacher, kind: str, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row divergence on the ``K + 1`` bins (see the module docstring) and ``dL/dz``.
+
+    The bins are tiny, so ``G = dL/d(bin log-probs)`` comes from autograd on ``(N, K + 1)``; the
+    chain rule to the full logits is closed-form: with ``g`` = the top-k part of ``G``, ``g_tail``
+    its tail entry and ``Q_tail`` the student's tail mass,
+    ``dL/dz_i = q_i * (g_tail / Q_tail - sum(G)) + [i in top-k] * (g_i - q_i * g_tail / Q_tail)``.
+    """
+    idx = teacher.topk_idx.long()
+    s_top = s.gather(-1, idx)
+    s_tail = _log1mexp(torch.logsumexp(s_top, dim=-1))
+    bins = torch.cat([s_top, s_tail[:, None]], dim=-1).requires_grad_(True)
+    target = torch.cat([teacher.topk_logp.float(), teacher.tail_logp.float()[:, None]], dim=-1)
+    with torch.enable_grad():
+        rows = divergence(bins, target, kind, beta)
+        (g,) = torch.autograd.grad(rows.sum(), bins)
+    g_top, g_tail = g[:, :-1], g[:, -1]
+    tail_scale = g_tail * torch.exp(-s_tail)  # g_tail / Q_tail
+    grad = q * (tail_scale - g.sum(-1))[:, None]
+    grad.scatter_add_(-1, idx, g_top - s_top.exp() * tail_scale[:, None])
+    return rows.detach(), grad
+
+
+def chunk_loss_and_grad(
+    logits: torch.Tensor,
+    teacher: torch.Tensor | CachedTeacher | None,
     labels: torch.Tensor,
-    start: int,
-    end: int,
     *,
     kind: str,
     temperature: float,
     beta: float,
     kd_weight: float,
     ce_weight: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Summed weighted loss of tokens ``start:end``, and the summed KD and CE parts (detached)."""
-    zero = student_logits.new_zeros((), dtype=torch.float32)
+    need_grad: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Loss of a few tokens and its gradient w.r.t. their ``(R, V)`` logits.
+
+    ``teacher``: the teacher's ``(R, V)`` logits for the same tokens, or their cached top-k rows.
+    Returns the summed weighted loss, the summed KD and CE parts, and the float32 gradient of the
+    summed weighted loss (``None`` without ``need_grad``). Values equal :func:`kd_loss`,
+    :func:`topk_kd_loss` and :func:`ce_loss` summed; the gradient is their closed form.
+    """
+    zero = torch.zeros((), dtype=torch.float32, device=logits.device)
     kd = ce = zero
-    total = zero
-    if kd_weight and teacher is not None:
-        if isinstance(teacher, LiveTeacher):
-            kd_tok = kd_loss(
-                student_logits, teacher.logits(start, end), kind=kind, temperature=temperature, beta=beta
-            )
+    grad = None
+    t = float(temperature)
+    use_kd = bool(kd_weight) and teacher is not None
+    s = _log_softmax_at(logits, t) if use_kd or (ce_weight and t == 1.0) else None
+    q = s.exp() if s is not None else None
+    if use_kd:
+        if isinstance(teacher, CachedTeacher):
+            rows, g = _topk_divergence_and_grad(s, q, teacher, kind, beta)
         else:
-            kd_tok = topk_kd_loss(
-                student_logits,
-                teacher.topk_logp[start:end],
-                teacher.topk_idx[start:end],
-                teacher.tail_logp[start:end],
-                kind=kind,
-                temperature=temperature,
-                beta=beta,
-            )
-        kd = kd_tok.sum()
-        total = total + kd_weight * kd
+            rows, g = _divergence_and_grad(s, q, _log_softmax_at(teacher, t), kind, beta)
+        kd = rows.sum() * (t * t)
+        grad = g.mul_(kd_weight * t)  # d(kd_weight * T^2 * L)/d(logits) = kd_weight * T * dL/dz
     if ce_weight:
-        ce = ce_loss(student_logits, labels).sum()
-        total = total + ce_weight * ce
-    return total, kd.detach(), ce.detach()
+        if t == 1.0 and s is not None:
+            logp, p = s, q
+        else:
+            logp = F.log_softmax(logits, dim=-1, dtype=torch.float32)
+            p = logp.exp() if need_grad else None
+        labels = labels.long()
+        ce = -logp.gather(-1, labels[:, None]).sum()
+        if need_grad:
+            g_ce = p * ce_weight
+            g_ce[torch.arange(len(labels), device=labels.device), labels] -= ce_weight
+            grad = g_ce if grad is None else grad.add_(g_ce)
+    total = kd_weight * kd + ce_weight * ce
+    return total, kd, ce, grad if need_grad else None
+
+
+_CPU_BLOCK_ELEMENTS = 1 << 18  # 1 MiB of float32 per temporary: a few of them fit a CPU core's L2
+
+
+def _auto_row_block(logits: torch.Tensor) -> int:
+    """Rows of logits per softmax block: cache-sized on CPU, the whole chunk on accelerators."""
+    if logits.device.type != "cpu":
+        return logits.shape[0]
+    return max(1, _CPU_BLOCK_ELEMENTS // logits.shape[1])
 
 
 class _FusedHeadLoss(torch.autograd.Function):
@@ -212,32 +297,44 @@ class _FusedHeadLoss(torch.autograd.Function):
         for start in range(0, n, chunk):
             end = min(start + chunk, n)
             h = hidden[start:end].detach().to(compute_dtype)
-            with torch.enable_grad():
-                logits = F.linear(h, w, b).detach().requires_grad_(need_grad)
-                loss, kd, ce = chunk_loss(
-                    logits,
-                    teacher,
-                    labels[start:end],
-                    start,
-                    end,
+            logits = F.linear(h, w, b)  # (C, V)
+            live = teacher.logits(start, end) if isinstance(teacher, LiveTeacher) else None
+            grad_logits = torch.empty_like(logits) if need_grad else None
+            rows = opts["row_block"] or _auto_row_block(logits)
+            # The softmax math walks the chunk a few rows at a time so its float32 temporaries stay
+            # in cache (on CPU that is 3x faster than whole-chunk passes); matmuls use the chunk.
+            for a in range(0, end - start, rows):
+                z = slice(a, min(a + rows, end - start))
+                if live is not None:
+                    target = live[z]
+                elif teacher is not None:
+                    target = teacher.rows(start + z.start, start + z.stop)
+                else:
+                    target = None
+                loss, kd, ce, g = chunk_loss_and_grad(
+                    logits[z],
+                    target,
+                    labels[start:end][z],
                     kind=opts["kind"],
                     temperature=opts["temperature"],
                     beta=opts["beta"],
                     kd_weight=opts["kd_weight"],
                     ce_weight=opts["ce_weight"],
+                    need_grad=need_grad,
                 )
+                total += loss
+                kd_sum += kd
+                ce_sum += ce
                 if need_grad:
-                    (grad_logits,) = torch.autograd.grad(loss, logits)
-            total += loss.detach()
-            kd_sum += kd
-            ce_sum += ce
+                    grad_logits[z] = g
+            del logits, live
             if need_grad:
-                g = grad_logits.to(compute_dtype)  # (C, V)
+                g = grad_logits  # (C, V) in compute_dtype
                 grad_hidden[start:end] = (g @ w).float()
                 if grad_weight is not None:
                     grad_weight += (g.t() @ h).float()
                 if grad_bias is not None:
-                    grad_bias += grad_logits.float().sum(0)
+                    grad_bias += g.float().sum(0)
         ctx.save_for_backward(
             *(x if x is not None else torch.empty(0) for x in (grad_hidden, grad_weight, grad_bias))
         )
@@ -248,10 +345,10 @@ class _FusedHeadLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, _grad_kd, _grad_ce):
-        saved = ctx.saved_tensors
+        scale = grad_out / ctx.normalizer_value
         grads = []
-        for has, g, dtype in zip(ctx.has, saved, ctx.input_dtypes, strict=True):
-            grads.append((g * grad_out / ctx.normalizer_value).to(dtype) if has else None)
+        for has, g, dtype in zip(ctx.has, ctx.saved_tensors, ctx.input_dtypes, strict=True):
+            grads.append((g * scale).to(dtype) if has else None)
         return grads[0], grads[1], grads[2], None, None, None, None
 
 
@@ -270,6 +367,7 @@ def fused_lm_head_loss(
     head_bias: torch.Tensor | None = None,
     chunk_size: int = 1024,
     compute_dtype: torch.dtype = torch.float32,
+    row_block: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(kd_weight * KD + ce_weight * CE).sum() / normalizer`` over the ``N`` scored tokens.
 
@@ -287,6 +385,7 @@ def fused_lm_head_loss(
         "ce_weight": ce_weight,
         "chunk_size": max(1, int(chunk_size)),
         "compute_dtype": compute_dtype,
+        "row_block": max(1, int(row_block)) if row_block else None,
     }
     return _FusedHeadLoss.apply(hidden, head_weight, head_bias, teacher, labels, float(normalizer), opts)
 
