@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import subprocess
+import sys
 import termios
 import time
 
@@ -76,3 +79,49 @@ def test_no_terminal_no_keys(tmp_path):
         os.close(write)
     with KeyControls(flags, stdin=io.StringIO("p")) as keys:  # no file descriptor at all
         assert not keys.active
+
+
+def test_sigterm_puts_the_terminal_back_before_the_previous_handler_runs(tmp_path, pty_stdin):
+    _, stdin = pty_stdin
+    before = termios.tcgetattr(stdin.fileno())
+    seen = []
+
+    class Terminated(Exception):
+        pass
+
+    def previous(signum, frame):
+        seen.append(termios.tcgetattr(stdin.fileno()))
+        raise Terminated
+
+    old = signal.signal(signal.SIGTERM, previous)
+    try:
+        with pytest.raises(Terminated), KeyControls(Flags(tmp_path), stdin=stdin) as keys:
+            assert keys.active and termios.tcgetattr(stdin.fileno()) != before
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs at the next bytecode boundary
+        assert seen == [before], "the terminal must be restored before the process goes down"
+        assert signal.getsignal(signal.SIGTERM) is previous
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_a_process_killed_by_sigterm_leaves_the_terminal_as_it_found_it(tmp_path):
+    master, slave = os.openpty()
+    before = termios.tcgetattr(slave)
+    code = (
+        "import sys, time; from nexus.monitor import Flags, KeyControls\n"
+        f"with KeyControls(Flags({str(tmp_path)!r})) as keys:\n"
+        "    print('active' if keys.active else 'inactive', flush=True); time.sleep(30)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=slave, stdout=subprocess.PIPE, text=True,
+                            start_new_session=False)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "active"
+        assert termios.tcgetattr(slave) != before
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == -signal.SIGTERM, "SIGTERM must still end the process"
+        assert termios.tcgetattr(slave) == before
+    finally:
+        proc.kill()
+        os.close(master)
+        os.close(slave)

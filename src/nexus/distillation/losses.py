@@ -263,13 +263,13 @@ def chunk_loss_and_grad(
 
 
 _CPU_BLOCK_ELEMENTS = 1 << 18  # 1 MiB of float32 per temporary: a few of them fit a CPU core's L2
+_DEVICE_BLOCK_ELEMENTS = 1 << 25  # 128 MiB per temporary: large kernels, bounded memory
 
 
 def _auto_row_block(logits: torch.Tensor) -> int:
-    """Rows of logits per softmax block: cache-sized on CPU, the whole chunk on accelerators."""
-    if logits.device.type != "cpu":
-        return logits.shape[0]
-    return max(1, _CPU_BLOCK_ELEMENTS // logits.shape[1])
+    """Rows of logits per softmax block: cache-sized on CPU, large (memory-bounded) on accelerators."""
+    budget = _CPU_BLOCK_ELEMENTS if logits.device.type == "cpu" else _DEVICE_BLOCK_ELEMENTS
+    return max(1, budget // logits.shape[1])
 
 
 class _FusedHeadLoss(torch.autograd.Function):

@@ -108,7 +108,10 @@ def run_distill(
     resolve_parallelism(config.distributed, config.teacher_sharding, dist.world)
     torch.manual_seed(config.seed)
 
-    teacher, resolved = load_model(config.teacher)
+    teacher_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    # A separate student lets the teacher load straight in its compute dtype (half the memory
+    # of a float32 load for a bf16 run); a student cut from the teacher copies float32 weights.
+    teacher, resolved = load_model(config.teacher, dtype=teacher_dtype if config.student else None)
     tokenizer = load_tokenizer(resolved)
     teacher_id = teacher_fingerprint(resolved.path) if Path(resolved.path).is_dir() else resolved.path
     n_teacher = len(decoder_layers(teacher))
@@ -173,7 +176,6 @@ def run_distill(
             corpus.directory,
         )
 
-    teacher_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     cache_info = None
     if (
         config.cache_teacher

@@ -50,6 +50,7 @@ class KeyControls:
         self._saved: list | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._previous_term = None
 
     def _terminal_fd(self) -> int | None:
         if not rank_zero():
@@ -74,6 +75,9 @@ class KeyControls:
             self._saved = None
             return self
         self._fd, self.active = fd, True
+        if threading.current_thread() is threading.main_thread():
+            # SIGTERM would end the process without __exit__: put the terminal back first.
+            self._previous_term = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._thread = threading.Thread(target=self._listen, name="nexus-keys", daemon=True)
         self._thread.start()
         self._say(HELP)
@@ -81,6 +85,15 @@ class KeyControls:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def _on_sigterm(self, signum, frame) -> None:
+        previous = self._previous_term
+        self.close()  # also puts ``previous`` back as the SIGTERM handler
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:  # the default action: die by SIGTERM, as before
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def close(self) -> None:
         """Stop listening and put the terminal back as it was (idempotent)."""
@@ -102,6 +115,9 @@ class KeyControls:
                 if previous is not None:
                     signal.signal(signal.SIGTTOU, previous)
             self._saved = None
+        if self._previous_term is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous_term)
+            self._previous_term = None
         self.active = False
 
     def _say(self, text: str) -> None:
