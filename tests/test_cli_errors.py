@@ -83,3 +83,22 @@ def test_default_teacher_info_smoke():
     info = json.loads(result.stdout)
     assert info["layers"] == 30 and info["hidden_size"] == 576 and info["vocab_size"] == 49152
     assert abs(info["parameters"] - 134.5e6) < 0.1e6
+
+
+@pytest.mark.parametrize("command", ["profile", "distill", "train", "router"])
+def test_single_phase_command_refuses_a_results_directory_in_use(tmp_path, command):
+    results = tmp_path / "results"
+    results.mkdir()
+    (tmp_path / "flags").mkdir()
+    (tmp_path / "flags" / "stop.flag").write_text("")  # the running run's stop request
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (results / ".pipeline.lock").write_text(json.dumps({"pid": holder.pid}))
+        result = run(command, "--help", cwd=tmp_path)
+        flag = "--results-dir" if "--results-dir" in result.stdout else "--results"
+        result = run(command, flag, str(results), "--flags", str(tmp_path / "flags"), cwd=tmp_path)
+        assert_clean_error(result, "another nexus run")
+        assert (tmp_path / "flags" / "stop.flag").exists(), "the refused command must not touch the flags"
+    finally:
+        holder.kill()
+        holder.wait()

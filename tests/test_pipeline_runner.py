@@ -173,7 +173,7 @@ def test_completed_status_keeps_the_phase_and_pipeline_times(tmp_path):
 
 def test_second_pipeline_refused_and_stale_lock_taken_over(tmp_path):
     results = tmp_path / "results"
-    with PipelineLock(results), pytest.raises(NexusError, match="another pipeline"):
+    with PipelineLock(results), pytest.raises(NexusError, match="another nexus run"):
         PipelineLock(results).acquire()
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True

@@ -95,6 +95,7 @@ def _distill(args: argparse.Namespace) -> int:
     from nexus.distillation.config import DistillConfig
     from nexus.distillation.run import run_distill
     from nexus.monitor import Flags, KeyControls, StatusPrinter
+    from nexus.pipeline.lock import PipelineLock
 
     overrides = parse_overrides(args.set)
     for dest, name in _FLAG_FIELDS.items():
@@ -108,8 +109,8 @@ def _distill(args: argparse.Namespace) -> int:
     )
     printer = StatusPrinter(sys.stderr, min_interval=1.0)
     flags = Flags(Path(args.flags))
-    flags.clear_stale_stop(printer.message)
-    with KeyControls(flags, printer):
+    with PipelineLock(args.results), KeyControls(flags, printer):
+        flags.clear_stale_stop(printer.message)
         summary = run_distill(
             cfg, results_dir=Path(args.results), flags=flags, printer=printer, cache_only=args.cache_only
         )

@@ -1,8 +1,10 @@
-"""One pipeline per results directory: a lock file holding the owner's pid.
+"""One run per results directory: a lock file holding the owner's pid.
 
-A second pipeline on the same ``results/`` refuses to start; a lock left by a process that no
+``nexus run`` and the single-phase commands (``nexus profile``, ``distill``, ``train``,
+``router``) take it, so a second run on the same ``results/`` (which would overwrite its
+``status.json``, flags and phase outputs) refuses to start; a lock left by a process that no
 longer exists (killed, machine rebooted) is taken over. Creation uses ``O_EXCL`` so two
-starters cannot both win.
+starters cannot both win. Under torchrun only rank 0 takes it (the other ranks are its workers).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 
 from nexus.errors import NexusError
+from nexus.monitor.flags import rank_zero
 
 LOCK_FILE = ".pipeline.lock"
 
@@ -34,6 +37,8 @@ class PipelineLock:
         self.acquired = False
 
     def acquire(self) -> PipelineLock:
+        if not rank_zero():
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
@@ -43,7 +48,7 @@ class PipelineLock:
                 same_host = owner.get("host") in (None, socket.gethostname())
                 if owner.get("pid") and same_host and _alive(int(owner["pid"])):
                     raise NexusError(
-                        f"another pipeline (pid {owner['pid']}) is running on {self.path.parent}; "
+                        f"another nexus run (pid {owner['pid']}) is using {self.path.parent}; "
                         "wait for it, stop it with `nexus stop`, or use another results directory"
                     ) from None
                 self.path.unlink(missing_ok=True)  # stale: its owner is gone

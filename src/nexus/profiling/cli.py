@@ -105,6 +105,7 @@ def register(subparsers) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
     parser.add_argument("--results-dir", default="results", help="results folder (default results/)")
+    parser.add_argument("--flags", default="flags", help="flags directory (pause.flag / stop.flag)")
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow model code from the checkpoint"
     )
@@ -128,6 +129,7 @@ def _profile(args: argparse.Namespace) -> int:
     from nexus.config import load_config, parse_overrides
     from nexus.errors import NexusError
     from nexus.monitor import Flags, KeyControls, StatusPrinter
+    from nexus.pipeline.lock import PipelineLock
     from nexus.profiling.config import ProfileConfig
     from nexus.profiling.phase import run_profile
 
@@ -165,9 +167,9 @@ def _profile(args: argparse.Namespace) -> int:
     config = load_config(
         ProfileConfig, args.config, section="profile" if args.config else None, overrides=overrides
     )
-    printer, flags = StatusPrinter(min_interval=1.0), Flags(Path("flags"))
-    flags.clear_stale_stop(printer.message)
-    with KeyControls(flags, printer):
+    printer, flags = StatusPrinter(min_interval=1.0), Flags(Path(args.flags))
+    with PipelineLock(args.results_dir), KeyControls(flags, printer):
+        flags.clear_stale_stop(printer.message)
         summary = run_profile(config, results_dir=Path(args.results_dir), flags=flags, printer=printer)
     if summary.get("stopped"):
         print(

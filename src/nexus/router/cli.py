@@ -27,6 +27,7 @@ def register(subparsers) -> None:
 def _router(args: argparse.Namespace) -> int:
     from nexus.config import load_config
     from nexus.monitor import Flags, KeyControls, StatusPrinter
+    from nexus.pipeline.lock import PipelineLock
     from nexus.router.config import RouterConfig
     from nexus.router.run import run_router
     from nexus.training.cli import overrides
@@ -42,9 +43,9 @@ def _router(args: argparse.Namespace) -> int:
         }
     )
     cfg = load_config(RouterConfig, args.config, section="router" if args.config else None, overrides=values)
-    flags, printer = Flags(), StatusPrinter(min_interval=1.0)
-    flags.clear_stale_stop(printer.message)
-    with KeyControls(flags, printer):
+    flags, printer = Flags(Path(args.flags)), StatusPrinter(min_interval=1.0)
+    with PipelineLock(args.results), KeyControls(flags, printer):
+        flags.clear_stale_stop(printer.message)
         summary = run_router(cfg, results_dir=Path(args.results), flags=flags, printer=printer)
     keys = (
         "status",

@@ -17,6 +17,7 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="optimizer steps")
     parser.add_argument("--results", default="results", help="results directory (status.json lives here)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1")
+    parser.add_argument("--flags", default="flags", help="flags directory (pause.flag / stop.flag)")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field"
     )
@@ -47,15 +48,16 @@ def register(subparsers) -> None:
 def _train(args: argparse.Namespace) -> int:
     from nexus.config import load_config
     from nexus.monitor import Flags, KeyControls, StatusPrinter
+    from nexus.pipeline.lock import PipelineLock
     from nexus.training.config import TrainConfig
     from nexus.training.run import run_train
 
     cfg = load_config(
         TrainConfig, args.config, section="train" if args.config else None, overrides=overrides(args)
     )
-    flags, printer = Flags(), StatusPrinter(min_interval=1.0)
-    flags.clear_stale_stop(printer.message)
-    with KeyControls(flags, printer):
+    flags, printer = Flags(Path(args.flags)), StatusPrinter(min_interval=1.0)
+    with PipelineLock(args.results), KeyControls(flags, printer):
+        flags.clear_stale_stop(printer.message)
         summary = run_train(cfg, results_dir=Path(args.results), flags=flags, printer=printer)
     print(json.dumps({k: summary.get(k) for k in ("status", "step", "loss", "eval", "model_dir")}, indent=2))
     return 0
