@@ -1,6 +1,6 @@
 """Distillation throughput: naive fp32 / bf16 full-logit KD vs Nexus (chunked, cached), TRL GKD.
 
-    .venv/bin/python benchmarks/bench_distill.py --steps 10            # real default teacher
+    .venv/bin/python benchmarks/bench_distill.py --steps 10 --repeat 2   # real default teacher
     .venv/bin/python benchmarks/bench_distill.py --steps 10 --random-teacher 1b   # GPU: random 1B teacher
 
 Every configuration runs in its own subprocess (so peak RSS is its own), on the same packed data
@@ -297,7 +297,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--student-layers", type=int, default=10)
-    p.add_argument("--topk", type=int, default=64)
+    p.add_argument("--topk", type=int, default=512, help="cached top-k (the distill default)")
     p.add_argument(
         "--eval-rows", type=int, default=0, help="held-out KD after training (cached vs live quality)"
     )

@@ -123,7 +123,7 @@ class DistillConfig:
     cache_teacher: bool = field(
         default=False, metadata=_help("run the teacher once, store top-k, train from the cache")
     )
-    topk: int = field(default=64, metadata=_help("teacher logits kept per token in the cache"))
+    topk: int = field(default=512, metadata=_help("teacher logits kept per token in the cache"))
     teacher_cache_dir: str | None = field(
         default=None, metadata=_help("teacher cache root (default: <out>/../teacher_cache)")
     )

@@ -183,7 +183,9 @@ def run_distill(
         and (Path(config.teacher_cache_dir) / "meta.json").is_file()
     ):
         root = Path(config.teacher_cache_dir) if config.teacher_cache_dir else out.parent / "teacher_cache"
-        key = cache_key(teacher_id, corpus.key, config.topk, config.temperature, teacher_layers)
+        # k at or above the vocabulary keeps every logit (the exact KL): a small model's whole vocabulary.
+        topk = min(config.topk, teacher.get_output_embeddings().weight.shape[0])
+        key = cache_key(teacher_id, corpus.key, topk, config.temperature, teacher_layers)
         directory = root if (root / "meta.json").is_file() else root / key
         cache = TeacherCache(directory)
         if not cache.complete:
@@ -203,7 +205,7 @@ def run_distill(
                     splits,
                     teacher_id=teacher_id,
                     data_key=corpus.key,
-                    k=config.topk,
+                    k=topk,
                     temperature=config.temperature,
                     layers=teacher_layers,
                     batch_size=config.micro_batch_size,
@@ -215,7 +217,7 @@ def run_distill(
         cache.check(
             teacher_id=teacher_id,
             data_key=corpus.key,
-            k=config.topk,
+            k=topk,
             temperature=config.temperature,
             layers=teacher_layers,
         )
