@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -149,6 +150,7 @@ def _nexus(args, teacher, student, rows, device, mode: str) -> tuple[list[float]
     extra = {}
     work = Path(args.work) / mode
     if mode == "nexus-cached":
+        shutil.rmtree(work / "teacher_cache", ignore_errors=True)  # every round times a full build
         t0 = time.perf_counter()
         cache = build_teacher_cache(work / "teacher_cache", teacher.to(device), {"train": rows}, teacher_id="bench",
                                     data_key="bench", k=args.topk, batch_size=args.batch, device=device)  # fmt: skip
