@@ -179,3 +179,23 @@ def test_newest_release_and_its_knowledge_index_are_found(tiny_llama_dir, tmp_pa
     (release / INDEX_FILE).write_bytes(b"")
     assert knowledge_dir_for(resolved) == release
     assert resolve_chat_model("default", tmp_path) == "default"
+
+
+def test_repetition_penalty_reaches_generation_and_is_validated(tiny):
+    import torch
+
+    model, tok = tiny
+    prompt = tok("the the the the", return_tensors="pt").input_ids[0].tolist()
+    outs = {}
+    for penalty in (1.0, 5.0):
+        session = ChatSession(model, tok, options=ChatOptions(max_new_tokens=10, repetition_penalty=penalty))
+        outs[penalty] = session.generate(prompt)[0]
+        eos = session._eos_ids()
+        with torch.inference_mode():
+            ref = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                 max_new_tokens=10, do_sample=False, repetition_penalty=penalty, eos_token_id=eos,
+                                 pad_token_id=tok.pad_token_id)  # fmt: skip
+        assert outs[penalty] == ref[0, len(prompt) :].tolist()
+    assert outs[1.0] != outs[5.0], "a strong penalty must change a greedy answer of a repetitive prompt"
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        ChatOptions(repetition_penalty=0)

@@ -44,6 +44,9 @@ class ChatConfig:
     max_new_tokens: int = field(default=256, metadata={"help": "max tokens per answer"})
     temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0 = greedy)"})
     top_p: float = field(default=0.9, metadata={"help": "nucleus sampling mass (with temperature > 0)"})
+    repetition_penalty: float = field(
+        default=1.1, metadata={"help": "penalty on tokens already in the conversation (1 = off)"}
+    )
     system: str | None = field(default=None, metadata={"help": "system message"})
     teacher: str | None = field(default=None, metadata={"help": "teacher spec for assisted generation"})
     assist: bool = field(
@@ -66,7 +69,11 @@ class ChatConfig:
         if self.context_tokens < 1:
             raise ValueError(f"context_tokens must be >= 1, got {self.context_tokens}")
         ChatOptions(
-            max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p, k=self.k
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
+            k=self.k,
         )
 
 
@@ -111,6 +118,7 @@ def open_session(config: ChatConfig, *, info: TextIO = sys.stderr, cwd: str | Pa
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
         top_p=config.top_p,
+        repetition_penalty=config.repetition_penalty,
         system=config.system,
         rag=config.rag,
         k=config.k,

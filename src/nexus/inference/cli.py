@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256, help="max tokens per answer (default 256)")
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
     parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass")
+    parser.add_argument("--repetition-penalty", type=float, default=1.1,
+                        help="penalty on tokens already in the conversation (default 1.1; 1 = off)")  # fmt: skip
     parser.add_argument("--system", help="system message")
     parser.add_argument("--teacher", metavar="SPEC", help="teacher model for --assist")
     parser.add_argument(
@@ -59,6 +61,7 @@ def _chat(args: argparse.Namespace) -> int:
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
         "top_p": args.top_p,
+        "repetition_penalty": args.repetition_penalty,
         "system": args.system,
         "teacher": args.teacher,
         "assist": args.assist,

@@ -105,6 +105,7 @@ class ChatOptions:
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 0.9
+    repetition_penalty: float = 1.1  # > 1 discourages repeating tokens (llama.cpp's default); 1 = off
     system: str | None = None
     rag: bool = True
     k: int = 4
@@ -117,6 +118,8 @@ class ChatOptions:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
 
@@ -252,6 +255,8 @@ class ChatSession:
             kwargs.update(do_sample=True, temperature=self.options.temperature, top_p=self.options.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if self.options.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = self.options.repetition_penalty
         if on_text is not None:
             kwargs["streamer"] = _CallbackStreamer(self.tokenizer, on_text)
         counters = None
