@@ -237,6 +237,33 @@ def test_disk_full_while_checkpointing_keeps_previous_checkpoint(
     assert summary["resumed_from_step"] == 2 and summary["status"] == "Completed"
 
 
+def test_disk_full_while_saving_the_final_model_keeps_the_checkpoint(
+    tiny_llama_dir, data_file, tmp_path, monkeypatch
+):
+    from safetensors import SafetensorError
+
+    from nexus.distillation import loop as loop_mod
+
+    real = loop_mod.DistillLoop._save_student
+
+    def full(self, directory, state):
+        if directory.name.startswith(".tmp-model-"):  # safetensors reports ENOSPC its own way
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return real(self, directory, state)
+
+    monkeypatch.setattr(loop_mod.DistillLoop, "_save_student", full)
+    out = tmp_path / "d"
+    cfg = _cfg(tiny_llama_dir, data_file, out, max_steps=2, save_every=2)
+    with pytest.raises(
+        NexusError, match=r"final model .*: disk full; the newest checkpoint .*checkpoint-2 is intact"
+    ):
+        run_distill(cfg, results_dir=tmp_path / "r")
+    assert not list(out.glob(".tmp-model-*")) and not (out / "model").exists()
+    monkeypatch.setattr(loop_mod.DistillLoop, "_save_student", real)
+    summary = run_distill(cfg, results_dir=tmp_path / "r")
+    assert summary["status"] == "Completed" and (out / "model" / "config.json").is_file()
+
+
 def test_nan_loss_steps_are_skipped_then_stop_with_clear_error(
     tiny_llama_dir, data_file, tmp_path, monkeypatch
 ):

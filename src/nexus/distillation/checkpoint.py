@@ -73,6 +73,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_failure(exc: BaseException) -> str | None:
+    """Why writing files failed ("disk full", the OS message), or None if ``exc`` is no I/O failure.
+
+    safetensors reports the I/O errors of its writer as ``SafetensorError("... I/O error: ...
+    (os error 28)")``, not as ``OSError``.
+    """
+    if isinstance(exc, OSError):
+        return "disk full" if exc.errno == errno.ENOSPC else str(exc)
+    text = str(exc)
+    if type(exc).__name__ == "SafetensorError" and "I/O error" in text:
+        return "disk full" if f"os error {errno.ENOSPC})" in text else text
+    return None
+
+
 def write_checkpoint(
     out_dir: str | Path,
     step: int,
@@ -94,15 +108,14 @@ def write_checkpoint(
             shutil.rmtree(final)
         os.rename(tmp, final)
         _fsync_dir(root)
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        reason = write_failure(exc)
+        if reason is None:
+            raise
         previous = latest_checkpoint(out_dir)
-        reason = "disk full" if exc.errno == errno.ENOSPC else str(exc)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
         raise NexusError(f"cannot write checkpoint {final}: {reason}; {kept}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old_step, path in list_checkpoints(out_dir)[:-keep_last]:
         if old_step != step:
             shutil.rmtree(path, ignore_errors=True)

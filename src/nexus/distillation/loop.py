@@ -959,15 +959,22 @@ class DistillLoop:
             from safetensors.torch import save_file
 
             tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=self.out_dir))
+            final = self.out_dir / "model"
             try:
                 self._save_student(tmp, student_state)
-                final = self.out_dir / "model"
                 if final.exists():
                     shutil.rmtree(final)
                 os.rename(tmp, final)
-            except BaseException:
+            except BaseException as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise
+                reason = ckpt.write_failure(exc)
+                if reason is None:
+                    raise
+                newest = ckpt.latest_checkpoint(self.out_dir)
+                kept = f"the newest checkpoint {newest} is intact" if newest else "no checkpoint was written"
+                raise NexusError(
+                    f"cannot write the final model {final}: {reason}; {kept}; free space and run again"
+                ) from None
             if extra:
                 save_file(
                     {k: v.contiguous().cpu() for k, v in extra.items()},
