@@ -87,6 +87,29 @@ def write_failure(exc: BaseException) -> str | None:
     return None
 
 
+def write_dir_atomically(
+    final: Path, writer: Callable[[Path], None], *, what: str, kept: Callable[[], str]
+) -> None:
+    """Write directory ``final`` whole or not at all: ``writer(tmp)`` fills a sibling temp dir,
+    which is synced and renamed over ``final``. An I/O failure (disk full, ...) removes the temp
+    dir and becomes one ``NexusError`` naming ``what`` failed and, from ``kept()``, what is intact.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    try:
+        writer(tmp)
+        _fsync_tree(tmp)
+        if final.exists():  # a stale copy (e.g. a re-run after finishing): replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = write_failure(exc)
+        if reason is None:
+            raise
+        raise NexusError(f"cannot write {what} {final}: {reason}; {kept()}") from None
+
+
 def write_checkpoint(
     out_dir: str | Path,
     step: int,
@@ -99,23 +122,16 @@ def write_checkpoint(
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"checkpoint-{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-checkpoint-{step}-", dir=root))
-    try:
+
+    def write(tmp: Path) -> None:
         writer(tmp)
         (tmp / META).write_text(json.dumps({"step": step, **meta}, indent=2) + "\n")
-        _fsync_tree(tmp)
-        if final.exists():  # a stale copy of the same step (e.g. re-run after finishing): replace it
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(root)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        reason = write_failure(exc)
-        if reason is None:
-            raise
+
+    def kept() -> str:
         previous = latest_checkpoint(out_dir)
-        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        raise NexusError(f"cannot write checkpoint {final}: {reason}; {kept}") from None
+        return f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+
+    write_dir_atomically(final, write, what="checkpoint", kept=kept)
     for old_step, path in list_checkpoints(out_dir)[:-keep_last]:
         if old_step != step:
             shutil.rmtree(path, ignore_errors=True)

@@ -94,8 +94,8 @@ def _distill(args: argparse.Namespace) -> int:
     from nexus.config import load_config, parse_overrides
     from nexus.distillation.config import DistillConfig
     from nexus.distillation.run import run_distill
-    from nexus.monitor import Flags, KeyControls, StatusPrinter
-    from nexus.pipeline.lock import PipelineLock
+    from nexus.monitor import Flags, StatusPrinter
+    from nexus.pipeline.lock import single_phase_run
 
     overrides = parse_overrides(args.set)
     for dest, name in _FLAG_FIELDS.items():
@@ -109,8 +109,7 @@ def _distill(args: argparse.Namespace) -> int:
     )
     printer = StatusPrinter(sys.stderr, min_interval=1.0)
     flags = Flags(Path(args.flags))
-    with PipelineLock(args.results), KeyControls(flags, printer):
-        flags.clear_stale_stop(printer.message)
+    with single_phase_run(args.results, flags, printer):
         summary = run_distill(
             cfg, results_dir=Path(args.results), flags=flags, printer=printer, cache_only=args.cache_only
         )

@@ -953,28 +953,20 @@ class DistillLoop:
         """``OUT/model`` (HF dir: the student only) and ``OUT/extra.safetensors`` (projections), atomically."""
         student_state, extra, _ = self._weights(optimizer=False)
         if self.dist.is_main:
-            import shutil
-            import tempfile
-
             from safetensors.torch import save_file
 
-            tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=self.out_dir))
-            final = self.out_dir / "model"
-            try:
-                self._save_student(tmp, student_state)
-                if final.exists():
-                    shutil.rmtree(final)
-                os.rename(tmp, final)
-            except BaseException as exc:
-                shutil.rmtree(tmp, ignore_errors=True)
-                reason = ckpt.write_failure(exc)
-                if reason is None:
-                    raise
+            def kept() -> str:
                 newest = ckpt.latest_checkpoint(self.out_dir)
-                kept = f"the newest checkpoint {newest} is intact" if newest else "no checkpoint was written"
-                raise NexusError(
-                    f"cannot write the final model {final}: {reason}; {kept}; free space and run again"
-                ) from None
+                return (
+                    f"the newest checkpoint {newest} is intact" if newest else "no checkpoint was written"
+                ) + "; free space and run again"
+
+            ckpt.write_dir_atomically(
+                self.out_dir / "model",
+                lambda tmp: self._save_student(tmp, student_state),
+                what="the final model",
+                kept=kept,
+            )
             if extra:
                 save_file(
                     {k: v.contiguous().cpu() for k, v in extra.items()},

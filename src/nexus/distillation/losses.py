@@ -328,13 +328,12 @@ class _FusedHeadLoss(torch.autograd.Function):
                 if need_grad:
                     grad_logits[z] = g
             del logits, live
-            if need_grad:
-                g = grad_logits  # (C, V) in compute_dtype
-                grad_hidden[start:end] = (g @ w).float()
+            if need_grad:  # grad_logits: (C, V) in compute_dtype
+                grad_hidden[start:end] = (grad_logits @ w).float()
                 if grad_weight is not None:
-                    grad_weight += (g.t() @ h).float()
+                    grad_weight += (grad_logits.t() @ h).float()
                 if grad_bias is not None:
-                    grad_bias += g.float().sum(0)
+                    grad_bias += grad_logits.float().sum(0)
         ctx.save_for_backward(
             *(x if x is not None else torch.empty(0) for x in (grad_hidden, grad_weight, grad_bias))
         )

@@ -9,6 +9,7 @@ starters cannot both win. Under torchrun only rank 0 takes it (the other ranks a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -75,3 +76,14 @@ class PipelineLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def single_phase_run(results_dir: str | Path, flags, printer):
+    """What ``nexus profile|distill|train|router`` hold while they run: the results lock, then the
+    terminal keys; a stale ``stop.flag`` is cleared only once the lock is ours."""
+    from nexus.monitor import KeyControls
+
+    with PipelineLock(results_dir), KeyControls(flags, printer):
+        flags.clear_stale_stop(printer.message)
+        yield

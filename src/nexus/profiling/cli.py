@@ -128,8 +128,8 @@ def register(subparsers) -> None:
 def _profile(args: argparse.Namespace) -> int:
     from nexus.config import load_config, parse_overrides
     from nexus.errors import NexusError
-    from nexus.monitor import Flags, KeyControls, StatusPrinter
-    from nexus.pipeline.lock import PipelineLock
+    from nexus.monitor import Flags, StatusPrinter
+    from nexus.pipeline.lock import single_phase_run
     from nexus.profiling.config import ProfileConfig
     from nexus.profiling.phase import run_profile
 
@@ -168,8 +168,7 @@ def _profile(args: argparse.Namespace) -> int:
         ProfileConfig, args.config, section="profile" if args.config else None, overrides=overrides
     )
     printer, flags = StatusPrinter(min_interval=1.0), Flags(Path(args.flags))
-    with PipelineLock(args.results_dir), KeyControls(flags, printer):
-        flags.clear_stale_stop(printer.message)
+    with single_phase_run(args.results_dir, flags, printer):
         summary = run_profile(config, results_dir=Path(args.results_dir), flags=flags, printer=printer)
     if summary.get("stopped"):
         print(

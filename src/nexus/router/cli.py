@@ -26,8 +26,8 @@ def register(subparsers) -> None:
 
 def _router(args: argparse.Namespace) -> int:
     from nexus.config import load_config
-    from nexus.monitor import Flags, KeyControls, StatusPrinter
-    from nexus.pipeline.lock import PipelineLock
+    from nexus.monitor import Flags, StatusPrinter
+    from nexus.pipeline.lock import single_phase_run
     from nexus.router.config import RouterConfig
     from nexus.router.run import run_router
     from nexus.training.cli import overrides
@@ -44,8 +44,7 @@ def _router(args: argparse.Namespace) -> int:
     )
     cfg = load_config(RouterConfig, args.config, section="router" if args.config else None, overrides=values)
     flags, printer = Flags(Path(args.flags)), StatusPrinter(min_interval=1.0)
-    with PipelineLock(args.results), KeyControls(flags, printer):
-        flags.clear_stale_stop(printer.message)
+    with single_phase_run(args.results, flags, printer):
         summary = run_router(cfg, results_dir=Path(args.results), flags=flags, printer=printer)
     keys = (
         "status",

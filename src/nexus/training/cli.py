@@ -47,8 +47,8 @@ def register(subparsers) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     from nexus.config import load_config
-    from nexus.monitor import Flags, KeyControls, StatusPrinter
-    from nexus.pipeline.lock import PipelineLock
+    from nexus.monitor import Flags, StatusPrinter
+    from nexus.pipeline.lock import single_phase_run
     from nexus.training.config import TrainConfig
     from nexus.training.run import run_train
 
@@ -56,8 +56,7 @@ def _train(args: argparse.Namespace) -> int:
         TrainConfig, args.config, section="train" if args.config else None, overrides=overrides(args)
     )
     flags, printer = Flags(Path(args.flags)), StatusPrinter(min_interval=1.0)
-    with PipelineLock(args.results), KeyControls(flags, printer):
-        flags.clear_stale_stop(printer.message)
+    with single_phase_run(args.results, flags, printer):
         summary = run_train(cfg, results_dir=Path(args.results), flags=flags, printer=printer)
     print(json.dumps({k: summary.get(k) for k in ("status", "step", "loss", "eval", "model_dir")}, indent=2))
     return 0
