@@ -94,6 +94,22 @@ def test_context_is_thresholded_and_budgeted(rag_index, embedder):
     assert tower.retrieve_text_context("Who founded Zephyr Lattice Laboratories?", max_tokens=5) == ""
 
 
+def test_chat_session_with_nothing_relevant_answers_without_context(rag_index, embedder, tiny_llama_dir):
+    """The chat counts context in the model's tokens (a HF tokenizer, which fails on an empty
+    list): an off-topic question must get no context, not a crash."""
+    from nexus.inference import ChatOptions, ChatSession
+    from nexus.models import load_model, load_tokenizer
+
+    model, resolved = load_model(str(tiny_llama_dir))
+    tower = KnowledgeTower.load(rag_index, embedder=embedder)
+    session = ChatSession(model, load_tokenizer(resolved), tower=tower, options=ChatOptions(max_new_tokens=2))
+    result = session.respond("How do I change a car tyre?")
+    assert result.retrieved == [] and session.last_retrieved == []
+    assert session.respond(
+        "Who founded Zephyr Lattice Laboratories?"
+    ).retrieved  # and the related one gets some
+
+
 def test_add_skips_duplicates_and_appends_new(rag_index, embedder, tmp_path):
     index_dir = tmp_path / "idx"
     shutil.copytree(rag_index, index_dir)

@@ -138,7 +138,7 @@ class KnowledgeTower:
         budget = self.max_context_tokens if max_tokens is None else max_tokens
         relevant = [c for c in self.retrieve(prompt, k) if c.score >= threshold]
         chosen, used = [], 0
-        costs = self.count_tokens([format_context([c]) for c in relevant])
+        costs = self.count_tokens([format_context([c]) for c in relevant]) if relevant else []
         for chunk, cost in zip(relevant, costs, strict=True):
             if used + cost > budget:
                 break
