@@ -24,6 +24,7 @@ class PhaseConfig:
     optim: Optim = field(default_factory=Optim)
     precision: str = "auto"
     max_steps: int | None = None
+    weights: dict[str, float] = field(default_factory=lambda: {"code": 1.0, "chat": 1.0})
 
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "bf16", "fp32"):
@@ -41,6 +42,15 @@ def test_yaml_section_then_overrides(tmp_path):
     )
     assert cfg == PhaseConfig(teacher="foo", layers=[1, 2], optim=Optim(lr=3.0, warmup_steps=5), max_steps=7)
     assert isinstance(cfg.optim.lr, float)
+    # YAML 1.1 reads 5e-5 (no dot) as a string: a float field still takes it
+    assert load_config(PhaseConfig, overrides=parse_overrides(["optim.lr=5e-5"])).optim.lr == 5e-5
+    # a mapping field merges over its default (one weight changes, the others stay)
+    assert load_config(PhaseConfig, overrides=parse_overrides(["weights.chat=2"])).weights == {
+        "code": 1.0,
+        "chat": 2.0,
+    }
+    with pytest.raises(NexusError, match="'lr': expected a number, got 'fast'"):
+        load_config(PhaseConfig, overrides=parse_overrides(["optim.lr=fast"]))
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

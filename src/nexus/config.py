@@ -16,6 +16,7 @@ produced an artifact (phase markers, checkpoints).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -107,6 +108,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise NexusError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 5e-5 (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise NexusError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -190,7 +194,15 @@ def load_config(
                 raise NexusError(f"section '{section}' of {path} must be a mapping")
         data = raw
     clean = {k: v for k, v in (overrides or {}).items() if v is not None}
-    return from_dict(cls, deep_merge(data, clean), where)
+    # A mapping field (e.g. domain_weights) merges over its default, as a nested section does:
+    # `--set domain_weights.chat=2` changes one weight and keeps the others.
+    hints = typing.get_type_hints(cls)
+    defaults = {
+        f.name: f.default_factory()
+        for f in dataclasses.fields(cls)
+        if f.default_factory is not dataclasses.MISSING and typing.get_origin(hints[f.name]) is dict
+    }
+    return from_dict(cls, deep_merge(deep_merge(defaults, data), clean), where)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
