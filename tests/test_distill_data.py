@@ -31,6 +31,30 @@ def test_packing_resets_positions_and_never_predicts_across_documents():
     assert rows.scored_tokens() == 6
 
 
+def test_keep_whole_packing_never_splits_a_document_that_fits_a_row():
+    rng = np.random.default_rng(0)
+    docs = [
+        Document(list(range(100 * i, 100 * i + n)), [True] * n) for i, n in enumerate(rng.integers(2, 17, 60))
+    ]
+    docs.append(Document(list(range(9000, 9040)), [True] * 40))  # longer than a row: cut in row-sized pieces
+    rows = pack_documents(docs, seq_len=16, pad_id=-1, keep_whole=True)
+    # every document that fits is one contiguous run with positions 0..n-1 in a single row
+    starts = {}
+    for r, (ids, pos) in enumerate(zip(rows.input_ids.tolist(), rows.position_ids.tolist(), strict=True)):
+        for t, (tok, p) in enumerate(zip(ids, pos, strict=True)):
+            if tok != -1 and p == 0:
+                starts[tok] = (r, t)
+    for doc in docs[:-1]:
+        r, t = starts[doc.ids[0]]
+        assert rows.input_ids[r, t : t + len(doc.ids)].tolist() == doc.ids
+        assert rows.position_ids[r, t : t + len(doc.ids)].tolist() == list(range(len(doc.ids)))
+    assert {9000, 9016, 9032} <= starts.keys()  # the long one: pieces at 0, 16, 32
+    # every next-token target is kept except across the long document's two cuts; little room is wasted
+    assert rows.scored_tokens() == sum(len(d.ids) - 1 for d in docs) - 2
+    tokens = sum(len(d.ids) for d in docs)
+    assert len(rows) * 16 - tokens < 16 * 4
+
+
 def test_response_only_targets(tiny_tokenizer):
     ex = Example("chat", "x:1", prompt="What is 2 + 2?", response="4")
     full = encode_example(tiny_tokenizer, ex, loss_on="all")
@@ -66,7 +90,8 @@ def test_corpus_cache_is_reused_and_keyed_by_content(tiny_tokenizer, tmp_path):
 
 
 def test_builtin_spec_and_text_files(tiny_tokenizer, tmp_path):
-    assert parse_builtin("builtin:code=3,chat=0") == {"code": 3, "math": 400, "chat": 0}
+    assert parse_builtin("builtin:code=3,chat=0") == {"code": 3, "math": 400, "chat": 0, "rag": 0}
+    assert parse_builtin("builtin:rag=5")["rag"] == 5
     with pytest.raises(NexusError, match="bad builtin"):
         parse_builtin("builtin:poems=3")
     corpus = build_corpus(["builtin:code=3,math=5,chat=0"], tiny_tokenizer, seq_len=64, heldout_fraction=0.0)

@@ -167,6 +167,8 @@ def python_source_snippets(
     rng.shuffle(files)
     examples: list[Example] = []
     for path in files:
+        if len(examples) >= n:
+            break
         try:
             source = path.read_text(encoding="utf-8")
             tree = ast.parse(source)
@@ -180,8 +182,6 @@ def python_source_snippets(
             if 200 <= len(snippet) <= max_chars:
                 examples.append(Example("text", f"{path}:{node.lineno}", "code", text=snippet))
                 break  # one snippet per file keeps the sample diverse
-        if len(examples) >= n:
-            break
     return examples
 
 

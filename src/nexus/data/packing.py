@@ -17,6 +17,7 @@ tokens for ``loss_on="response"``). Documents are concatenated greedily into row
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -117,54 +118,89 @@ def encode_examples(
     return [encode_example(tokenizer, ex, max_length=max_length, loss_on=loss_on) for ex in kept]
 
 
-def pack_documents(docs: list[Document], seq_len: int, pad_id: int) -> PackedRows:
-    """Greedy packing into rows of ``seq_len`` (see the module docstring)."""
+def _labels(ids: list[int], target: list[bool]) -> list[int]:
+    """Per-position labels of one document piece: the next token where it is a target."""
+    return [ids[t + 1] if target[t + 1] else IGNORE_INDEX for t in range(len(ids) - 1)] + [IGNORE_INDEX]
+
+
+def _fit_rows(docs: list[Document], seq_len: int) -> list[list[Document]]:
+    """Best-fit decreasing: each document goes, longest first, into the open row with the least
+    room that holds it whole, else a new row. A document longer than a row is first cut into
+    row-sized pieces (a last piece of one token is dropped: it has nothing to score)."""
+    pieces: list[Document] = []
+    for doc in docs:
+        for start in range(0, len(doc.ids), seq_len):
+            piece = Document(doc.ids[start : start + seq_len], doc.target[start : start + seq_len])
+            if len(piece.ids) >= 2 or len(doc.ids) == 1:
+                pieces.append(piece)
+    order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i].ids))  # stable: ties keep input order
+    rows: list[list[Document]] = []
+    rooms: list[tuple[int, int]] = []  # (room left, row index), sorted
+    for i in order:
+        piece = pieces[i]
+        at = bisect.bisect_left(rooms, (len(piece.ids), -1))
+        if at < len(rooms):
+            room, row = rooms.pop(at)
+        else:
+            room, row = seq_len, len(rows)
+            rows.append([])
+        rows[row].append(piece)
+        if room - len(piece.ids) > 0:
+            bisect.insort(rooms, (room - len(piece.ids), row))
+    return rows
+
+
+def pack_documents(
+    docs: list[Document], seq_len: int, pad_id: int, *, keep_whole: bool = False
+) -> PackedRows:
+    """Pack documents into rows of ``seq_len`` (see the module docstring).
+
+    By default documents are concatenated in order and one that overflows a row continues in
+    the next, so no row space is wasted (right for plain text). ``keep_whole=True`` never splits
+    a document that fits in one row (best-fit decreasing, some padding): an instruction whose
+    answer lands in another row than its prompt would teach answering without the question
+    (or, for a RAG row, without the retrieved context).
+    """
     if seq_len < 2:
         raise ValueError("seq_len must be at least 2")
-    ids_out: list[list[int]] = []
-    pos_out: list[list[int]] = []
-    lab_out: list[list[int]] = []
-    ids, pos, lab = [], [], []
-
-    def flush():
-        nonlocal ids, pos, lab
-        if not ids:
-            return
-        pad = seq_len - len(ids)
-        # Padding forms its own "document" (positions from 0) so it never attends to real text.
-        ids_out.append(ids + [pad_id] * pad)
-        pos_out.append(pos + list(range(pad)))
-        lab_out.append(lab + [IGNORE_INDEX] * pad)
-        ids, pos, lab = [], [], []
-
-    for doc in docs:
-        start = 0
-        while start < len(doc.ids):
-            room = seq_len - len(ids)
-            piece_ids = doc.ids[start : start + room]
-            piece_tgt = doc.target[start : start + room]
-            if len(piece_ids) < 2 and start + len(piece_ids) < len(doc.ids):
-                flush()  # do not start a document with a single token at the end of a row
-                continue
-            n = len(piece_ids)
-            labels = [IGNORE_INDEX] * n
-            for t in range(n - 1):
-                if piece_tgt[t + 1]:
-                    labels[t] = piece_ids[t + 1]
-            ids += piece_ids
-            pos += list(range(n))
-            lab += labels
-            start += n
-            if len(ids) >= seq_len:
-                flush()
-    flush()
-    if not ids_out:
+    if keep_whole:
+        groups = _fit_rows(docs, seq_len)
+    else:
+        groups, row, used = [], [], 0
+        for doc in docs:
+            start = 0
+            while start < len(doc.ids):
+                room = seq_len - used
+                if room < 2 and start + room < len(doc.ids):
+                    groups.append(row)  # do not start a document with a single token at the end of a row
+                    row, used = [], 0
+                    continue
+                piece = Document(doc.ids[start : start + room], doc.target[start : start + room])
+                row.append(piece)
+                used += len(piece.ids)
+                start += len(piece.ids)
+                if used >= seq_len:
+                    groups.append(row)
+                    row, used = [], 0
+        if row:
+            groups.append(row)
+    groups = [g for g in groups if g]
+    if not groups:
         raise NexusError("the dataset is empty: no tokens to train on")
-    return PackedRows(
-        np.asarray(ids_out, dtype=np.int32),
-        np.asarray(pos_out, dtype=np.int32),
-        np.asarray(lab_out, dtype=np.int32),
-    )
+    ids_out = np.full((len(groups), seq_len), pad_id, dtype=np.int32)
+    pos_out = np.zeros((len(groups), seq_len), dtype=np.int32)
+    lab_out = np.full((len(groups), seq_len), IGNORE_INDEX, dtype=np.int32)
+    for r, pieces in enumerate(groups):
+        at = 0
+        for piece in pieces:
+            n = len(piece.ids)
+            ids_out[r, at : at + n] = piece.ids
+            pos_out[r, at : at + n] = np.arange(n)
+            lab_out[r, at : at + n] = _labels(piece.ids, piece.target)
+            at += n
+        # Padding forms its own "document" (positions from 0) so it never attends to real text.
+        pos_out[r, at:] = np.arange(seq_len - at)
+    return PackedRows(ids_out, pos_out, lab_out)
 
 
 def split_heldout(

@@ -142,9 +142,9 @@ def build_domain_data(
             continue
         docs = encode_examples(tokenizer, examples, loss_on=loss_on)
         train_docs, held_docs = split_heldout(docs, heldout_fraction, seed)
-        train_parts.append((d_index, pack_documents(train_docs, seq_len, pad)))
+        train_parts.append((d_index, pack_documents(train_docs, seq_len, pad, keep_whole=True)))
         if held_docs:
-            held_parts.append((d_index, pack_documents(held_docs, seq_len, pad)))
+            held_parts.append((d_index, pack_documents(held_docs, seq_len, pad, keep_whole=True)))
     if not train_parts:
         raise NexusError("no training data in any domain with a positive weight")
     active = {domains[d]: weights[domains[d]] for d, _ in train_parts}
