@@ -17,9 +17,9 @@ def register(subparsers) -> None:
     build.add_argument(
         "--embedder", help="'default' (all-MiniLM-L6-v2), a sentence-transformers directory or hub name"
     )
-    build.add_argument("--chunk-tokens", type=int, help="max embedder tokens per chunk (default 200)")
+    build.add_argument("--chunk-tokens", type=int, help="max embedder tokens per chunk (default 128)")
     build.add_argument(
-        "--chunk-overlap", type=int, help="overlap between consecutive chunks, in tokens (default 40)"
+        "--chunk-overlap", type=int, help="overlap between consecutive chunks, in tokens (default 32)"
     )
     build.add_argument("--hnsw-threshold", type=int, help="use HNSW above this many chunks (default 20000)")
     build.add_argument(
