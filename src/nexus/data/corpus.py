@@ -4,7 +4,8 @@ A source is one of:
 
 * ``builtin`` -- the offline default corpus of :mod:`nexus.data.builtin` (stdlib Python code,
   generated math with worked answers, and the teacher's own greedy answers to built-in chat
-  prompts); ``builtin:code=200,math=400,chat=60`` sets the counts;
+  prompts); ``builtin:code=200,math=400,chat=60`` sets the counts, and ``rag=N`` adds N
+  retrieval-grounded answers in the chat's RAG layout (:mod:`nexus.data.grounded`, none by default);
 * a file: JSONL / JSON / ``.gz`` in any format :func:`nexus.data.load_examples` reads, or a
   ``.txt`` / ``.md`` text file (blank-line separated blocks);
 * a directory: every such file in it, sorted;
@@ -37,7 +38,7 @@ from nexus.utils import atomic_write_json
 log = logging.getLogger(__name__)
 
 DATA_SUFFIXES = (".jsonl", ".json", ".gz", ".txt", ".md")
-BUILTIN_DEFAULTS = {"code": 200, "math": 400, "chat": 60}
+BUILTIN_DEFAULTS = {"code": 200, "math": 400, "chat": 60, "rag": 0}
 CACHE_VERSION = 1
 
 
@@ -49,7 +50,7 @@ def parse_builtin(source: str) -> dict[str, int]:
         key, sep, value = part.partition("=")
         if not sep or key not in counts or not value.isdigit():
             raise NexusError(
-                f"bad builtin data spec {source!r}: expected e.g. builtin:code=200,math=400,chat=60"
+                f"bad builtin data spec {source!r}: expected e.g. builtin:code=200,math=400,chat=60,rag=600"
             )
         counts[key] = int(value)
     return counts
@@ -125,6 +126,10 @@ def load_source(
                 raise NexusError("the built-in chat data needs the teacher to answer its prompts")
             chats = builtin.chat_prompt_examples(counts["chat"], seed)
             examples += builtin.teacher_answers(teacher, tokenizer, chats)
+        if counts["rag"]:
+            from nexus.data.grounded import grounded_qa_examples
+
+            examples += grounded_qa_examples(counts["rag"], seed)
         return examples
     if source.startswith("hf:"):
         return _hf_examples(source, limit)

@@ -1,0 +1,376 @@
+"""Retrieval-grounded question answering, generated offline: teach the student to answer from
+the context that the chat's RAG prepends.
+
+A small teacher does not use retrieved documentation: given the chunk that answers a question, the
+135M default teacher still invents an answer. Distillation copies that habit. This module builds
+training rows in the same layout as a RAG chat turn, so the recovery phase (phase 3) can teach
+the student to find the chunk that answers the question and answer from it.
+
+* The documents are the API reference of the Python standard library on this machine: each
+  public function, method or class with a docstring becomes an entry, a heading with its
+  signature followed by its docstring.
+* Questions come from a docstring's first sentence. "Return the absolute path." gives "How do I
+  get the absolute path?" (answer: "To get the absolute path, call `os.path.abspath(path)`.").
+  A question can also ask what a function does. A docstring sentence "To X, Y." gives "How do I
+  X?" with that sentence as the answer.
+* The context holds the entry that answers the question plus up to three distractors (entries
+  of the same module first, as retrieval would rank them). The entry's place among them is random.
+  Half the entries are written as a user guide would ("To get the absolute path, call
+  `os.path.abspath(path)`."), so the answer is often a sentence of the context to find and copy.
+  It is formatted with the chat's own :func:`~nexus.knowledge.tower.format_context` and
+  :func:`~nexus.knowledge.tower.augment_prompt`.
+
+None of this text is the project's own documentation, so questions about Nexus stay a held-out
+test of the skill (``benchmarks/bench_grounding.py``). Deterministic given ``seed``.
+"""
+
+from __future__ import annotations
+
+import ast
+import random
+import re
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+from nexus.data.formats import Example
+
+MAX_ENTRY_CHARS = 600  # one context chunk: about 150 model tokens
+MAX_CONTEXT_CHARS = 1500  # all chunks together: the row stays well inside 512 tokens
+
+# Imperative first words of docstrings that read as a task ("Copy a file." -> "copy a file").
+_TASK_VERBS = frozenset(
+    """accept acquire add append apply bind build calculate call cancel change check clear close
+    compare compile compute connect convert copy create decode delete disable download emit enable
+    encode escape execute extract fetch find flush format generate handle import initialize insert
+    install join kill list load lock log make move normalize open parse print process quote read
+    receive register release remove rename replace reset run save schedule search send set sort
+    split start stop terminate test translate unquote unregister update upload validate wait walk
+    write""".split()  # noqa: SIM905 (a word list reads best as words)
+)
+_SENTENCE = re.compile(r"^(.+?\.)(?:\s|$)", re.S)
+_HOWTO = re.compile(r"(?:^|(?<=[.!?]\s))To ([a-z][\w ,'`\-]{4,70}?), ([a-z][^.]{10,200}\.)")
+_CLEAN = re.compile(r"^[\w ,'`\-()/]+$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    module: str  # file stem, e.g. "shutil"
+    name: str  # qualified name, e.g. "shutil.copytree" or "zipfile.ZipFile.open"
+    signature: str  # "copytree(src, dst, symlinks=False)"
+    doc: str  # the docstring, cleaned and cut to MAX_ENTRY_CHARS
+
+    @property
+    def call(self) -> str:
+        """The qualified signature: ``shutil.copytree(src, dst, symlinks=False)``."""
+        return f"{self.name.rsplit('.', 1)[0]}.{self.signature}"
+
+    @property
+    def text(self) -> str:
+        return f"### `{self.call}`\n\n{self.doc}"
+
+    @property
+    def howto_text(self) -> str:
+        """The entry written as a how-to ("To get X, call `f()`." then the rest of the docstring),
+        as user guides are; the reference form (:attr:`text`) when the docstring names no task."""
+        sentence = _first_sentence(self.doc)
+        task = _task(sentence) if sentence else None
+        if task is None:
+            return self.text
+        rest = self.doc.strip()[len(sentence) :].strip() if self.doc.strip().startswith(sentence) else ""
+        return f"### `{self.call}`\n\nTo {task[0]}, call `{self.call}`. {rest}".rstrip()
+
+
+def _cut(doc: str, limit: int = MAX_ENTRY_CHARS) -> str:
+    """``doc`` cut at the last paragraph (or sentence) end before ``limit`` characters."""
+    if len(doc) <= limit:
+        return doc
+    head = doc[:limit]
+    for sep in ("\n\n", ". "):
+        at = head.rfind(sep)
+        if at > limit // 3:
+            return head[: at + (1 if sep == ". " else 0)].rstrip()
+    return head.rsplit(" ", 1)[0]
+
+
+def _entries(path: Path) -> list[Entry]:
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return []
+    module = path.stem
+    found: list[Entry] = []
+
+    def visit(nodes, prefix: str, in_class: bool) -> None:
+        for node in nodes:
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                continue
+            if node.name.startswith("_"):
+                continue
+            doc = (ast.get_docstring(node) or "").strip()
+            if isinstance(node, ast.ClassDef):
+                init = next(
+                    (n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None
+                )
+                args = ast.unparse(init.args).removeprefix("self").lstrip(", ") if init else ""
+                if doc:
+                    found.append(Entry(module, f"{prefix}{node.name}", f"{node.name}({args})", _cut(doc)))
+                visit(node.body, f"{prefix}{node.name}.", True)
+            elif doc:
+                args = ast.unparse(node.args)
+                if in_class:
+                    args = re.sub(r"^(self|cls)(, )?", "", args)
+                found.append(Entry(module, f"{prefix}{node.name}", f"{node.name}({args})", _cut(doc)))
+
+    visit(tree.body, f"{module}.", False)
+    return found
+
+
+def stdlib_entries(root: str | Path | None = None) -> list[Entry]:
+    """Documented public functions, methods and classes of the standard library's top-level
+    modules (tests and private modules skipped), in a stable order."""
+    root = Path(root or sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.glob("*.py") if not p.name.startswith("_"))
+    entries: list[Entry] = []
+    for path in files:
+        entries += _entries(path)
+    return entries
+
+
+def _third_person(verb: str) -> str:
+    if verb.endswith("y") and verb[-2:-1] not in "aeiou":
+        return verb[:-1] + "ies"
+    if verb.endswith(("s", "x", "z", "ch", "sh")):
+        return verb + "es"
+    return verb + "s"
+
+
+def _task(sentence: str) -> tuple[str, str] | None:
+    """(task phrase, verb in third person) of an imperative first sentence, or None.
+
+    "Return True if the path exists." -> ("check if the path exists", "returns");
+    "Return the file size." -> ("get the file size", "returns"); "Copy data." -> ("copy data", "copies").
+    """
+    words = sentence.rstrip(".").split()
+    if not 3 <= len(words) <= 16 or not _CLEAN.match(sentence.rstrip(".")):
+        return None
+    verb, rest = words[0].lower(), words[1:]
+    verb = {"returns": "return", "gets": "get", "creates": "create"}.get(verb, verb)
+    if verb == "return":
+        if rest[0].lower() in ("true", "a", "an", "the", "whether") and "if" in rest[:3]:
+            phrase = "check " + " ".join(rest[rest.index("if") :])
+        elif rest[0] == "whether":
+            phrase = "check " + " ".join(rest)
+        else:
+            phrase = "get " + " ".join(rest)
+        return phrase, "returns"
+    if verb in _TASK_VERBS:
+        return " ".join([verb, *rest]), _third_person(verb)
+    return None
+
+
+def _first_sentence(doc: str) -> str | None:
+    match = _SENTENCE.match(doc.strip())
+    if not match:
+        return None
+    sentence = " ".join(match.group(1).split())
+    return sentence if len(sentence) <= 140 else None
+
+
+def _questions(entry: Entry) -> list[tuple[str, str]]:
+    """(question, answer) pairs that ``entry`` answers."""
+    pairs = []
+    sentence = _first_sentence(entry.doc)
+    task = _task(sentence) if sentence else None
+    if task:
+        phrase, verb3 = task
+        pairs.append((f"How do I {phrase}?", f"To {phrase}, call `{entry.call}`."))
+        rest = sentence.rstrip(".").split(" ", 1)[1]
+        pairs.append((f"What does `{entry.name}` do?", f"`{entry.name}` {verb3} {rest}."))
+    for how, what in _HOWTO.findall(" ".join(entry.doc.split())):
+        if _CLEAN.match(how):
+            pairs.append((f"How do I {how}?", f"To {how}, {what}"))
+    return pairs
+
+
+def api_qa_examples(n: int, seed: int = 0, root: str | Path | None = None) -> list[Example]:
+    """``n`` RAG-layout examples on the standard library's API reference (see the module docstring)."""
+    from nexus.knowledge.tower import Retrieved, augment_prompt, format_context
+
+    entries = stdlib_entries(root)
+    by_module: dict[str, list[Entry]] = {}
+    for entry in entries:
+        by_module.setdefault(entry.module, []).append(entry)
+    candidates = [(e, q, a) for e in entries for q, a in _questions(e)]
+    if not candidates:
+        return []
+    rng = random.Random(seed)
+    rng.shuffle(candidates)
+    examples = []
+    for i, (entry, question, answer) in enumerate(candidates[:n]):
+        same = [e for e in by_module[entry.module] if e is not entry]
+        distractors = rng.sample(same, min(len(same), rng.randint(0, 2)))
+        distractors += rng.sample(entries, rng.randint(0, 2))
+        chunks = [e for e in distractors if e is not entry][:3]
+        chunks.insert(rng.randint(0, len(chunks)), entry)
+        # Half the entries read as how-to prose, so the answer to "How do I X?" is often a
+        # sentence "To X, ..." of the context to find and copy (as in a user guide), and the
+        # prose form alone does not give the answering entry away.
+        texts = [c.howto_text if rng.random() < 0.5 else c.text for c in chunks]
+        while sum(map(len, texts)) > MAX_CONTEXT_CHARS and len(chunks) > 1:
+            drop = max(i for i, c in enumerate(chunks) if c is not entry)
+            del chunks[drop], texts[drop]
+        retrieved = [
+            Retrieved(rank, 0.0, text, f"{c.module}.md", 0, 0)
+            for rank, (c, text) in enumerate(zip(chunks, texts, strict=True), 1)
+        ]
+        prompt = augment_prompt(format_context(retrieved), question)
+        examples.append(Example("chat", f"builtin:rag:{seed}:{i}", "chat", prompt=prompt, response=answer))
+    return examples
+
+
+# ---------------------------------------------------------------------------- user guides
+# Generated how-to sections of user guides for made-up command-line tools: the answers are
+# sentences of the guide ("To rotate the logs, run `zorvik rotate`."), the questions name the
+# task. The made-up names keep the model from answering from memory. Nexus's own tasks
+# (pausing, resuming, stopping, tests, indexes, status) are not in these lists, so questions
+# about Nexus stay held out.
+_SYLLABLES = [
+    "ka",
+    "zo",
+    "rin",
+    "vel",
+    "tor",
+    "mi",
+    "qua",
+    "bex",
+    "lun",
+    "dra",
+    "fen",
+    "sol",
+    "pix",
+    "gar",
+    "nov",
+    "yel",
+    "tum",
+    "ish",
+]
+_TASKS = [
+    ("rotate", "the logs"), ("back up", "the database"), ("archive", "old reports"),
+    ("export", "the results"), ("import", "a dataset"), ("deploy", "the site"),
+    ("rebuild", "the cache"), ("clean", "temporary files"), ("list", "the workers"),
+    ("restore", "a snapshot"), ("encrypt", "the vault"), ("verify", "a download"),
+    ("upgrade", "the schema"), ("rename", "a project"), ("publish", "a release"),
+    ("preview", "the changes"), ("limit", "the bandwidth"), ("mount", "a remote folder"),
+    ("merge", "two branches"), ("sign", "a package"), ("compress", "the assets"),
+    ("schedule", "a nightly job"), ("inspect", "the queue"), ("migrate", "the settings"),
+    ("prune", "unused images"), ("mirror", "a repository"), ("tag", "a build"),
+    ("lint", "the configuration"), ("throttle", "the uploads"), ("share", "a workspace"),
+]  # fmt: skip
+_DIRS = ["state", "cache", "conf", "var", "run", "data", "hooks"]
+_EXTS = ["flag", "lock", "toml", "yaml", "json"]
+_LONG_FLAGS = ["dry-run", "force", "verbose", "all", "keep", "watch", "no-cache", "parallel"]
+
+
+def _tool_name(rng: random.Random) -> str:
+    return "".join(rng.sample(_SYLLABLES, rng.randint(2, 3)))
+
+
+def _instruction(rng: random.Random, tool: str, verb: str, obj: str) -> str:
+    """One way to do a task, as a guide would write it (commands, flags, files, keys)."""
+    sub = verb.split()[0]
+    word = obj.split()[-1]
+    path = f"{rng.choice(_DIRS)}/{sub}.{rng.choice(_EXTS)}"
+    choices = [
+        f"run `{tool} {sub} {word}`",
+        f"run `{tool} {sub}` with `--{rng.choice(_LONG_FLAGS)}`",
+        f"create the file `{path}`, for example with `{tool} {sub}` or `touch {path}`",
+        f"set `{sub}_{word}: true` in `{tool}.yaml` and run `{tool} apply`",
+        f"press `{sub[0]}` in the terminal that runs `{tool}`",
+        f"delete `{path}` with `{tool} {sub} --reset` or `rm {path}`",
+        f"pass `--{sub}-{word}` to `{tool} run`",
+    ]
+    return rng.choice(choices)
+
+
+_FOLLOW_UPS = [
+    "The change takes effect at the next {unit} boundary.",
+    "{Tool} prints one line when it is done.",
+    "This takes about {n} seconds for a small project.",
+    "Nothing else is changed, and the command can be run again safely.",
+    "The old files are moved aside, never deleted.",
+    "Time spent waiting does not count in the totals.",
+]
+
+
+def guide_sections(rng: random.Random, tool: str, n: int = 6) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Sections of a made-up tool's guide covering ``n`` tasks, one to three tasks per section
+    under a heading that need not name them: ``[(markdown text, [(question, answer), ...])]``."""
+    tasks = rng.sample(_TASKS, n)
+    sections = []
+    while tasks:
+        size = rng.randint(1, 3)
+        group, tasks = tasks[:size], tasks[size:]
+        paragraphs, pairs = [], []
+        for verb, obj in group:
+            task = f"{verb} {obj}"
+            answer = f"To {task}, {_instruction(rng, tool, verb, obj)}."
+            follow = rng.choice(_FOLLOW_UPS).format(
+                unit=rng.choice(["step", "batch", "minute"]), Tool=tool.capitalize(), n=rng.randint(2, 90)
+            )
+            paragraphs.append(f"{answer} {follow}")
+            pairs.append((f"How do I {task}?", answer))
+        if rng.random() < 0.3:
+            paragraphs.append(f"```bash\n{tool} {group[0][0].split()[0]} --help\n```")
+        verb, obj = group[0]
+        title = rng.choice(
+            [f"{verb.capitalize()} {obj}", f"Working with {obj}", "Common tasks", "Maintenance"]
+        )
+        sections.append((f"## {title}\n\n" + "\n\n".join(paragraphs), pairs))
+    return sections
+
+
+def guide_qa_examples(n: int, seed: int = 0) -> list[Example]:
+    """``n`` RAG-layout examples on made-up user guides (see :func:`guide_sections`)."""
+    from nexus.knowledge.tower import Retrieved, augment_prompt, format_context
+
+    rng = random.Random(seed)
+    examples: list[Example] = []
+    while len(examples) < n:
+        tool = _tool_name(rng)
+        sections = guide_sections(rng, tool)
+        other = guide_sections(rng, _tool_name(rng), 3)
+        for text, pairs in sections:
+            for question, answer in pairs:
+                if len(examples) >= n:
+                    break
+                asked = answer.split(",")[0] + ","  # "To rotate the logs,": no other answer to it
+                pool = [s for s, _ in sections if s != text] + [s for s, _ in other if asked not in s]
+                chunks = rng.sample(pool, min(len(pool), rng.randint(0, 3)))
+                chunks.insert(rng.randint(0, len(chunks)), text)
+                retrieved = [
+                    Retrieved(
+                        rank, 0.0, chunk, f"{tool}.md" if chunk in dict(sections) else "README.md", 0, 0
+                    )
+                    for rank, chunk in enumerate(chunks, 1)
+                ]
+                prompt = augment_prompt(format_context(retrieved), question)
+                examples.append(
+                    Example(
+                        "chat",
+                        f"builtin:rag-guide:{seed}:{len(examples)}",
+                        "chat",
+                        prompt=prompt,
+                        response=answer,
+                    )
+                )
+    return examples
+
+
+def grounded_qa_examples(n: int, seed: int = 0, root: str | Path | None = None) -> list[Example]:
+    """``n`` RAG-layout chat examples: half on made-up user guides, half on the standard
+    library's API reference, interleaved."""
+    guides = guide_qa_examples(n // 2, seed)
+    api = api_qa_examples(n - len(guides), seed, root)
+    mixed = [ex for pair in zip(api, guides, strict=False) for ex in pair]
+    return mixed + api[len(guides) :] + guides[len(api) :]
