@@ -3,25 +3,26 @@ the context that the chat's RAG prepends.
 
 A small teacher does not use retrieved documentation: given the chunk that answers a question, the
 135M default teacher still invents an answer. Distillation copies that habit. This module builds
-training rows in the same layout as a RAG chat turn, so the recovery phase (phase 3) can teach
-the student to find the chunk that answers the question and answer from it.
+training rows in the same layout as a RAG chat turn (the chat's own
+:func:`~nexus.knowledge.tower.format_context` and :func:`~nexus.knowledge.tower.augment_prompt`),
+so the recovery phase (phase 3) can teach the student to find the chunk that answers the question
+and answer from it. ``builtin:rag=N`` draws half the rows from each source:
 
-* The documents are the API reference of the Python standard library on this machine: each
-  public function, method or class with a docstring becomes an entry, a heading with its
-  signature followed by its docstring.
-* Questions come from a docstring's first sentence. "Return the absolute path." gives "How do I
-  get the absolute path?" (answer: "To get the absolute path, call `os.path.abspath(path)`.").
-  A question can also ask what a function does. A docstring sentence "To X, Y." gives "How do I
-  X?" with that sentence as the answer.
-* The context holds the entry that answers the question plus up to three distractors (entries
-  of the same module first, as retrieval would rank them). The entry's place among them is random.
-  Half the entries are written as a user guide would ("To get the absolute path, call
-  `os.path.abspath(path)`."), so the answer is often a sentence of the context to find and copy.
-  It is formatted with the chat's own :func:`~nexus.knowledge.tower.format_context` and
-  :func:`~nexus.knowledge.tower.augment_prompt`.
+* **Made-up user guides** (:func:`guide_qa_examples`): sections of a guide for an invented
+  command-line tool, one to three how-tos each ("To rotate the logs, run `zorvik rotate`."). The
+  question names the task, the answer is that sentence, and the other retrieved chunks are
+  other sections of the same guide and of another tool's guide.
+* **The Python standard library's API reference** on this machine (:func:`api_qa_examples`):
+  each public function, method or class with a docstring is an entry, a heading with its
+  signature and then the docstring. "Return the absolute path." gives "How do I get the absolute
+  path?" (answer: "To get the absolute path, call `os.path.abspath(path)`."), and a question can
+  also ask what a function does. A docstring sentence "To X, Y." gives "How do I X?". The other
+  chunks are entries of the same module first, as retrieval would rank them. Half the entries
+  are written as a user guide would write them, so the answer is often a sentence to find and copy.
 
-None of this text is the project's own documentation, so questions about Nexus stay a held-out
-test of the skill (``benchmarks/bench_grounding.py``). Deterministic given ``seed``.
+The answering chunk's place among the others is random. None of this text is the project's own
+documentation, and Nexus's own tasks are not in the guides' word lists, so questions about Nexus
+stay a held-out test of the skill (``benchmarks/bench_grounding.py``). Deterministic given ``seed``.
 """
 
 from __future__ import annotations
@@ -235,26 +236,7 @@ def api_qa_examples(n: int, seed: int = 0, root: str | Path | None = None) -> li
 # task. The made-up names keep the model from answering from memory. Nexus's own tasks
 # (pausing, resuming, stopping, tests, indexes, status) are not in these lists, so questions
 # about Nexus stay held out.
-_SYLLABLES = [
-    "ka",
-    "zo",
-    "rin",
-    "vel",
-    "tor",
-    "mi",
-    "qua",
-    "bex",
-    "lun",
-    "dra",
-    "fen",
-    "sol",
-    "pix",
-    "gar",
-    "nov",
-    "yel",
-    "tum",
-    "ish",
-]
+_SYLLABLES = ["ka", "zo", "rin", "vel", "tor", "mi", "qua", "bex", "lun", "dra", "fen", "sol", "pix", "gar", "nov", "yel", "tum", "ish"]  # fmt: skip
 _TASKS = [
     ("rotate", "the logs"), ("back up", "the database"), ("archive", "old reports"),
     ("export", "the results"), ("import", "a dataset"), ("deploy", "the site"),
