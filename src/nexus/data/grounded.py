@@ -194,10 +194,17 @@ def _questions(entry: Entry) -> list[tuple[str, str]]:
     return pairs
 
 
-def api_qa_examples(n: int, seed: int = 0, root: str | Path | None = None) -> list[Example]:
-    """``n`` RAG-layout examples on the standard library's API reference (see the module docstring)."""
+def _rag_example(source: str, chunks: list[tuple[str, str]], question: str, answer: str) -> Example:
+    """One chat example in the chat's RAG layout: the ``(text, file name)`` chunks, then the question."""
     from nexus.knowledge.tower import Retrieved, augment_prompt, format_context
 
+    retrieved = [Retrieved(rank, 0.0, text, name, 0, 0) for rank, (text, name) in enumerate(chunks, 1)]
+    prompt = augment_prompt(format_context(retrieved), question)
+    return Example("chat", source, "chat", prompt=prompt, response=answer)
+
+
+def api_qa_examples(n: int, seed: int = 0, root: str | Path | None = None) -> list[Example]:
+    """``n`` RAG-layout examples on the standard library's API reference (see the module docstring)."""
     entries = stdlib_entries(root)
     by_module: dict[str, list[Entry]] = {}
     for entry in entries:
@@ -221,12 +228,8 @@ def api_qa_examples(n: int, seed: int = 0, root: str | Path | None = None) -> li
         while sum(map(len, texts)) > MAX_CONTEXT_CHARS and len(chunks) > 1:
             drop = max(i for i, c in enumerate(chunks) if c is not entry)
             del chunks[drop], texts[drop]
-        retrieved = [
-            Retrieved(rank, 0.0, text, f"{c.module}.md", 0, 0)
-            for rank, (c, text) in enumerate(zip(chunks, texts, strict=True), 1)
-        ]
-        prompt = augment_prompt(format_context(retrieved), question)
-        examples.append(Example("chat", f"builtin:rag:{seed}:{i}", "chat", prompt=prompt, response=answer))
+        named = [(text, f"{c.module}.md") for c, text in zip(chunks, texts, strict=True)]
+        examples.append(_rag_example(f"builtin:rag:{seed}:{i}", named, question, answer))
     return examples
 
 
@@ -314,8 +317,6 @@ def guide_sections(rng: random.Random, tool: str, n: int = 6) -> list[tuple[str,
 
 def guide_qa_examples(n: int, seed: int = 0) -> list[Example]:
     """``n`` RAG-layout examples on made-up user guides (see :func:`guide_sections`)."""
-    from nexus.knowledge.tower import Retrieved, augment_prompt, format_context
-
     rng = random.Random(seed)
     examples: list[Example] = []
     while len(examples) < n:
@@ -327,25 +328,12 @@ def guide_qa_examples(n: int, seed: int = 0) -> list[Example]:
                 if len(examples) >= n:
                     break
                 asked = answer.split(",")[0] + ","  # "To rotate the logs,": no other answer to it
-                pool = [s for s, _ in sections if s != text] + [s for s, _ in other if asked not in s]
+                pool = [(s, f"{tool}.md") for s, _ in sections if s != text]
+                pool += [(s, "README.md") for s, _ in other if asked not in s]
                 chunks = rng.sample(pool, min(len(pool), rng.randint(0, 3)))
-                chunks.insert(rng.randint(0, len(chunks)), text)
-                retrieved = [
-                    Retrieved(
-                        rank, 0.0, chunk, f"{tool}.md" if chunk in dict(sections) else "README.md", 0, 0
-                    )
-                    for rank, chunk in enumerate(chunks, 1)
-                ]
-                prompt = augment_prompt(format_context(retrieved), question)
-                examples.append(
-                    Example(
-                        "chat",
-                        f"builtin:rag-guide:{seed}:{len(examples)}",
-                        "chat",
-                        prompt=prompt,
-                        response=answer,
-                    )
-                )
+                chunks.insert(rng.randint(0, len(chunks)), (text, f"{tool}.md"))
+                source = f"builtin:rag-guide:{seed}:{len(examples)}"
+                examples.append(_rag_example(source, chunks, question, answer))
     return examples
 
 
