@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nexus.benchmark.fidelity import Fidelity, fidelity_metrics
+from nexus.trainer.evaluate import Fidelity, fidelity_metrics
 
 
 def _naive(t, s, mask):

@@ -169,17 +169,13 @@ def run_phases(root: Path) -> dict:
 
 def config_snapshot() -> dict:
     """Every phase config's default values and result hash: the YAML keys and resume hashes."""
-    from nexus.config import config_hash, to_dict
+    from nexus.config import to_dict
     from nexus.distillation.config import DistillConfig
-    from nexus.distillation.run import result_hash
     from nexus.router.config import RouterConfig
-    from nexus.training.config import TrainConfig, result_fields
+    from nexus.training.config import TrainConfig
 
-    return {
-        "distill": {"defaults": to_dict(DistillConfig()), "hash": result_hash(DistillConfig())},
-        "train": {"defaults": to_dict(TrainConfig()), "hash": config_hash(result_fields(TrainConfig()))},
-        "router": {"defaults": to_dict(RouterConfig()), "hash": config_hash(result_fields(RouterConfig()))},
-    }
+    configs = {"distill": DistillConfig(), "train": TrainConfig(), "router": RouterConfig()}
+    return {name: {"defaults": to_dict(c), "hash": c.result_hash()} for name, c in configs.items()}
 
 
 def test_phase_configs_keep_their_keys_defaults_and_result_hashes():

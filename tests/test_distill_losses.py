@@ -8,18 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nexus.distillation.losses import (
+from nexus.trainer.anchoring import ActivationAnchoringLoss
+from nexus.trainer.divergence import (
     DIVERGENCES,
-    ActivationAnchoringLoss,
-    CachedTeacher,
-    LiveTeacher,
     ce_loss,
     divergence,
-    fused_lm_head_loss,
     kd_loss,
-    reference_lm_head_loss,
     topk_kd_loss,
 )
+from nexus.trainer.fused import CachedTeacher, LiveTeacher, fused_lm_head_loss, reference_lm_head_loss
 
 
 def _logits(n=13, v=37, seed=0, scale=3.0):

@@ -9,8 +9,8 @@ import pytest
 
 from nexus.cli import main
 from nexus.distillation.config import DistillConfig
-from nexus.distillation.parallel import resolve_parallelism
 from nexus.errors import NexusError
+from nexus.trainer.parallel import resolve_parallelism
 
 ACCELERATE_FSDP = {  # what `accelerate launch` exports for an FSDP2 config (accelerate 1.x)
     "ACCELERATE_USE_FSDP": "true",

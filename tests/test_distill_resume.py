@@ -80,7 +80,7 @@ def test_sigkill_then_resume_gives_bitwise_identical_weights(tiny_llama_dir, tmp
 
 
 def test_checkpoint_rename_is_atomic_under_partial_writes(tmp_path):
-    from nexus.distillation import checkpoint as ckpt
+    from nexus.trainer import checkpoint as ckpt
 
     ckpt.write_checkpoint(tmp_path, 1, lambda d: (d / "a").write_text("1"), meta={}, keep_last=2)
 

@@ -15,7 +15,8 @@ from nexus.cli import main
 from nexus.config import load_config
 from nexus.data.builtin import arithmetic_word_problems, python_source_snippets
 from nexus.distillation.config import DistillConfig
-from nexus.distillation.run import evenly_spread_layers, run_distill
+from nexus.distillation.run import run_distill
+from nexus.distillation.student import evenly_spread_layers
 from nexus.errors import NexusError
 from nexus.monitor import Flags
 
@@ -169,7 +170,7 @@ def test_cached_teacher_trains_and_refuses_a_cache_for_other_data(tiny_llama_dir
 
 
 def test_teacher_cache_build_resumes_after_interruption(tiny_llama_dir, data_file, tmp_path, monkeypatch):
-    from nexus.distillation import cache as cache_mod
+    from nexus.trainer import cache as cache_mod
 
     cfg = _cfg(
         tiny_llama_dir,
@@ -215,7 +216,7 @@ def test_teacher_cache_build_resumes_after_interruption(tiny_llama_dir, data_fil
 def test_disk_full_while_checkpointing_keeps_previous_checkpoint(
     tiny_llama_dir, data_file, tmp_path, monkeypatch
 ):
-    from nexus.distillation import checkpoint as ckpt
+    from nexus.trainer import checkpoint as ckpt
 
     real_fsync = ckpt._fsync_tree
     calls = {"n": 0}
@@ -242,16 +243,16 @@ def test_disk_full_while_saving_the_final_model_keeps_the_checkpoint(
 ):
     from safetensors import SafetensorError
 
-    from nexus.distillation import loop as loop_mod
+    from nexus.trainer import loop as loop_mod
 
-    real = loop_mod.DistillLoop._save_student
+    real = loop_mod.Trainer._save_student
 
     def full(self, directory, state):
         if directory.name.startswith(".tmp-model-"):  # safetensors reports ENOSPC its own way
             raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
         return real(self, directory, state)
 
-    monkeypatch.setattr(loop_mod.DistillLoop, "_save_student", full)
+    monkeypatch.setattr(loop_mod.Trainer, "_save_student", full)
     out = tmp_path / "d"
     cfg = _cfg(tiny_llama_dir, data_file, out, max_steps=2, save_every=2)
     with pytest.raises(
@@ -259,7 +260,7 @@ def test_disk_full_while_saving_the_final_model_keeps_the_checkpoint(
     ):
         run_distill(cfg, results_dir=tmp_path / "r")
     assert not list(out.glob(".tmp-model-*")) and not (out / "model").exists()
-    monkeypatch.setattr(loop_mod.DistillLoop, "_save_student", real)
+    monkeypatch.setattr(loop_mod.Trainer, "_save_student", real)
     summary = run_distill(cfg, results_dir=tmp_path / "r")
     assert summary["status"] == "Completed" and (out / "model" / "config.json").is_file()
 
@@ -267,7 +268,7 @@ def test_disk_full_while_saving_the_final_model_keeps_the_checkpoint(
 def test_nan_loss_steps_are_skipped_then_stop_with_clear_error(
     tiny_llama_dir, data_file, tmp_path, monkeypatch
 ):
-    from nexus.distillation import loop as loop_mod
+    from nexus.trainer import step as loop_mod
 
     real = loop_mod.fused_lm_head_loss
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from nexus.errors import NexusError
-from nexus.pipeline.release import choose_student
+from nexus.release.config import choose_student
 
 
 def make(results, key, summary=None):

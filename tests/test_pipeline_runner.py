@@ -15,7 +15,7 @@ import pytest
 
 from nexus.errors import NexusError
 from nexus.monitor import Flags, StatusWriter, read_status
-from nexus.pipeline.lock import PipelineLock
+from nexus.monitor.lock import PipelineLock
 from nexus.pipeline.runner import Phase, PipelineConfig, run_pipeline
 
 

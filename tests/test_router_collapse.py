@@ -8,12 +8,13 @@ import tiny
 import torch
 
 from nexus.data.corpus import load_source
-from nexus.distillation.loop import DistillLoop, LiveTeacherSource, LoopSettings
+from nexus.data.domains import build_domain_data, tag_examples
 from nexus.router.config import RouterConfig
 from nexus.router.experts import collect_mlp_activations, dense_to_moe
 from nexus.router.objective import RouterObjective, routing_report
 from nexus.router.run import calibration_batches
-from nexus.training.data import build_domain_data, tag_examples
+from nexus.trainer.loop import Trainer
+from nexus.trainer.teacher import LiveTeacherSource
 
 STEPS = 40
 
@@ -51,13 +52,13 @@ def _train(tmp_path, tokenizer, data, *, lb: float, beta: float):
     )
     objective = RouterObjective(cfg, top_k=1, pad_id=tokenizer.pad_token_id)
     moe.train()
-    loop = DistillLoop(
+    loop = Trainer(
         moe,
         tokenizer=tokenizer,
         train=data.train,
         heldout=None,
         teacher=LiveTeacherSource(teacher),
-        settings=LoopSettings.from_config(cfg),
+        settings=cfg,
         out_dir=tmp_path / f"lb{lb}-beta{beta}",
         run_config=cfg,
         result_hash="test",
@@ -66,7 +67,6 @@ def _train(tmp_path, tokenizer, data, *, lb: float, beta: float):
         results_dir=tmp_path / "results",
         phase=4,
     )
-    objective.loop = loop
     loop.fit()
     return routing_report(
         moe,

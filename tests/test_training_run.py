@@ -10,8 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from nexus.cli import main
+from nexus.data.domains import build_domain_data, check_domain_weights, load_domain_examples
 from nexus.errors import NexusError
-from nexus.training.data import build_domain_data, check_domain_weights, load_domain_examples
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,8 @@ __all__ = ["BenchmarkConfig", "Fidelity", "fidelity_metrics", "render_summary_ta
 _LAZY = {
     "BenchmarkConfig": "nexus.benchmark.runner",
     "run_benchmark": "nexus.benchmark.runner",
-    "Fidelity": "nexus.benchmark.fidelity",
-    "fidelity_metrics": "nexus.benchmark.fidelity",
+    "Fidelity": "nexus.trainer.evaluate",
+    "fidelity_metrics": "nexus.trainer.evaluate",
     "render_summary_table": "nexus.benchmark.report",
 }
 

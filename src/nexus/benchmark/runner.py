@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from nexus.benchmark import scoring, stats
-from nexus.benchmark.fidelity import Fidelity, fidelity_metrics
 from nexus.benchmark.sandbox import humaneval_program, isolation_mode, run_sandboxed
 from nexus.benchmark.tasks import Task, TaskItem, load_task, resolve_task_specs
 from nexus.errors import NexusError
+from nexus.trainer.evaluate import Fidelity, fidelity_metrics
 
 log = logging.getLogger(__name__)
 ROLES = ("teacher", "student")

@@ -1,27 +1,20 @@
 """Phase 2, distillation: logit KD + ActivationAnchoringLoss from a teacher into a smaller student.
 
-* :mod:`nexus.distillation.losses` -- pure losses: forward/reverse KL, generalized JSD, top-k
-  sparse KD with an explicit tail bin, CE, :class:`ActivationAnchoringLoss`, and the chunked
-  (fused LM-head) loss that never holds ``B x T x V`` logits;
-* :mod:`nexus.distillation.loop` -- :class:`DistillLoop`, the training loop reused by phases 3
-  and 4 (AdamW, warm-up + cosine, accumulation, clipping, bf16 autocast, atomic checkpoints,
-  exact resume, DDP via torchrun, eval, status/flags, metrics JSONL + TensorBoard); its module
-  docstring documents the API (teacher sources, batches, ``extra_loss`` hook);
-* :mod:`nexus.distillation.parallel` -- one process, DDP or FSDP2 for the student and the
-  teacher, chosen by config or an ``accelerate launch`` FSDP config; full-state checkpoints;
-* :mod:`nexus.distillation.cache` -- the memory-mapped top-k teacher cache;
-* :mod:`nexus.distillation.run` -- :func:`run_distill`, the phase's entry point;
+* :mod:`nexus.distillation.config` -- :class:`DistillConfig` (the ``distill:`` section: models,
+  data, anchoring, teacher cache, and the engine's :class:`~nexus.trainer.settings.TrainSettings`);
+* :mod:`nexus.distillation.student` -- the student's layers (plan or evenly spread) and the
+  anchored layer pairs;
+* :mod:`nexus.distillation.run` -- :func:`run_distill`, the phase's recipe (setup models ->
+  setup data -> setup teacher -> fit -> save);
 * :mod:`nexus.distillation.cli` -- ``nexus distill``.
+
+The losses, the teacher cache, the loop, checkpoints and parallelism are the shared engine's,
+:mod:`nexus.trainer`.
 """
 
 from nexus.distillation.config import DistillConfig
-from nexus.utils import lazy_exports
 
-__all__ = ["ActivationAnchoringLoss", "DistillConfig", "run_distill"]
-
-
-# lazily: torch is not imported by `nexus --help`
-__getattr__ = lazy_exports(__name__, {"ActivationAnchoringLoss": "nexus.distillation.losses"})
+__all__ = ["DistillConfig", "run_distill"]
 
 
 def run_distill(config, **kwargs):

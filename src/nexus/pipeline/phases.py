@@ -142,13 +142,13 @@ def _router_line(s: dict[str, Any]) -> str:
 
 
 def _release_config(ctx: PipelineContext):
-    from nexus.pipeline.release import ReleaseConfig
+    from nexus.release.config import ReleaseConfig
 
     return _build(ctx, "release", ReleaseConfig, _shared(ctx, release_dir=ctx.config.release_dir))
 
 
 def _release_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
-    from nexus.pipeline.release import run_release
+    from nexus.release.run import run_release
 
     return run_release(cfg, ctx)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
@@ -41,12 +40,12 @@ from nexus.monitor import (
     format_duration,
     read_status,
 )
+from nexus.monitor.lock import PipelineLock
+from nexus.monitor.markers import MARKER, archive, read_marker
 from nexus.monitor.status import PIPELINE_START_ENV
-from nexus.pipeline.lock import PipelineLock
 from nexus.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
-MARKER = "COMPLETE.json"
 
 
 @dataclass
@@ -105,28 +104,6 @@ def load_pipeline_config(
         raise NexusError("give either --config or --preset, not both")
     source = Path(path) if path else find_preset(preset or "default")
     return load_config(PipelineConfig, source, overrides=overrides), str(source)
-
-
-def archive(path: Path) -> Path | None:
-    """Move ``path`` aside as ``<path>.archive-<time>`` (never delete a user's results)."""
-    if not path.exists():
-        return None
-    target = path.with_name(f"{path.name}.archive-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
-    n = 1
-    while target.exists():
-        target = target.with_name(f"{target.name}-{n}")
-        n += 1
-    shutil.move(str(path), str(target))
-    return target
-
-
-def read_marker(directory: Path) -> dict[str, Any] | None:
-    import json
-
-    try:
-        return json.loads((directory / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 class _InterruptHandler:
@@ -237,7 +214,7 @@ def run_pipeline(
         except KeyboardInterrupt:
             printer.finish()
             _mark(results, "Stopped", "aborted by a second Ctrl-C")
-            print("nexus: aborted; run ./run_nexus_master.sh again to resume", file=sys.stderr)
+            log.error("nexus: aborted; run ./run_nexus_master.sh again to resume")
             return 130
         finally:
             gpu.stop()
@@ -304,6 +281,7 @@ def _run_phase(phase: Phase, phase_config: Any, digest: str, ctx: PipelineContex
             "seconds": round(seconds, 1),
             "finished_at": datetime.now().isoformat(timespec="seconds"),
             "summary": summary,
+            "line": phase.summary_line(summary),  # the release's manifest quotes it
         },
     )
     writer.carry_over(status)  # elapsed since the phase started, active less the phase's pauses

@@ -129,7 +129,7 @@ def _profile(args: argparse.Namespace) -> int:
     from nexus.config import load_config, parse_overrides
     from nexus.errors import NexusError
     from nexus.monitor import Flags, StatusPrinter
-    from nexus.pipeline.lock import single_phase_run
+    from nexus.monitor.lock import single_phase_run
     from nexus.profiling.config import ProfileConfig
     from nexus.profiling.phase import run_profile
 

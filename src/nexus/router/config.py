@@ -1,14 +1,16 @@
 """``RouterConfig``: phase 4, the ``router:`` section of the YAML config.
 
-It extends :class:`nexus.training.config.TrainConfig` (same data, optimizer and KD fields) with
-the expert layout and the router losses; see docs/router.md for their exact definitions.
+A :class:`~nexus.trainer.finetune.FineTuneConfig` (same models, data, optimiser and KD fields as
+phase 3; pure KD on every token by default) plus the expert layout and the router losses; see
+docs/router.md for their exact definitions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from nexus.training.config import TrainConfig
+from nexus.trainer.finetune import FineTuneConfig
 
 
 def _help(text: str) -> dict:
@@ -16,16 +18,21 @@ def _help(text: str) -> dict:
 
 
 @dataclass
-class RouterConfig(TrainConfig):
-    # phase 4 defaults: pure KD on every token (the router must learn to route prompts too)
-    loss_on: str = field(default="all", metadata=_help("score 'all' tokens or only 'response' tokens"))
-    kd_weight: float = field(default=1.0, metadata=_help("weight of KD from the teacher"))
-    ce_weight: float = field(default=0.0, metadata=_help("weight of CE on the data's tokens"))
+class RouterConfig(FineTuneConfig):
+    # phase 4 default: KD on every token (the router must learn to route prompts too)
+    loss_on: Literal["all", "response"] = field(
+        default="all", metadata=_help("score 'all' tokens or only 'response' tokens")
+    )
+    out: str | None = field(default=None, metadata=_help("output directory (default: <results>/router)"))
     # experts
-    num_experts: int = field(default=3, metadata=_help("experts per MoE layer (3: code, math, chat)"))
+    num_experts: int = field(
+        default=3, metadata={"help": "experts per MoE layer (3: code, math, chat)", "flag": "--experts"}
+    )
     top_k: int = field(default=1, metadata=_help("experts used per token"))
-    mode: str = field(default="split", metadata=_help("split: experts of 1/E width; copy: sparse upcycling"))
-    partition: str = field(
+    mode: Literal["split", "copy"] = field(
+        default="split", metadata=_help("split: experts of 1/E width; copy: sparse upcycling")
+    )
+    partition: Literal["coactivation", "even"] = field(
         default="coactivation", metadata=_help("split neurons by 'coactivation' or 'even'")
     )
     expert_layers: str = field(
@@ -37,7 +44,7 @@ class RouterConfig(TrainConfig):
     moe_architecture: str = field(
         default="auto", metadata=_help("auto (Llama->mixtral, Qwen2->qwen2_moe) | ...")
     )
-    router_init: str = field(
+    router_init: Literal["fit", "random"] = field(
         default="fit", metadata=_help("fit (least squares on calibration data) | random")
     )
     calibration_tokens: int = field(
@@ -58,12 +65,6 @@ class RouterConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.mode not in ("split", "copy"):
-            raise ValueError(f"mode must be split or copy, not {self.mode!r}")
-        if self.partition not in ("coactivation", "even"):
-            raise ValueError(f"partition must be coactivation or even, not {self.partition!r}")
-        if self.router_init not in ("fit", "random"):
-            raise ValueError(f"router_init must be fit or random, not {self.router_init!r}")
         if self.num_experts < 2:
             raise ValueError(f"expert count must be at least 2, got {self.num_experts}")
         if not 1 <= self.top_k <= self.num_experts:

@@ -1,6 +1,6 @@
 """The router's extra loss for the shared training loop, and routing reports on held-out rows.
 
-:class:`RouterObjective` is the ``extra_loss`` hook of :class:`nexus.distillation.loop.DistillLoop`:
+:class:`RouterObjective` is the ``extra_loss`` hook of :class:`nexus.trainer.loop.Trainer`:
 it reads ``router_logits`` (one ``(B*T, E)`` tensor per MoE layer, asked for with
 ``model_kwargs={"output_router_logits": True}``) and returns
 
@@ -47,7 +47,7 @@ def token_domains(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 class RouterObjective:
-    """Callable ``(model_output, batch) -> (loss, metrics)``; see the module docstring."""
+    """Callable ``(model_output, batch, step) -> (loss, metrics)``; see the module docstring."""
 
     def __init__(
         self, cfg, *, top_k: int, pad_id: int | None, domain_to_expert: dict[int, int] | None = None
@@ -56,7 +56,6 @@ class RouterObjective:
         self.top_k = top_k
         self.pad_id = pad_id
         self.domain_to_expert = domain_to_expert or {}
-        self.loop = None  # set after the loop is built: the warm-up needs its step
 
     def _expert_targets(self, domains: torch.Tensor) -> torch.Tensor:
         target = torch.full_like(domains, -1)
@@ -64,7 +63,9 @@ class RouterObjective:
             target[domains == d] = e
         return target
 
-    def __call__(self, output, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(
+        self, output, batch: dict[str, torch.Tensor], step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         c = self.cfg
         logits = output.router_logits
         mask = token_mask(batch, self.pad_id)
@@ -79,7 +80,6 @@ class RouterObjective:
             "router_sharpness": float(sharp.detach()),
             "router_entropy": 1.0 - float(balance.detach()),
         }
-        step = self.loop.step if self.loop is not None else 0
         if c.domain_warmup_steps and step < c.domain_warmup_steps and self.domain_to_expert:
             dom_ce = router_domain_loss(logits, self._expert_targets(token_domains(batch)), mask)
             loss = loss + c.domain_weight * dom_ce
@@ -101,8 +101,8 @@ def routing_report(
     batch_size: int = 4,
     device: torch.device | str = "cpu",
 ) -> RoutingStats:
-    """Route ``rows`` (a :class:`~nexus.training.data.DomainRows`) and accumulate :class:`RoutingStats`."""
-    from nexus.distillation.loop import base_model
+    """Route ``rows`` (a :class:`~nexus.data.domains.DomainRows`) and accumulate :class:`RoutingStats`."""
+    from nexus.trainer.teacher import base_model
 
     stats = RoutingStats(layers, num_experts, top_k, domains)
     was_training = model.training

@@ -6,7 +6,7 @@
    groups are matched to domains (expert i <- domain i: code, math, chat) and routers are fitted
    in closed form to pick the expert whose output matters most (``router_init=fit``).
 2. **Report** routing on held-out rows: per-layer entropy and a domains x experts load table.
-3. **Train** with the phase-2 loop (KD from the teacher) plus :class:`RouterObjective`
+3. **Train** with :class:`nexus.trainer.loop.Trainer` (KD from the teacher) plus :class:`RouterObjective`
    (load balancing, z-loss, beta_entropy, optional domain warm-up); phase 4 in the monitor,
    checkpoints / resume / pause / stop as in phase 2.
 4. **Report** again, write ``routing.md``, ``routing.json``, ``routing_load.png`` and the routing
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from nexus.config import config_hash, save_resolved
+from nexus.config import save_resolved
 from nexus.data.formats import DOMAINS
 from nexus.errors import NexusError
 from nexus.monitor import Flags, StatusPrinter
@@ -198,18 +198,14 @@ def run_router(
     printer: StatusPrinter | None = None,
 ) -> dict[str, Any]:
     """Phase 4: experts + router from the student, trained with KD and router losses."""
-    from nexus.distillation.loop import (
-        DistillLoop,
-        LiveTeacherSource,
-        LoopSettings,
-        MetricsLog,
-        evaluate_fidelity,
-    )
     from nexus.hardware import pick_device
     from nexus.router.experts import check_moe_request, moe_layout
     from nexus.router.objective import RouterObjective, routing_metrics
-    from nexus.training.config import result_fields
-    from nexus.training.run import build_data, default_student, load_pair
+    from nexus.trainer.evaluate import evaluate_fidelity
+    from nexus.trainer.finetune import build_data, default_student, load_pair
+    from nexus.trainer.loop import Trainer
+    from nexus.trainer.metrics import MetricsLog
+    from nexus.trainer.teacher import LiveTeacherSource
 
     results_dir = Path(results_dir)
     out = Path(config.out) if config.out else results_dir / "router"
@@ -254,16 +250,16 @@ def run_router(
         config, top_k=layout.top_k, pad_id=tokenizer.pad_token_id, domain_to_expert=domain_to_expert
     )
     model.train()
-    loop = DistillLoop(
+    trainer = Trainer(
         model,
         tokenizer=tokenizer,
         train=data.train,
         heldout=data.heldout,
         teacher=teacher_source,
-        settings=LoopSettings.from_config(config),
+        settings=config,
         out_dir=out,
         run_config=config,
-        result_hash=config_hash(result_fields(config)),
+        result_hash=config.result_hash(),
         extra_loss=objective,
         model_kwargs={"output_router_logits": True},
         results_dir=results_dir,
@@ -271,12 +267,11 @@ def run_router(
         printer=printer,
         phase=4,
     )
-    objective.loop = loop
-    summary = loop.fit()
+    summary = trainer.fit()
     after = _report(model, eval_rows, layout, tokenizer, device, config.eval_max_rows)
     report = _write_reports(out, before, after, layout, config.collapse_threshold)
-    metrics_log = MetricsLog(out, loop.dist.is_main)  # one routing line per run, not one per process
-    metrics_log.write(loop.step, routing_metrics(after), prefix="routing")
+    metrics_log = MetricsLog(out, trainer.dist.is_main)  # one routing line per run, not one per process
+    metrics_log.write(trainer.step, routing_metrics(after), prefix="routing")
     metrics_log.close()
     for warning in report["after"]["collapse_warnings"]:
         log.warning(warning)
@@ -299,6 +294,7 @@ def run_router(
             "domain_weights": data.weights,
         }
     )
-    atomic_write_json(out / "summary.json", summary)
-    save_resolved(config, out)
+    if trainer.dist.is_main:
+        atomic_write_json(out / "summary.json", summary)
+        save_resolved(config, out)
     return summary

@@ -1,4 +1,4 @@
-"""How :class:`~nexus.distillation.loop.DistillLoop` spreads over processes: none, DDP or FSDP.
+"""How :class:`~nexus.trainer.loop.Trainer` spreads over processes: none, DDP or FSDP; the process group.
 
 Chosen by configuration only (``distributed`` and ``teacher_sharding`` in the phase-2/3/4
 configs, or an ``accelerate launch`` FSDP config), never by code changes:
@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from nexus.distillation.config import DISTRIBUTED_MODES, TEACHER_SHARDING
 from nexus.errors import NexusError
+from nexus.trainer.settings import DISTRIBUTED_MODES, TEACHER_SHARDING
 
 log = logging.getLogger(__name__)
 
@@ -333,3 +333,56 @@ __all__ = [
     "shard_student",
     "shard_teacher",
 ]
+
+
+# ----------------------------------------------------------------------------------------
+# The process group
+# ----------------------------------------------------------------------------------------
+@dataclass
+class DistContext:
+    """This process's place in the group (``torchrun`` / ``accelerate launch`` environment)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @classmethod
+    def from_env(cls, device: torch.device) -> DistContext:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor)
+        return tensor
+
+    def broadcast_flag(self, value: bool) -> bool:
+        if not self.enabled:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([1 if value else 0])
+        dist.broadcast(t, src=0)
+        return bool(t.item())
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from nexus.data.packing import IGNORE_INDEX, PackedRows
-from nexus.distillation.losses import CachedTeacher, _log1mexp
 from nexus.errors import NexusError
+from nexus.trainer.divergence import _log1mexp
+from nexus.trainer.fused import CachedTeacher
+from nexus.trainer.teacher import LiveTeacherSource, TeacherTargets
 from nexus.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -138,8 +141,6 @@ class CachedTeacherSource:
         return CachedTeacherSource(self.cache, "heldout")
 
     def __call__(self, batch: dict[str, torch.Tensor], rows: np.ndarray):
-        from nexus.distillation.loop import TeacherTargets
-
         spans = [(int(self.offsets[r]), int(self.offsets[r + 1])) for r in np.asarray(rows)]
 
         def gather(array: np.ndarray) -> np.ndarray:
@@ -179,8 +180,6 @@ def build_teacher_cache(
     ``teacher``: a causal LM (cast to ``dtype`` for the forward); ``progress(done_rows, total_rows)``
     is called after each block.
     """
-    from nexus.distillation.loop import LiveTeacherSource
-
     directory = Path(directory)
     cache = TeacherCache(directory)
     if cache.complete:
@@ -253,3 +252,47 @@ def build_teacher_cache(
         },
     )
     return cache
+
+
+def prepare_teacher_cache(
+    directory: Path,
+    teacher,
+    splits: dict[str, PackedRows],
+    *,
+    teacher_id: str,
+    data_key: str,
+    k: int,
+    temperature: float,
+    layers: list[int],
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    dist,
+) -> tuple[TeacherCache, dict]:
+    """The complete, checked cache in ``directory``: built (resumed) by rank 0 if needed while the
+    other ranks wait. Returns it and ``{"build_seconds": ... (when built here), "dir": ...}``."""
+    cache = TeacherCache(directory)
+    info: dict = {}
+    if not cache.complete:
+        if not dist.is_main:
+            dist.barrier()
+        else:
+            teacher.to(device)
+            t0 = time.perf_counter()
+            build_teacher_cache(
+                directory,
+                teacher,
+                splits,
+                teacher_id=teacher_id,
+                data_key=data_key,
+                k=k,
+                temperature=temperature,
+                layers=layers,
+                batch_size=batch_size,
+                device=device,
+                dtype=dtype,
+            )
+            info["build_seconds"] = round(time.perf_counter() - t0, 2)
+            dist.barrier()
+    cache.check(teacher_id=teacher_id, data_key=data_key, k=k, temperature=temperature, layers=layers)
+    return cache, {**info, "dir": str(directory)}

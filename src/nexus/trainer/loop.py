@@ -1,38 +1,35 @@
-"""The training loop shared by phases 2 (distill), 3 (recovery fine-tuning) and 4 (router).
+"""``Trainer``: the training loop shared by phases 2 (distill), 3 (train) and 4 (router).
 
-A plain PyTorch loop, driven by :class:`LoopSettings`: one process, DDP through ``torchrun``
-when ``WORLD_SIZE > 1``, or FSDP2 (``fully_shard``) for the student and optionally the teacher
-when configured (``distributed`` / ``teacher_sharding`` settings, or ``accelerate launch`` with
-an FSDP config; see :mod:`nexus.distillation.parallel`). Use::
+A plain PyTorch loop driven by a :class:`~nexus.trainer.settings.TrainSettings` (each phase
+config is one): one process, DDP through ``torchrun`` when ``WORLD_SIZE > 1``, or FSDP2
+(``fully_shard``) for the student and optionally the teacher (``distributed`` /
+``teacher_sharding``, or ``accelerate launch`` with an FSDP config; see
+:mod:`nexus.trainer.parallel`). A phase's recipe uses it as::
 
-    from nexus.distillation.loop import DistillLoop, LoopSettings, LiveTeacherSource
+    from nexus.trainer import LiveTeacherSource, Trainer
 
-    loop = DistillLoop(
+    trainer = Trainer(
         student,                       # an HF causal LM (trained in place, fp32 master weights)
         tokenizer=tok,                 # saved with every checkpoint
         train=corpus.train,            # nexus.data.packing.PackedRows (input_ids/position_ids/labels)
         heldout=corpus.heldout,        # PackedRows or None
         teacher=LiveTeacherSource(teacher_model, layers=[...]),   # or CachedTeacherSource, or None (CE only)
-        settings=LoopSettings.from_config(cfg),   # any object with the LoopSettings field names
+        settings=cfg,                  # the phase config: a TrainSettings
         out_dir=Path("results/train"),
-        run_config=cfg,                # dataclass: saved as config.yaml, hashed for resume checks
-        anchoring=None,                # ActivationAnchoringLoss or None
-        extra_loss=None,               # fn(model_outputs, batch) -> (tensor, {"name": float}) e.g. router aux losses
+        run_config=cfg,                # dataclass: saved as config.yaml
+        result_hash=cfg.result_hash(), # checkpoints of another config are refused on resume
+        anchoring=None, anchor_weight=0.0,   # ActivationAnchoringLoss (phase 2) and its weight
+        extra_loss=None,               # fn(model_output, batch, step) -> (tensor, {"name": float}), e.g. router losses
         model_kwargs=None,             # extra kwargs for the student forward (e.g. output_router_logits=True)
         results_dir=Path("results"), flags=None, printer=None, phase=2,
     )
-    summary = loop.fit()               # resumes from OUT/checkpoints/ if present; writes OUT/model/
+    summary = trainer.fit()            # resumes from OUT/checkpoints/ if present; writes OUT/model/
+    # the recipe adds its own keys and writes OUT/summary.json once
 
 Batches are dicts of ``(B, L)`` tensors: ``input_ids``, ``position_ids`` (restart at each packed
 document), ``labels`` (next token or -100) and ``loss_mask = labels != -100``; phase 3 makes
-response-only masks by packing with ``loss_on="response"``. The loss of one optimizer step is
-
-    (kd_weight * sum KD + ce_weight * sum CE + anchor_weight * sum anchor) / (scored tokens of
-    the whole global batch)  +  mean over micro-batches of extra_loss
-
-so gradient accumulation and data parallelism reproduce one big batch. ``extra_loss`` gets the
-student's base-model output (``last_hidden_state``, and whatever ``model_kwargs`` asks for) and
-the batch, and returns a per-micro-batch mean plus metrics to log.
+response-only masks by packing with ``loss_on="response"``. The step's loss is documented in
+:mod:`nexus.trainer.step`.
 
 Checkpoints (``OUT/checkpoints/checkpoint-<step>/``, atomic, keep-last-N) hold the model, extra
 modules (anchoring projections), optimizer, scheduler, RNG states and the step (the data order
@@ -46,35 +43,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import json
 import logging
 import math
-import os
 import random
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nexus.config import save_resolved
 from nexus.data.packing import PackedRows
-from nexus.distillation import checkpoint as ckpt
-from nexus.distillation import parallel
-from nexus.distillation.losses import (
-    ActivationAnchoringLoss,
-    CachedTeacher,
-    LiveTeacher,
-    _log1mexp,
-    fused_lm_head_loss,
-)
 from nexus.errors import NexusError
 from nexus.hardware import autocast, pick_device, resolve_precision
 from nexus.models import decoder_layers
@@ -86,389 +68,18 @@ from nexus.monitor import (
     StatusWriter,
     StepAction,
 )
+from nexus.trainer import checkpoint as ckpt
+from nexus.trainer import parallel
+from nexus.trainer.anchoring import ActivationAnchoringLoss
+from nexus.trainer.evaluate import evaluate_fidelity, score_batch
+from nexus.trainer.metrics import MetricsLog
+from nexus.trainer.parallel import DistContext
+from nexus.trainer.settings import TrainSettings
+from nexus.trainer.step import ExtraLossFn, StudentLoss, global_batch_rows, lr_factor
+from nexus.trainer.teacher import LiveTeacherSource, TeacherSource
 from nexus.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
-
-ExtraLossFn = Callable[[Any, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
-
-
-@dataclass
-class LoopSettings:
-    """Optimizer, loss and bookkeeping knobs of :class:`DistillLoop`."""
-
-    max_steps: int = 100
-    micro_batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 10
-    min_lr_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    kd_kind: str = "forward_kl"
-    jsd_beta: float = 0.5
-    temperature: float = 1.0
-    kd_weight: float = 1.0
-    ce_weight: float = 0.0
-    anchor_weight: float = 0.0
-    precision: str = "auto"
-    chunk_size: int = 1024
-    gradient_checkpointing: bool = False
-    device: str | None = None
-    eval_every: int = 50
-    eval_max_rows: int = 32
-    save_every: int = 50
-    keep_last: int = 2
-    log_every: int = 1
-    max_nan_steps: int = 10
-    distributed: str = "auto"
-    teacher_sharding: str = "auto"
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> LoopSettings:
-        """Pick the same-named fields from any config object (phase 2, 3 and 4 configs)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{n: getattr(cfg, n) for n in names if hasattr(cfg, n)})
-
-
-def lr_factor(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    span = max(1, total - warmup)
-    progress = min(1.0, (step - warmup) / span)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def global_batch_rows(step: int, global_batch: int, n_rows: int, seed: int) -> np.ndarray:
-    """Row indices of optimizer step ``step``: a fresh seeded permutation each epoch."""
-    start = step * global_batch
-    out = np.empty(global_batch, dtype=np.int64)
-    for j in range(global_batch):
-        i = start + j
-        epoch, pos = divmod(i, n_rows)
-        out[j] = _epoch_perm(n_rows, seed, epoch)[pos]
-    return out
-
-
-_PERM_CACHE: dict[tuple[int, int, int], np.ndarray] = {}
-
-
-def _epoch_perm(n_rows: int, seed: int, epoch: int) -> np.ndarray:
-    key = (n_rows, seed, epoch)
-    if key not in _PERM_CACHE:
-        gen = torch.Generator().manual_seed(seed * 100003 + epoch)
-        _PERM_CACHE[key] = torch.randperm(n_rows, generator=gen).numpy()
-    return _PERM_CACHE[key]
-
-
-# ----------------------------------------------------------------------------------------
-# Distributed context
-# ----------------------------------------------------------------------------------------
-@dataclass
-class DistContext:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @classmethod
-    def from_env(cls, device: torch.device) -> DistContext:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
-            return cls()
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            import torch.distributed as dist
-
-            dist.all_reduce(tensor)
-        return tensor
-
-    def broadcast_flag(self, value: bool) -> bool:
-        if not self.enabled:
-            return value
-        import torch.distributed as dist
-
-        t = torch.tensor([1 if value else 0])
-        dist.broadcast(t, src=0)
-        return bool(t.item())
-
-    def barrier(self) -> None:
-        if self.enabled:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-
-# ----------------------------------------------------------------------------------------
-# Teacher sources: targets at the scored positions of a batch
-# ----------------------------------------------------------------------------------------
-@dataclass
-class TeacherTargets:
-    target: LiveTeacher | CachedTeacher  # for the N scored positions, row-major
-    states: dict[int, torch.Tensor]  # teacher layer -> (N, Ht) hidden states at the scored positions
-
-
-class _LayerCapture:
-    """Forward hooks storing the outputs of chosen decoder layers (``layer -> (B, T, H)``)."""
-
-    def __init__(self, model: nn.Module, layers: list[int]):
-        self.states: dict[int, torch.Tensor] = {}
-        blocks = decoder_layers(model)
-        for layer in layers:
-            if not 0 <= layer < len(blocks):
-                raise NexusError(
-                    f"anchoring layer {layer} is out of range: the model has layers 0..{len(blocks) - 1}"
-                )
-        self.handles = [blocks[i].register_forward_hook(self._hook(i)) for i in layers]
-
-    def _hook(self, index: int):
-        def hook(_module, _inputs, output):
-            self.states[index] = output[0] if isinstance(output, tuple) else output
-
-        return hook
-
-    def pop(self) -> dict[int, torch.Tensor]:
-        states, self.states = self.states, {}
-        return states
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-def base_model(model: nn.Module) -> nn.Module:
-    return getattr(model, model.base_model_prefix)
-
-
-class LiveTeacherSource:
-    """Runs the teacher on each batch (no grad) in ``dtype``; keeps only what the loss needs."""
-
-    def __init__(
-        self, model: nn.Module, *, layers: list[int] | None = None, dtype: torch.dtype | None = None
-    ):
-        self.model = model.eval()
-        if dtype is not None:
-            self.model.to(dtype)
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.layers = sorted(set(layers or []))
-        self.capture = _LayerCapture(model, self.layers) if self.layers else None
-        self._read_head()
-
-    def _read_head(self) -> None:
-        head = self.model.get_output_embeddings()
-        self.head_weight, self.head_bias = head.weight, getattr(head, "bias", None)
-
-    def place(self, device: torch.device, *, mesh=None, par: parallel.Parallelism | None = None) -> None:
-        """Move the teacher to ``device`` whole, or shard it over ``mesh`` with FSDP (forward only)."""
-        if mesh is None:
-            self.model.to(device)
-        else:
-            parallel.shard_teacher(
-                self.model, decoder_layers(self.model), mesh, par or parallel.Parallelism(), device=device
-            )
-        self._read_head()
-
-    @torch.no_grad()
-    def __call__(self, batch: dict[str, torch.Tensor], rows: np.ndarray) -> TeacherTargets:
-        out = base_model(self.model)(
-            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
-        )
-        mask = batch["loss_mask"]
-        states = {k: v[mask] for k, v in self.capture.pop().items()} if self.capture else {}
-        return TeacherTargets(
-            LiveTeacher(out.last_hidden_state[mask], self.head_weight, self.head_bias), states
-        )
-
-
-# ----------------------------------------------------------------------------------------
-# The student's loss as one module (so DDP sees one forward)
-# ----------------------------------------------------------------------------------------
-class StudentLoss(nn.Module):
-    """Student + trainable extras (anchoring projections); ``forward`` returns the step's loss."""
-
-    def __init__(
-        self,
-        student: nn.Module,
-        settings: LoopSettings,
-        *,
-        anchoring: ActivationAnchoringLoss | None = None,
-        extra_loss: ExtraLossFn | None = None,
-        model_kwargs: dict[str, Any] | None = None,
-        compute_dtype: torch.dtype = torch.float32,
-    ):
-        super().__init__()
-        self.student = student
-        self.anchoring = anchoring
-        self.settings = settings
-        self.extra_loss = extra_loss
-        self.model_kwargs = dict(model_kwargs or {})
-        self.compute_dtype = compute_dtype
-        use_anchor = anchoring is not None and settings.anchor_weight > 0
-        self.capture = _LayerCapture(student, anchoring.student_layers) if use_anchor else None
-
-    def forward(
-        self,
-        batch: dict[str, torch.Tensor],
-        teacher: TeacherTargets | None,
-        normalizer: float,
-        within: Callable[[nn.Module], Any] | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The step's loss share of ``batch``; with ``within``, ``within(student)`` instead.
-
-        ``within`` runs inside this module's forward, where FSDP has gathered the root
-        parameters (embeddings, LM head, projections): evaluation of a sharded student.
-        """
-        if within is not None:
-            return within(self.student)
-        s = self.settings
-        out = base_model(self.student)(
-            input_ids=batch["input_ids"],
-            position_ids=batch["position_ids"],
-            use_cache=False,
-            **self.model_kwargs,
-        )
-        mask = batch["loss_mask"]
-        hidden = out.last_hidden_state[mask]  # (N, H)
-        head = self.student.get_output_embeddings()
-        loss, kd, ce = fused_lm_head_loss(
-            hidden,
-            head.weight,
-            batch["labels"][mask],
-            teacher.target if teacher is not None else None,
-            normalizer=normalizer,
-            kind=s.kd_kind,
-            temperature=s.temperature,
-            beta=s.jsd_beta,
-            kd_weight=s.kd_weight if teacher is not None else 0.0,
-            ce_weight=s.ce_weight,
-            head_bias=getattr(head, "bias", None),
-            chunk_size=s.chunk_size,
-            compute_dtype=self.compute_dtype,
-        )
-        metrics = {"kd": kd, "ce": ce}
-        if self.capture is not None:
-            student_states = {k: v[mask] for k, v in self.capture.pop().items()}
-            if teacher is None or not teacher.states:
-                raise NexusError(
-                    "ActivationAnchoringLoss needs teacher hidden states (live teacher or a cache with states)"
-                )
-            anchor = self.anchoring(student_states, teacher.states, normalizer=normalizer)
-            loss = loss + s.anchor_weight * anchor
-            metrics["anchor"] = anchor.detach()
-        if self.extra_loss is not None:
-            extra, extra_metrics = self.extra_loss(out, batch)
-            loss = loss + extra / s.grad_accum
-            metrics["extra"] = extra.detach() / s.grad_accum
-            for k, v in extra_metrics.items():
-                metrics[k] = torch.as_tensor(float(v)) / s.grad_accum
-        return loss, metrics
-
-
-# ----------------------------------------------------------------------------------------
-# Evaluation: held-out KD, CE, top-1 agreement
-# ----------------------------------------------------------------------------------------
-@torch.no_grad()
-def score_batch(
-    student: nn.Module,
-    batch: dict[str, torch.Tensor],
-    targets: TeacherTargets | None,
-    *,
-    cached: bool,
-    precision: str,
-    device: torch.device,
-    chunk_size: int,
-) -> dict[str, float]:
-    """Summed KL(teacher || student), CE and top-1 agreements of one batch, and its token count."""
-    head = student.get_output_embeddings()
-    with autocast(precision, device):
-        out = base_model(student)(
-            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
-        )
-    mask = batch["loss_mask"]
-    hidden = out.last_hidden_state[mask]
-    labels = batch["labels"][mask]
-    sums = {"kl": 0.0, "ce": 0.0, "agree": 0.0, "tokens": int(hidden.shape[0])}
-    for c in range(0, hidden.shape[0], chunk_size):
-        e = min(hidden.shape[0], c + chunk_size)
-        logits = F.linear(hidden[c:e].to(head.weight.dtype), head.weight, getattr(head, "bias", None)).float()
-        logp = F.log_softmax(logits, -1)
-        sums["ce"] += float(F.nll_loss(logp, labels[c:e], reduction="sum"))
-        if targets is None:
-            continue
-        if cached:
-            t = targets.target
-            s_top = logp.gather(-1, t.topk_idx[c:e].long())
-            s_tail = _log1mexp(torch.logsumexp(s_top, -1))
-            t_logp = torch.cat([t.topk_logp[c:e].float(), t.tail_logp[c:e].float()[:, None]], -1)
-            s_logp = torch.cat([s_top, s_tail[:, None]], -1)
-            sums["kl"] += float((t_logp.exp() * (t_logp - s_logp)).sum())
-            teacher_top1 = t.topk_idx[c:e, 0].long()
-        else:
-            t_logits = targets.target.logits(c, e).float()
-            t_logp = F.log_softmax(t_logits, -1)
-            sums["kl"] += float((t_logp.exp() * (t_logp - logp)).sum())
-            teacher_top1 = t_logits.argmax(-1)
-        sums["agree"] += float((logits.argmax(-1) == teacher_top1).sum())
-    return sums
-
-
-@torch.no_grad()
-def evaluate_fidelity(
-    student: nn.Module,
-    teacher: LiveTeacherSource | Any | None,
-    rows: PackedRows,
-    *,
-    max_rows: int | None = None,
-    batch_size: int = 4,
-    precision: str = "fp32",
-    device: torch.device | str = "cpu",
-    chunk_size: int = 1024,
-    scorer: Callable[..., dict[str, float]] | None = None,
-) -> dict[str, float]:
-    """Mean per-token KL(teacher || student) at T=1, CE on the data and top-1 agreement.
-
-    With a cached teacher the KL is the top-k (K + 1 bins) one and is reported as
-    ``kd_topk``; with a live teacher it is the full-vocabulary KL (``kd``). ``scorer``
-    replaces :func:`score_batch` (same keyword arguments), e.g. to run it inside an FSDP root.
-    """
-    device = torch.device(device)
-    was_training = student.training
-    student.eval()
-    n = len(rows) if max_rows is None else min(len(rows), max_rows)
-    sums = {"kl": 0.0, "ce": 0.0, "agree": 0.0, "tokens": 0}
-    cached = teacher is not None and not isinstance(teacher, LiveTeacherSource)
-    score = scorer or functools.partial(score_batch, student)
-    for start in range(0, n, batch_size):
-        idx = np.arange(start, min(n, start + batch_size))
-        batch = {k: v.to(device) for k, v in rows.batch(idx).items()}
-        with autocast(precision, device):
-            targets = teacher(batch, idx) if teacher is not None else None
-        part = score(batch, targets, cached=cached, precision=precision, device=device, chunk_size=chunk_size)
-        for key in sums:
-            sums[key] += part[key]
-    student.train(was_training)
-    tokens = max(1, sums["tokens"])
-    result = {"ce": sums["ce"] / tokens, "tokens": sums["tokens"]}
-    if teacher is not None:
-        result["kd_topk" if cached else "kd"] = sums["kl"] / tokens
-        result["top1_agreement"] = sums["agree"] / tokens
-    return result
 
 
 def _config_diff(saved_yaml: Path, cfg: Any) -> str:
@@ -490,41 +101,8 @@ def _config_diff(saved_yaml: Path, cfg: Any) -> str:
     return ", ".join(changed[:4]) or f"see {saved_yaml}"
 
 
-# ----------------------------------------------------------------------------------------
-# The loop
-# ----------------------------------------------------------------------------------------
-class MetricsLog:
-    """``metrics.jsonl`` plus TensorBoard event files under ``OUT/tensorboard`` (rank 0 only)."""
 
-    def __init__(self, out_dir: Path, enabled: bool):
-        self.enabled = enabled
-        self.path = out_dir / "metrics.jsonl"
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out_dir / "tensorboard"))
-            except ImportError:  # tensorboard is a dependency, but logging must never kill a run
-                log.warning("tensorboard is not installed: metrics go to metrics.jsonl only")
-
-    def write(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, "split": prefix, **values}) + "\n")
-        if self.tb is not None:
-            for k, v in values.items():
-                if isinstance(v, int | float) and math.isfinite(v):
-                    self.tb.add_scalar(f"{prefix}/{k}", v, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.flush()
-            self.tb.close()
-
-
-class DistillLoop:
+class Trainer:
     """See the module docstring."""
 
     def __init__(
@@ -534,12 +112,13 @@ class DistillLoop:
         tokenizer,
         train: PackedRows,
         heldout: PackedRows | None,
-        teacher: LiveTeacherSource | Any | None,
-        settings: LoopSettings,
+        teacher: TeacherSource | None,
+        settings: TrainSettings,
         out_dir: str | Path,
         run_config: Any,
         result_hash: str,
         anchoring: ActivationAnchoringLoss | None = None,
+        anchor_weight: float = 0.0,
         extra_loss: ExtraLossFn | None = None,
         model_kwargs: dict[str, Any] | None = None,
         results_dir: str | Path = "results",
@@ -578,6 +157,7 @@ class DistillLoop:
             self.student,
             settings,
             anchoring=self.anchoring,
+            anchor_weight=anchor_weight,
             extra_loss=extra_loss,
             model_kwargs=model_kwargs,
             compute_dtype=compute_dtype,
@@ -768,6 +348,7 @@ class DistillLoop:
         normalizer = max(1, self.train_rows.scored_tokens(rows))
         model = self.ddp or self.module
         self.module.train()
+        self.module.step = self.step  # extra_loss sees the step being taken
         sums: dict[str, torch.Tensor] = {}
         loss_sum = torch.zeros((), dtype=torch.float64)
         for micro in range(s.grad_accum):
@@ -944,9 +525,7 @@ class DistillLoop:
             else None,
             "eval": eval_metrics,
             "model_dir": str(self.out_dir / "model") if not stopped else None,
-        }
-        if d.is_main:
-            atomic_write_json(self.out_dir / "summary.json", summary)
+        }  # the recipe adds its keys and writes OUT/summary.json
         return summary
 
     def _save_final(self) -> None:
@@ -976,17 +555,3 @@ class DistillLoop:
                 self.out_dir / "config_hash.json", {"result_hash": self.result_hash, "step": self.step}
             )
         self.dist.barrier()
-
-
-__all__ = [
-    "DistContext",
-    "DistillLoop",
-    "LiveTeacherSource",
-    "LoopSettings",
-    "StudentLoss",
-    "TeacherTargets",
-    "evaluate_fidelity",
-    "global_batch_rows",
-    "score_batch",
-    "lr_factor",
-]

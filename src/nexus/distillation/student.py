@@ -1,0 +1,62 @@
+"""Phase 2's student: which teacher layers it keeps and which layer pairs anchoring ties.
+
+The student is the teacher depth-pruned to ``keep_layers`` (from ``nexus profile``'s plan, or
+``student_layers`` evenly spread), or any HF model of the teacher's vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from nexus.errors import NexusError
+
+
+def evenly_spread_layers(num_layers: int, keep: int) -> list[int]:
+    """``keep`` layer indices spread evenly over ``0..num_layers-1``, first and last included."""
+    if not 1 <= keep <= num_layers:
+        raise NexusError(
+            f"student_layers must be between 1 and the teacher's {num_layers} layers, got {keep}"
+        )
+    if keep == 1:
+        return [num_layers - 1]
+    return sorted({round(i * (num_layers - 1) / (keep - 1)) for i in range(keep)})
+
+
+def read_plan(path: str | Path) -> dict[str, Any]:
+    """The few keys of a ``student_plan.json`` this phase uses (keep_layers, anchor_pairs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NexusError(f"student plan not found: {path}")
+    try:
+        plan = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise NexusError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(plan, dict) or not isinstance(plan.get("keep_layers"), list):
+        raise NexusError(f"{path}: a student plan needs a 'keep_layers' list")
+    pairs = plan.get("anchor_pairs") or []
+    if not all(isinstance(p, list | tuple) and len(p) == 2 for p in pairs):
+        raise NexusError(f"{path}: 'anchor_pairs' must be a list of [student_layer, teacher_layer]")
+    return {"keep_layers": plan["keep_layers"], "anchor_pairs": [list(map(int, p)) for p in pairs]}
+
+
+def default_anchor_pairs(
+    student_layers: int, teacher_layers: int, keep: list[int] | None, n_pairs: int = 4
+) -> list[list[int]]:
+    """``n_pairs`` student layers spread over the depth, each with its teacher counterpart
+    (the layer it was copied from, else the same relative depth)."""
+    chosen = evenly_spread_layers(student_layers, min(n_pairs, student_layers))
+    if keep is not None:
+        return [[s, keep[s]] for s in chosen]
+    return [[s, round((s + 1) * teacher_layers / student_layers) - 1] for s in chosen]
+
+
+def check_same_vocab(teacher, teacher_tok, student, student_tok, student_spec: str) -> None:
+    t_vocab = teacher.get_output_embeddings().weight.shape[0]
+    s_vocab = student.get_output_embeddings().weight.shape[0]
+    if t_vocab != s_vocab or teacher_tok.get_vocab() != student_tok.get_vocab():
+        raise NexusError(
+            f"teacher and student {student_spec} have different vocabularies ({t_vocab} vs {s_vocab} tokens or "
+            "different token ids); cross-tokenizer distillation is not supported: pick a student of the teacher's family"
+        )

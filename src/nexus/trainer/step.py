@@ -1,0 +1,147 @@
+"""One optimizer step's pieces: the data order, the learning-rate schedule and the step's loss
+as one ``nn.Module`` (:class:`StudentLoss`, so DDP/FSDP see a single forward).
+
+The loss of one optimizer step is
+
+    (kd_weight * sum KD + ce_weight * sum CE + anchor_weight * sum anchor) / (scored tokens of
+    the whole global batch)  +  mean over micro-batches of extra_loss
+
+so gradient accumulation and data parallelism reproduce one big batch. ``extra_loss(output,
+batch, step)`` gets the student's base-model output (``last_hidden_state``, and whatever
+``model_kwargs`` asks for), the batch and the optimizer step being taken (0-based), and returns a
+per-micro-batch mean plus metrics to log.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from nexus.errors import NexusError
+from nexus.trainer.anchoring import ActivationAnchoringLoss
+from nexus.trainer.fused import fused_lm_head_loss
+from nexus.trainer.settings import TrainSettings
+from nexus.trainer.teacher import LayerCapture, TeacherTargets, base_model
+
+# (model_output, batch, step) -> (per-micro-batch loss, {"name": value} metrics)
+ExtraLossFn = Callable[[Any, dict[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, float]]]
+
+
+def lr_factor(step: int, *, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    progress = min(1.0, (step - warmup) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def global_batch_rows(step: int, global_batch: int, n_rows: int, seed: int) -> np.ndarray:
+    """Row indices of optimizer step ``step``: a fresh seeded permutation each epoch."""
+    start = step * global_batch
+    out = np.empty(global_batch, dtype=np.int64)
+    for j in range(global_batch):
+        i = start + j
+        epoch, pos = divmod(i, n_rows)
+        out[j] = _epoch_perm(n_rows, seed, epoch)[pos]
+    return out
+
+
+_PERM_CACHE: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _epoch_perm(n_rows: int, seed: int, epoch: int) -> np.ndarray:
+    key = (n_rows, seed, epoch)
+    if key not in _PERM_CACHE:
+        gen = torch.Generator().manual_seed(seed * 100003 + epoch)
+        _PERM_CACHE[key] = torch.randperm(n_rows, generator=gen).numpy()
+    return _PERM_CACHE[key]
+
+
+class StudentLoss(nn.Module):
+    """Student + trainable extras (anchoring projections); ``forward`` returns the step's loss."""
+
+    def __init__(
+        self,
+        student: nn.Module,
+        settings: TrainSettings,
+        *,
+        anchoring: ActivationAnchoringLoss | None = None,
+        anchor_weight: float = 0.0,
+        extra_loss: ExtraLossFn | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        compute_dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__()
+        self.student = student
+        self.anchoring = anchoring
+        self.settings = settings
+        self.anchor_weight = anchor_weight
+        self.step = 0  # the optimizer step being taken, for extra_loss (set by the trainer)
+        self.extra_loss = extra_loss
+        self.model_kwargs = dict(model_kwargs or {})
+        self.compute_dtype = compute_dtype
+        use_anchor = anchoring is not None and anchor_weight > 0
+        self.capture = LayerCapture(student, anchoring.student_layers) if use_anchor else None
+
+    def forward(
+        self,
+        batch: dict[str, torch.Tensor],
+        teacher: TeacherTargets | None,
+        normalizer: float,
+        within: Callable[[nn.Module], Any] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The step's loss share of ``batch``; with ``within``, ``within(student)`` instead.
+
+        ``within`` runs inside this module's forward, where FSDP has gathered the root
+        parameters (embeddings, LM head, projections): evaluation of a sharded student.
+        """
+        if within is not None:
+            return within(self.student)
+        s = self.settings
+        out = base_model(self.student)(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            use_cache=False,
+            **self.model_kwargs,
+        )
+        mask = batch["loss_mask"]
+        hidden = out.last_hidden_state[mask]  # (N, H)
+        head = self.student.get_output_embeddings()
+        loss, kd, ce = fused_lm_head_loss(
+            hidden,
+            head.weight,
+            batch["labels"][mask],
+            teacher.target if teacher is not None else None,
+            normalizer=normalizer,
+            kind=s.kd_kind,
+            temperature=s.temperature,
+            beta=s.jsd_beta,
+            kd_weight=s.kd_weight if teacher is not None else 0.0,
+            ce_weight=s.ce_weight,
+            head_bias=getattr(head, "bias", None),
+            chunk_size=s.chunk_size,
+            compute_dtype=self.compute_dtype,
+        )
+        metrics = {"kd": kd, "ce": ce}
+        if self.capture is not None:
+            student_states = {k: v[mask] for k, v in self.capture.pop().items()}
+            if teacher is None or not teacher.states:
+                raise NexusError(
+                    "ActivationAnchoringLoss needs teacher hidden states (live teacher or a cache with states)"
+                )
+            anchor = self.anchoring(student_states, teacher.states, normalizer=normalizer)
+            loss = loss + self.anchor_weight * anchor
+            metrics["anchor"] = anchor.detach()
+        if self.extra_loss is not None:
+            extra, extra_metrics = self.extra_loss(out, batch, self.step)
+            loss = loss + extra / s.grad_accum
+            metrics["extra"] = extra.detach() / s.grad_accum
+            for k, v in extra_metrics.items():
+                metrics[k] = torch.as_tensor(float(v)) / s.grad_accum
+        return loss, metrics
