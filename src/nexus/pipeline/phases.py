@@ -86,8 +86,10 @@ def _distill_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
 
 
 def _eval_line(s: dict[str, Any]) -> str:
+    from nexus.trainer.evaluate import heldout_kd
+
     ev = s.get("eval") or {}
-    kd = ev.get("kd", ev.get("kd_topk"))
+    kd = heldout_kd(ev)
     return (
         f"{s.get('step')} steps, {s.get('tokens_seen') or 0:,} tokens | held-out KD {_fmt(kd)} nats/token, "
         f"top-1 agreement {_fmt(ev.get('top1_agreement'), '.1%')}, CE {_fmt(ev.get('ce'))}"

@@ -1,0 +1,76 @@
+"""Phase 5 end to end on tiny models: ``run_release`` reads the phases' completion markers and
+writes the release (model, knowledge index, manifest, model card)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+from transformers import AutoModelForCausalLM
+
+from nexus.monitor import Flags, StatusPrinter
+from nexus.monitor.markers import MARKER
+from nexus.pipeline.runner import PipelineConfig
+from nexus.release.config import MANIFEST, ReleaseConfig
+from nexus.release.run import run_release
+
+RAG_DOC = Path(__file__).parent / "assets" / "rag" / "docs" / "veloria.md"
+
+
+def test_run_release_writes_model_index_manifest_and_card(tiny_llama_dir, tmp_path):
+    results = tmp_path / "results"
+    distill = results / "distill"
+    shutil.copytree(tiny_llama_dir, distill / "model")
+    summary = {"step": 3, "eval": {"kd": 0.25, "top1_agreement": 0.5, "ce": 5.0}}
+    (distill / "summary.json").write_text(json.dumps(summary))
+    marker = {
+        "phase": 2,
+        "name": "Distill",
+        "config_hash": "x",
+        "seconds": 1.5,
+        "summary": summary,
+        "line": "3 steps",
+    }
+    (distill / MARKER).write_text(json.dumps(marker))
+    cfg = ReleaseConfig(
+        teacher=str(tiny_llama_dir),
+        release_dir=str(tmp_path / "nexus-release-v1"),
+        docs=[str(RAG_DOC)],
+        index={"chunk_tokens": 48, "chunk_overlap": 12},
+        benchmark={"tasks": ["builtin"], "limit": 1, "max_new_tokens": 4, "batch_size": 2, "precision": "fp32",
+                   "fidelity_items": 2, "bootstrap_samples": 50},
+        profile_student=False,
+    )  # fmt: skip
+    pipeline = PipelineConfig(distill={"data": ["builtin"]})
+    ctx = SimpleNamespace(
+        config=pipeline, results_dir=results, flags=Flags(tmp_path / "flags"),
+        printer=StatusPrinter(io.StringIO()), source="test.yaml",
+    )  # fmt: skip
+    out = run_release(cfg, ctx)
+
+    release = tmp_path / "nexus-release-v1"
+    assert out["release_dir"] == str(release) and not (tmp_path / "nexus-release-v1.partial").exists()
+    assert {"knowledge_index.faiss", "knowledge_docs.json", MANIFEST, "README.md", "config.json"} <= {
+        p.name for p in release.iterdir()
+    }
+    AutoModelForCausalLM.from_pretrained(release)  # plain transformers loads it
+    manifest = json.loads((release / MANIFEST).read_text())
+    assert manifest["format"] == "nexus-release" and manifest["version"] == 1
+    assert manifest["phases"] == [
+        {"number": 2, "name": "Distill", "seconds": 1.5, "summary": summary, "line": "3 steps"}
+    ]
+    assert "the newest phase output (distill)" in manifest["student_choice"]
+    assert (
+        manifest["configs"]["source"] == "test.yaml"
+        and manifest["configs"]["release"]["profile_student"] is False
+    )
+    assert "builtin" in manifest["data"] and manifest["benchmark"]["items"] == 3
+    # the index summary's document count replaces the list of paths (kept as it was)
+    assert manifest["knowledge"]["documents"] == 1 and manifest["knowledge"]["chunks"] > 0
+    card = (release / "README.md").read_text()
+    assert "AutoModelForCausalLM" in card and "nexus_manifest.json" in card
+    assert "## Benchmark: teacher vs student" in card and "| builtin-math |" in card
+    assert "## How it was made" in card and "3 steps" in card  # the marker's line, in the phase table
