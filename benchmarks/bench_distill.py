@@ -39,7 +39,7 @@ MODES = {
 def _models(args):
     import torch
 
-    from nexus.distillation.run import evenly_spread_layers
+    from nexus.distillation.student import evenly_spread_layers
     from nexus.models import build_student, decoder_layers, load_model, load_tokenizer
 
     if args.random_teacher:
@@ -114,8 +114,8 @@ def _naive(args, teacher, student, rows, device, bf16: bool) -> list[float]:
     import numpy as np
     import torch
 
-    from nexus.distillation.losses import kd_loss
     from nexus.hardware import autocast
+    from nexus.trainer.divergence import kd_loss
 
     teacher.to(device=device, dtype=torch.bfloat16 if bf16 else torch.float32)
     student.to(device).train()
@@ -144,8 +144,11 @@ def _nexus(args, teacher, student, rows, device, mode: str) -> tuple[list[float]
     import numpy as np
     import torch
 
-    from nexus.distillation.cache import build_teacher_cache
-    from nexus.distillation.loop import DistillLoop, LiveTeacherSource, LoopSettings, evaluate_fidelity
+    from nexus.trainer.cache import build_teacher_cache
+    from nexus.trainer.evaluate import evaluate_fidelity
+    from nexus.trainer.loop import Trainer
+    from nexus.trainer.settings import TrainSettings
+    from nexus.trainer.teacher import LiveTeacherSource
 
     extra = {}
     work = Path(args.work) / mode
@@ -159,12 +162,12 @@ def _nexus(args, teacher, student, rows, device, mode: str) -> tuple[list[float]
         source = cache.source("train")
     else:
         source = LiveTeacherSource(teacher.to(device), dtype=torch.bfloat16)
-    settings = LoopSettings(
+    settings = TrainSettings(
         max_steps=args.warmup + args.steps, micro_batch_size=args.batch, precision="bf16",
         kd_kind="jsd" if mode.endswith("jsd") else "forward_kl", eval_every=0, save_every=10**9, warmup_steps=2,
         device=str(device),
     )  # fmt: skip
-    loop = DistillLoop(student, tokenizer=None, train=rows, heldout=None, teacher=source, settings=settings,
+    loop = Trainer(student, tokenizer=None, train=rows, heldout=None, teacher=source, settings=settings,
                        out_dir=work / "out", run_config=settings, result_hash=mode,
                        results_dir=work / "results")  # fmt: skip
     loop.save_checkpoint = lambda: None  # the benchmark measures steps, not disk

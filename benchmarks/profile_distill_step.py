@@ -37,15 +37,17 @@ def step_split(args) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     import bench_distill
 
-    from nexus.distillation.loop import LiveTeacherSource, LoopSettings, StudentLoss
     from nexus.hardware import autocast
+    from nexus.trainer.settings import TrainSettings
+    from nexus.trainer.step import StudentLoss
+    from nexus.trainer.teacher import LiveTeacherSource
 
     ns = argparse.Namespace(random_teacher=None, tokenizer=None, student_layers=args.student_layers,
                             seq_len=args.seq_len, work=args.work, batch=args.batch)  # fmt: skip
     teacher, student, tokenizer = bench_distill._models(ns)
     rows = bench_distill._rows(ns, tokenizer, teacher.config.vocab_size)
     source = LiveTeacherSource(teacher, dtype=torch.bfloat16)
-    module = StudentLoss(student.train(), LoopSettings(precision="bf16"), compute_dtype=torch.bfloat16)
+    module = StudentLoss(student.train(), TrainSettings(precision="bf16"), compute_dtype=torch.bfloat16)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=True)
     cpu = torch.device("cpu")
     parts: dict[str, list[float]] = {
@@ -96,7 +98,7 @@ def step_split(args) -> None:
 def loss_variants(args) -> None:
     import torch
 
-    from nexus.distillation.losses import LiveTeacher, fused_lm_head_loss, reference_lm_head_loss
+    from nexus.trainer.fused import LiveTeacher, fused_lm_head_loss, reference_lm_head_loss
 
     torch.manual_seed(0)
     n, hidden, vocab = args.batch * (args.seq_len - 1), 576, 49152

@@ -10,8 +10,8 @@ import tiny
 import torch
 import torch.nn.functional as F
 
-from nexus.data.packing import encode_examples, pack_documents
 from nexus.data.formats import Example
+from nexus.data.packing import encode_examples, pack_documents
 from nexus.trainer.divergence import forward_kl_terms, top1_matches
 from nexus.trainer.evaluate import evaluate_fidelity, fidelity_metrics, heldout_kd
 from nexus.trainer.loop import Trainer

@@ -14,7 +14,6 @@ is archived, never deleted):
    their hashes, configs, package versions, per-phase times, benchmark results).
 """
 
-
 from __future__ import annotations
 
 import json
@@ -24,11 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from nexus.monitor.markers import archive, read_marker
-
 from nexus.config import from_dict, to_dict
 from nexus.errors import NexusError
 from nexus.monitor import Flags, StatusPrinter
+from nexus.monitor.markers import archive, read_marker
 from nexus.release.card import hash_data_sources, model_card, package_versions, teacher_identity
 from nexus.release.config import HEATMAP, MANIFEST, ReleaseConfig, choose_student
 from nexus.utils import atomic_write_json, atomic_write_text

@@ -97,4 +97,3 @@ class ActivationAnchoringLoss(nn.Module):
 
     def projection_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.projections.state_dict().items()}
-

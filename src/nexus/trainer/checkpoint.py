@@ -18,6 +18,7 @@ leaves the previous checkpoint untouched.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -187,3 +188,22 @@ def load_model_weights(model: torch.nn.Module, model_dir: Path) -> None:
         raise NexusError(
             f"checkpoint {model_dir} does not match the model: {str(exc).splitlines()[0]}"
         ) from None
+
+
+def config_diff(saved_yaml: Path, cfg: Any) -> str:
+    """``"lr 0.0001 -> 0.0002, ..."`` between a checkpoint's config.yaml and ``cfg``."""
+    import yaml
+
+    from nexus.config import to_dict
+
+    try:
+        old = yaml.safe_load(saved_yaml.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return f"see {saved_yaml}"
+    new = to_dict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    changed = [
+        f"{k} {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+    return ", ".join(changed[:4]) or f"see {saved_yaml}"

@@ -37,12 +37,16 @@ is a pure function of seed and step, so the step *is* the data position). ``fit`
 directory with checkpoints resumes from the newest one and refuses a different config.
 Under FSDP the model and optimizer state are gathered to rank 0 and written in the same format,
 so checkpoints resume under any parallelism.
+
+(About 500 lines on purpose: ``fit``, the step, evaluation and checkpoint save/resume all read
+and write the trainer's state -- step, optimizer, scheduler, RNG, sharded modules; the pure
+parts live in :mod:`~nexus.trainer.step`, :mod:`~nexus.trainer.evaluate` and
+:mod:`~nexus.trainer.checkpoint`.)
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import random
@@ -75,31 +79,11 @@ from nexus.trainer.evaluate import evaluate_fidelity, score_batch
 from nexus.trainer.metrics import MetricsLog
 from nexus.trainer.parallel import DistContext
 from nexus.trainer.settings import TrainSettings
-from nexus.trainer.step import ExtraLossFn, StudentLoss, global_batch_rows, lr_factor
+from nexus.trainer.step import ExtraLossFn, StudentLoss, build_optimizer, global_batch_rows
 from nexus.trainer.teacher import LiveTeacherSource, TeacherSource
 from nexus.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
-
-
-def _config_diff(saved_yaml: Path, cfg: Any) -> str:
-    """``"lr 0.0001 -> 0.0002, ..."`` between a checkpoint's config.yaml and ``cfg``."""
-    import yaml
-
-    from nexus.config import to_dict
-
-    try:
-        old = yaml.safe_load(saved_yaml.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return f"see {saved_yaml}"
-    new = to_dict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
-    changed = [
-        f"{k} {old.get(k)!r} -> {new.get(k)!r}"
-        for k in sorted(set(old) | set(new))
-        if old.get(k) != new.get(k)
-    ]
-    return ", ".join(changed[:4]) or f"see {saved_yaml}"
-
 
 
 class Trainer:
@@ -196,25 +180,8 @@ class Trainer:
                 self.dist.world,
                 "".join(f"; {note}" for note in self.par.notes),
             )
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": settings.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=settings.lr,
-            betas=(0.9, 0.95),
-            # The fused kernel is ~5x faster than foreach on CPU; FSDP's sharded DTensor
-            # parameters take the foreach path.
-            **({"foreach": True} if self.par.student == "fsdp" else {"fused": True}),
-        )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda step: lr_factor(
-                step, warmup=settings.warmup_steps, total=settings.max_steps, min_ratio=settings.min_lr_ratio
-            ),
+        self.optimizer, self.scheduler = build_optimizer(
+            self.module, settings, fsdp=self.par.student == "fsdp"
         )
         self.step = 0
         self.nan_steps = 0
@@ -300,7 +267,7 @@ class Trainer:
         if meta.get("result_hash") != self.result_hash:
             raise NexusError(
                 f"{self.out_dir} holds checkpoints of another run with a different config "
-                f"({_config_diff(latest / 'config.yaml', self.run_config)}); use another --out or delete "
+                f"({ckpt.config_diff(latest / 'config.yaml', self.run_config)}); use another --out or delete "
                 "that directory to start over"
             )
         if self.par.fsdp:

@@ -62,15 +62,15 @@ class TrainSettings:
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping norm (0 = off)"))
     seed: int = field(default=0, metadata=_help("seed for data mixing, order and initialization"))
     # losses
-    kd_kind: Divergence = field(
-        default="forward_kl", metadata={"help": "KD divergence", "flag": "--kd"}
-    )
+    kd_kind: Divergence = field(default="forward_kl", metadata={"help": "KD divergence", "flag": "--kd"})
     jsd_beta: float = field(default=0.5, metadata=_help("generalized JSD mixture weight of the teacher"))
     temperature: float = field(default=1.0, metadata=_help("KD temperature (loss scaled by T^2)"))
     kd_weight: float = field(default=1.0, metadata=_help("weight of KD from the teacher (0 = no teacher)"))
     ce_weight: float = field(default=0.0, metadata=_help("weight of CE on the data's own tokens"))
     # speed / precision / parallelism
-    precision: Precision = field(default="auto", metadata=_help("training precision (auto: bf16 where supported)"))
+    precision: Precision = field(
+        default="auto", metadata=_help("training precision (auto: bf16 where supported)")
+    )
     chunk_size: int = field(
         default=1024, metadata=_help("tokens per loss chunk (logits never held for the whole batch)")
     )
@@ -80,11 +80,15 @@ class TrainSettings:
     device: str | None = field(default=None, metadata=_help("cpu, cuda, cuda:1 (default: cuda if present)"))
     distributed: DistributedMode = field(
         default="auto",
-        metadata=_help("multi-process mode (auto: FSDP under an accelerate FSDP config, else DDP under torchrun)"),
+        metadata=_help(
+            "multi-process mode (auto: FSDP under an accelerate FSDP config, else DDP under torchrun)"
+        ),
     )
     teacher_sharding: TeacherSharding = field(
         default="auto",
-        metadata=_help("live teacher: whole on every process or FSDP-sharded (auto: sharded when the student is)"),
+        metadata=_help(
+            "live teacher: whole on every process or FSDP-sharded (auto: sharded when the student is)"
+        ),
     )
     # bookkeeping
     eval_every: int = field(
