@@ -74,3 +74,34 @@ def test_run_release_writes_model_index_manifest_and_card(tiny_llama_dir, tmp_pa
     assert "AutoModelForCausalLM" in card and "nexus_manifest.json" in card
     assert "## Benchmark: teacher vs student" in card and "| builtin-math |" in card
     assert "## How it was made" in card and "3 steps" in card  # the marker's line, in the phase table
+
+
+def test_run_release_profiles_the_student_through_the_given_profiler(tiny_llama_dir, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(tiny_llama_dir, results / "train" / "model")
+    (results / "profile").mkdir(parents=True)
+    (results / "profile" / "teacher.json").write_text(
+        json.dumps({"config": {"num_probes": 2, "max_tokens": 64}})
+    )
+    calls = []
+
+    def profiler(values, where):
+        calls.append((values, where))
+        return {"alignment": {"overall": 0.75}}
+
+    cfg = ReleaseConfig(
+        teacher=str(tiny_llama_dir), release_dir=str(tmp_path / "rel"), docs=[str(RAG_DOC)],
+        index={"chunk_tokens": 48, "chunk_overlap": 12}, benchmark={"enabled": False},
+    )  # fmt: skip
+    ctx = SimpleNamespace(
+        config=PipelineConfig(), results_dir=results, flags=Flags(tmp_path / "flags"),
+        printer=StatusPrinter(io.StringIO()), source="test.yaml",
+    )  # fmt: skip
+    out = run_release(cfg, ctx, profiler=profiler)
+    ((values, where),) = calls
+    assert where == "release.student_profile" and values["name"] == "student"
+    assert (values["num_probes"], values["max_tokens"]) == (2, 64)  # the teacher profile's sizes
+    assert values["compare"] == str(results / "profile" / "teacher.json")
+    assert values["model"].endswith("rel.partial")  # the release's own copy is profiled
+    assert out["alignment_score"] == 0.75
+    assert json.loads((tmp_path / "rel" / MANIFEST).read_text())["alignment"] == {"overall": 0.75}

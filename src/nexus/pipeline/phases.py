@@ -152,7 +152,21 @@ def _release_config(ctx: PipelineContext):
 def _release_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
     from nexus.release.run import run_release
 
-    return run_release(cfg, ctx)
+    def profile_student(values: dict[str, Any], where: str) -> dict[str, Any]:
+        from nexus.config import from_dict
+        from nexus.profiling.config import ProfileConfig
+        from nexus.profiling.phase import run_profile
+
+        return run_profile(
+            from_dict(ProfileConfig, values, where),
+            results_dir=ctx.results_dir,
+            flags=ctx.flags,
+            printer=ctx.printer,
+            phase=5,
+            phase_name="Release",
+        )
+
+    return run_release(cfg, ctx, profiler=profile_student)
 
 
 def _release_line(s: dict[str, Any]) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,6 +49,11 @@ MODEL_FILES = (
     "nexus_student.json",
 )
 PHASE_KEYS = ("profile", "distill", "train", "router")  # results/<key>/COMPLETE.json, in order
+
+
+# (profile config values, where they come from) -> run_profile's summary; phase 1's profiler,
+# passed in by the pipeline so that this phase does not import that one.
+Profiler = Callable[[dict[str, Any], str], dict[str, Any]]
 
 
 class RunContext(Protocol):
@@ -98,10 +104,12 @@ def _carry_student_record(target: Path, results_dir: Path) -> None:
                 return
 
 
-def _profile_student(cfg: ReleaseConfig, model_dir: Path, ctx: RunContext) -> dict[str, Any]:
-    from nexus.profiling.config import ProfileConfig
-    from nexus.profiling.phase import run_profile
-
+def _profile_student(
+    cfg: ReleaseConfig, model_dir: Path, ctx: RunContext, profiler: Profiler | None
+) -> dict[str, Any]:
+    if profiler is None:
+        log.info("no profiler given: structural alignment skipped")
+        return {}
     teacher_profile = ctx.results_dir / "profile" / "teacher.json"
     if not teacher_profile.is_file():
         log.info("no teacher profile at %s: structural alignment skipped", teacher_profile)
@@ -131,15 +139,7 @@ def _profile_student(cfg: ReleaseConfig, model_dir: Path, ctx: RunContext) -> di
         "chat_answer_model": cfg.teacher,
         **cfg.student_profile,
     }
-    profile_cfg = from_dict(ProfileConfig, values, "release.student_profile")
-    return run_profile(
-        profile_cfg,
-        results_dir=ctx.results_dir,
-        flags=ctx.flags,
-        printer=ctx.printer,
-        phase=5,
-        phase_name="Release",
-    )
+    return profiler(values, "release.student_profile")
 
 
 def _benchmark(cfg: ReleaseConfig, model_dir: Path, ctx: RunContext) -> dict[str, Any]:
@@ -158,7 +158,9 @@ def _benchmark(cfg: ReleaseConfig, model_dir: Path, ctx: RunContext) -> dict[str
     return run_benchmark(bench_cfg, results_dir=ctx.results_dir, flags=ctx.flags, printer=ctx.printer)
 
 
-def run_release(cfg: ReleaseConfig, ctx: RunContext) -> dict[str, Any]:
+def run_release(cfg: ReleaseConfig, ctx: RunContext, *, profiler: Profiler | None = None) -> dict[str, Any]:
+    """Build the release (see the module docstring); ``profiler`` runs NIWT on the student for the
+    structural alignment (the pipeline passes phase 1's profiler; None skips it)."""
     from nexus.knowledge import IndexConfig, build_index
     from nexus.models import model_info, resolve_model
 
@@ -179,7 +181,7 @@ def run_release(cfg: ReleaseConfig, ctx: RunContext) -> dict[str, Any]:
     }
     align: dict[str, Any] = {}
     if cfg.profile_student:
-        profiled = _profile_student(cfg, partial, ctx)
+        profiled = _profile_student(cfg, partial, ctx, profiler)
         if profiled.get("stopped"):
             return {"stopped": True}
         align = profiled.get("alignment") or {}
