@@ -64,17 +64,9 @@ def _write_data(root: Path) -> tuple[Path, Path]:
         for i in range(24)
     ]
     text.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    mix = root / "mix.jsonl"
-    rows = [
-        {"prompt": f"Add {i} and {i + 1}.", "response": f"{i} + {i + 1} = {2 * i + 1}", "domain": "math"}
-        for i in range(12)
-    ]
-    rows += [
-        {"prompt": f"Write f{i}.", "response": f"def f{i}(x):\n    return x * {i}", "domain": "code"}
-        for i in range(12)
-    ]
-    rows += [{"prompt": f"Greet person {i}.", "response": f"Hello, friend number {i}!"} for i in range(12)]
-    mix.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import tiny
+
+    mix = tiny.write_domain_mix(root / "mix.jsonl")
     return text, mix
 
 

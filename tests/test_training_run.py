@@ -26,18 +26,7 @@ def models(tmp_path_factory, tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "mix.jsonl"
-    rows = [
-        {"prompt": f"Add {i} and {i + 1}.", "response": f"{i} + {i + 1} = {2 * i + 1}", "domain": "math"}
-        for i in range(12)
-    ]
-    rows += [
-        {"prompt": f"Write f{i}.", "response": f"def f{i}(x):\n    return x * {i}", "domain": "code"}
-        for i in range(12)
-    ]
-    rows += [{"prompt": f"Greet person {i}.", "response": f"Hello, friend number {i}!"} for i in range(12)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+    return tiny.write_domain_mix(tmp_path_factory.mktemp("data") / "mix.jsonl")
 
 
 def _common(models, data_file, out, steps=3):

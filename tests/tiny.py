@@ -93,3 +93,21 @@ def save_model(model, tokenizer, out_dir: str | Path) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+def write_domain_mix(path: str | Path) -> Path:
+    """36 tagged instruction rows (12 math, 12 code, 12 untagged chat) as JSONL, for phases 3-4."""
+    import json
+
+    rows = [
+        {"prompt": f"Add {i} and {i + 1}.", "response": f"{i} + {i + 1} = {2 * i + 1}", "domain": "math"}
+        for i in range(12)
+    ]
+    rows += [
+        {"prompt": f"Write f{i}.", "response": f"def f{i}(x):\n    return x * {i}", "domain": "code"}
+        for i in range(12)
+    ]
+    rows += [{"prompt": f"Greet person {i}.", "response": f"Hello, friend number {i}!"} for i in range(12)]
+    path = Path(path)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
