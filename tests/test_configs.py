@@ -1,5 +1,5 @@
 """Every shipped YAML in configs/ loads and validates, and the generated CLI flags of the
-training phases follow one precedence rule: default < file < --set < explicit flag."""
+training phases follow the one precedence rule of every command: default < file < flag < --set."""
 
 from __future__ import annotations
 
@@ -50,16 +50,16 @@ def test_task_yaml_loads(path):
         ("router", RouterConfig, "router"),
     ],
 )
-def test_flag_beats_set_beats_file_in_every_training_command(command, cls, section, tmp_path):
+def test_set_beats_flag_beats_file_in_every_training_command(command, cls, section, tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(f"{section}:\n  lr: 0.5\n  warmup_steps: 3\n  seq_len: 32\n")
+    path.write_text(f"{section}:\n  lr: 0.5\n  warmup_steps: 3\n  seq_len: 32\n  temperature: 1.5\n")
     args = build_parser().parse_args(
         [command, "--config", str(path), "--set", "lr=0.25", "--set", "warmup_steps=4", "--lr", "0.125",
-         "--batch-size", "2", "--kd", "jsd"]
+         "--batch-size", "2", "--kd", "jsd", "--temperature", "2"]
     )  # fmt: skip
     cfg = load_config(cls, path, section=section, overrides=config_overrides(args, cls))
-    assert (cfg.lr, cfg.warmup_steps, cfg.seq_len) == (0.125, 4, 32)
-    assert (cfg.micro_batch_size, cfg.kd_kind) == (2, "jsd")
+    assert (cfg.lr, cfg.warmup_steps, cfg.seq_len) == (0.25, 4, 32)
+    assert (cfg.micro_batch_size, cfg.kd_kind, cfg.temperature) == (2, "jsd", 2.0)  # flag over file
     assert cfg.max_steps == cls().max_steps  # untouched: the phase's own default
 
 

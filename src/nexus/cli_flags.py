@@ -6,8 +6,10 @@ becomes ``--batch-size N`` (the name is ``--micro-batch-size`` without ``"flag"`
 fields get ``choices``, ``bool`` fields ``--x / --no-x``, ``list[str]`` fields take one or more
 values. Fields of other types (mappings, lists of lists) are set with ``--set`` only.
 
-Precedence, the same in every command: the field's default < the YAML config file <
-``--set KEY=VALUE`` < an explicit flag. A flag left out changes nothing.
+Precedence, the same in every command (``nexus run``, ``profile``, ``benchmark`` and ``index``
+included): the field's default < the YAML config file < a flag < ``--set KEY=VALUE``. A flag left
+out changes nothing; ``--set``, the one spelling that reaches every field (nested ones too), has
+the last word.
 """
 
 from __future__ import annotations
@@ -103,15 +105,15 @@ def add_set_flag(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config field (value parsed as YAML); an explicit flag wins over --set",
+        help="override a config field (value parsed as YAML); wins over the file and the flags",
     )
 
 
 def config_overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """``--set`` values, then the flags given on the command line over them."""
+    """The flags given on the command line, then the ``--set`` values over them."""
     flags = {
         f.name: getattr(args, f.name)
         for f in dataclasses.fields(cls)
         if getattr(args, f.name, None) is not None
     }
-    return deep_merge(parse_overrides(args.set), flags)
+    return deep_merge(flags, parse_overrides(args.set))

@@ -1,7 +1,7 @@
 """`nexus distill`: phase 2 from the command line (YAML section ``distill:``, ``--set``, flags).
 
 The flags are generated from :class:`~nexus.distillation.config.DistillConfig`'s fields
-(:mod:`nexus.cli_flags`: an explicit flag wins over ``--set``, which wins over the file).
+(:mod:`nexus.cli_flags`: file < flag < ``--set``, as in every command).
 """
 
 from __future__ import annotations

@@ -28,13 +28,12 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from nexus.config import parse_overrides
+    from nexus.config import deep_merge, parse_overrides
     from nexus.pipeline.phases import PHASES
     from nexus.pipeline.runner import load_pipeline_config, run_pipeline
 
-    overrides = parse_overrides(args.set)
-    if args.teacher:
-        overrides["teacher"] = args.teacher
+    # file < flag < --set, as in every command (nexus.cli_flags)
+    overrides = deep_merge({"teacher": args.teacher} if args.teacher else {}, parse_overrides(args.set))
     config, source = load_pipeline_config(args.config, args.preset, overrides)
     return run_pipeline(
         config, source=source, phases=PHASES, only=args.only, start=args.start, fresh=args.fresh

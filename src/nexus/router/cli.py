@@ -1,7 +1,7 @@
 """`nexus router`: phase 4, experts from the student and a router trained with KD + beta_entropy.
 
 The flags are generated from :class:`~nexus.router.config.RouterConfig`'s fields
-(:mod:`nexus.cli_flags`: an explicit flag wins over ``--set``, which wins over the file).
+(:mod:`nexus.cli_flags`: file < flag < ``--set``, as in every command).
 """
 
 from __future__ import annotations

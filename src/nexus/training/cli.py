@@ -1,7 +1,7 @@
 """`nexus train`: phase 3, recovery fine-tuning (CE on gold answers + KD from the teacher).
 
 The flags are generated from :class:`~nexus.training.config.TrainConfig`'s fields
-(:mod:`nexus.cli_flags`: an explicit flag wins over ``--set``, which wins over the file).
+(:mod:`nexus.cli_flags`: file < flag < ``--set``, as in every command).
 """
 
 from __future__ import annotations
