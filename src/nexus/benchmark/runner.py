@@ -210,7 +210,9 @@ def score_batch(
         for it in batch:
             mine = lls[k : k + len(it.choices)]
             k += len(it.choices)
-            pred, pred_norm = scoring.choice_predictions([x.logprob for x in mine], it.choices)
+            # acc_norm divides by each choice's own length, without the target delimiter (lm-eval).
+            texts = [c.removeprefix(spec.target_delimiter) for c in it.choices]
+            pred, pred_norm = scoring.choice_predictions([x.logprob for x in mine], texts)
             records.append(
                 {
                     "output": it.choices[pred].strip(),

@@ -83,6 +83,14 @@ class TaskSpec:
     chat_template: bool = field(
         default=True, metadata={"help": "render prompts through each model's chat template"}
     )
+    split: str = field(
+        default="eval",
+        metadata={
+            "help": "eval: only evaluation-split rows (nexus.data.splits; training never reads them); "
+            "train: only rows training reads; all: every row. A task that scores rows of a training "
+            "split gets '[train-split]' appended to its name"
+        },
+    )
     hf_config: str | None = field(default=None, metadata={"help": "hf: dataset configuration name"})
     hf_split: str = field(default="test", metadata={"help": "hf: split"})
     hf_data_files: str | None = field(default=None, metadata={"help": "hf: local data files (with hf:json)"})
@@ -92,6 +100,8 @@ class TaskSpec:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
         if self.format not in ("native", "fields"):
             raise ValueError(f"format must be native or fields, not {self.format!r}")
+        if self.split not in ("eval", "train", "all"):
+            raise ValueError(f"split must be eval, train or all, not {self.split!r}")
         if self.metric not in ("exact", "rouge_l"):
             raise ValueError(f"metric must be exact or rouge_l, not {self.metric!r}")
         if self.max_new_tokens < 1:
@@ -119,6 +129,7 @@ class TaskItem:
     reference: str | None = None  # reference answer (generate) / canonical solution (code)
     test: str = ""
     entry_point: str = ""
+    text: str = ""  # the row's own question + reference, for the training-overlap check
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -324,6 +335,7 @@ def item_from_row(spec: TaskSpec, row: dict[str, Any], where: str) -> TaskItem:
     fields = _native_row(row, where) if spec.format == "native" else row
     prompt = _render(spec.prompt, fields, where, spec.name)
     item = TaskItem(id=where, prompt=prompt, question=_short(prompt))
+    own_text = str(fields["prompt"]) if spec.format == "native" else prompt
     if spec.kind == "choice":
         if spec.choices:
             options = [_render(t, fields, where, spec.name) for t in spec.choices]
@@ -346,12 +358,15 @@ def item_from_row(spec: TaskSpec, row: dict[str, Any], where: str) -> TaskItem:
             )
         item.choices = [spec.target_delimiter + o for o in options]
         item.label = label
+        item.text = f"{own_text}\n{options[label]}"
     elif spec.kind == "generate":
         item.reference = str(_need(fields, spec.answer_field, where, spec.name))
+        item.text = f"{own_text}\n{fields.get('response') or item.reference}"
     else:  # code
         item.test = str(_need(fields, spec.test_field, where, spec.name))
         item.entry_point = str(_need(fields, spec.entry_point_field, where, spec.name))
         item.reference = str(fields.get("answer") or fields.get("canonical_solution") or "") or None
+        item.text = own_text + (item.reference or "")
         item.question = _short(
             item.prompt.strip().splitlines()[0] if item.prompt.strip() else item.entry_point
         )
@@ -425,11 +440,42 @@ def select_indices(n: int, limit: int | None, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n), limit))
 
 
+TRAIN_SPLIT_MARK = "[train-split]"
+
+
+def split_rows(
+    spec: TaskSpec, rows: list[tuple[str, dict[str, Any]]]
+) -> tuple[list[tuple[str, dict[str, Any]]], bool]:
+    """The rows ``spec.split`` selects (:mod:`nexus.data.splits` decides each row's side), and
+    whether any of them is a row that training reads. Built-in tasks have no split (their items
+    are generated apart from the training corpus); a hub split other than ``train`` is the hub's
+    own evaluation split and is taken whole."""
+    from nexus.data.splits import row_split
+
+    if spec.source.startswith("builtin:"):
+        return rows, False
+    if spec.source.startswith("hf:") and spec.hf_split != "train":
+        return rows, spec.split == "train"
+    kept, trained = [], spec.split == "train"
+    for where, row in rows:
+        side = row_split(row)
+        if (spec.split == "eval" and side == "train") or (spec.split == "train" and side == "eval"):
+            continue
+        kept.append((where, row))
+        trained = trained or side == "train"
+    return kept, trained
+
+
 def load_task(spec: TaskSpec, *, limit: int | None = None, seed: int = 1234) -> Task:
-    """Read the task's rows, draw ``limit`` of them with ``seed``, and build the items."""
-    rows = _rows(spec)
+    """Read the task's rows, keep those of ``spec.split``, draw ``limit`` of them with ``seed``,
+    and build the items. A task that includes training-split rows is renamed ``<name>[train-split]``."""
+    rows, trained = split_rows(spec, _rows(spec))
+    if trained and not spec.name.endswith(TRAIN_SPLIT_MARK):
+        spec = dataclasses.replace(spec, name=spec.name + TRAIN_SPLIT_MARK)
     chosen = [rows[i] for i in select_indices(len(rows), limit, seed)]
     items = [item_from_row(spec, row, where) for where, row in chosen]
     if not items:
-        raise NexusError(f"task '{spec.name}' has no items (source {spec.source}, limit {limit})")
+        raise NexusError(
+            f"task '{spec.name}' has no items (source {spec.source}, split {spec.split}, limit {limit})"
+        )
     return Task(spec, items)
