@@ -40,11 +40,26 @@ class LoadedModel:
     parameters: int
     described: str = ""
 
-    def format_prompt(self, prompt: str, chat_template: bool) -> str:
-        """The prompt as this model sees it: through its own chat template when asked and present."""
+    def format_prompt(
+        self,
+        prompt: str,
+        chat_template: bool,
+        shots: Sequence[Sequence[str]] = (),
+        response_prefix: str = "",
+    ) -> str:
+        """The prompt as this model sees it. With ``chat_template`` and a template present: the
+        few-shot ``(question, answer)`` pairs as earlier user/assistant turns, the prompt as the
+        last user turn, and the assistant's answer opened with ``response_prefix``. Otherwise
+        (base models) plain text: each shot as question, newline, answer, blank line, then the
+        prompt and the prefix on the next line."""
         if chat_template and getattr(self.tokenizer, "chat_template", None):
-            return render_prompt(self.tokenizer, prompt)
-        return prompt
+            messages = []
+            for question, answer in shots:
+                messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            messages.append({"role": "user", "content": prompt})
+            return render_prompt(self.tokenizer, messages) + response_prefix
+        text = "".join(f"{question}\n{answer}\n\n" for question, answer in shots) + prompt
+        return f"{text}\n{response_prefix}" if response_prefix else text
 
     @property
     def max_length(self) -> int:
@@ -255,6 +270,27 @@ def generate(
 
 
 # -- answers ----------------------------------------------------------------------------------
+
+
+def code_parts(text: str, code_prompt: str, entry_point: str, *, inside_fence: bool) -> tuple[str, str]:
+    """``(head, completion)`` of the program that checks a code answer, read fence-aware as
+    common harnesses (evalplus, bigcode-evaluation-harness) read instruct models' answers:
+
+    * the code: with ``inside_fence`` (the answer was opened with a code fence), the text up to
+      the closing fence; else the first fenced block when there is one (prose before or after it
+      is ignored; an unclosed fence runs to the end); else the whole text (a raw completion);
+    * code that defines ``entry_point`` itself is the whole program, after the prompt's imports;
+      any other code continues ``code_prompt``.
+    """
+    if inside_fence:
+        code = re.split(r"^[ \t]*```", text, maxsplit=1, flags=re.M)[0]
+    else:
+        block = re.search(r"^[ \t]*```[\w+-]*[ \t]*\n(.*?)(?:^[ \t]*```|\Z)", text, flags=re.M | re.S)
+        code = text if block is None else block.group(1)
+    if re.search(rf"^def {re.escape(entry_point)}\s*\(", code, flags=re.M):
+        imports = [ln for ln in code_prompt.splitlines() if ln.startswith(("import ", "from "))]
+        return "".join(f"{ln}\n" for ln in imports), code
+    return code_prompt, code
 
 
 def extract_answer(text: str, regexes: Sequence[str]) -> str | None:

@@ -29,7 +29,7 @@ from typing import Any
 from nexus.config import from_dict, to_dict
 from nexus.errors import NexusError
 from nexus.pipeline.runner import MARKER, PipelineContext, archive, read_marker
-from nexus.utils import atomic_write_json, atomic_write_text, sha256_file
+from nexus.utils import apply_umask, atomic_write_json, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +225,9 @@ def _benchmark(cfg: ReleaseConfig, model_dir: Path, ctx: PipelineContext) -> dic
     values = {
         "teacher": cfg.teacher,
         "seed": cfg.seed,
+        # what phases 2-4 trained on, for the benchmark's 13-gram overlap check
+        "training_data": _data_sources(ctx),
+        "training_seed": ctx.config.seed,
         **settings,
         "student": str(model_dir),
         "phase": 5,
@@ -232,6 +235,17 @@ def _benchmark(cfg: ReleaseConfig, model_dir: Path, ctx: PipelineContext) -> dic
     }
     bench_cfg = from_dict(BenchmarkConfig, values, "release.benchmark")
     return run_benchmark(bench_cfg, results_dir=ctx.results_dir, flags=ctx.flags, printer=ctx.printer)
+
+
+def _data_sources(ctx: PipelineContext) -> list[str]:
+    """The data sources of phases 2-4 (their config sections' ``data``, default ``builtin``)."""
+    return sorted(
+        {
+            s
+            for key in ("distill", "train", "router")
+            for s in (getattr(ctx.config, key) or {}).get("data", ["builtin"])
+        }
+    )
 
 
 def _hash_data_sources(sources: list[str]) -> dict[str, str]:
@@ -410,13 +424,7 @@ def run_release(cfg: ReleaseConfig, ctx: PipelineContext) -> dict[str, Any]:
                     "line": phase.summary_line(marker.get("summary", {})),
                 }
             )
-    data_sources = sorted(
-        {
-            s
-            for key in ("distill", "train", "router")
-            for s in (getattr(ctx.config, key) or {}).get("data", ["builtin"])
-        }
-    )
+    data_sources = _data_sources(ctx)
     manifest = {
         "format": "nexus-release",
         "version": 1,
@@ -439,6 +447,7 @@ def run_release(cfg: ReleaseConfig, ctx: PipelineContext) -> dict[str, Any]:
     atomic_write_json(partial / MANIFEST, manifest)
     atomic_write_text(partial / "README.md", _model_card(cfg, manifest, bench, align))
 
+    apply_umask(partial)  # readable by the team: copied models may be 0600 (transformers 5 saves them so)
     old = archive(release)
     partial.rename(release)
     if old:
