@@ -47,6 +47,12 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow model code from the checkpoints"
     )
+    parser.add_argument(
+        "--allow-unsandboxed-code",
+        action="store_true",
+        help="run code tasks even where the kernel gives no user/mount/network/PID namespaces to "
+        "confine them (generated code then runs with resource limits and the in-process guard only)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -72,6 +78,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.lm_eval_tasks
         else None,
         "trust_remote_code": True if args.trust_remote_code else None,
+        "allow_unsandboxed_code": True if args.allow_unsandboxed_code else None,
     }
     overrides = deep_merge({k: v for k, v in flags.items() if v is not None}, parse_overrides(args.set))
     if args.all:
