@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = Path(sandbox.__file__).resolve().parents[2]  # the nexus under test, for the other user
 ADD_PROMPT = "def add(a, b):\n"
 ADD_TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n"
+# a name next to the sandbox's working directory (in the temporary directory), never created
+PARENT_ESCAPE = f"nexus-sandbox-escape-{os.getpid()}"
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +102,16 @@ def cases(outside: Path) -> dict[str, tuple[str, str]]:
             + write,
             "failed",
         ),
+        "guard_via_chdir_and_dir_fd": (
+            f"import os\nos.mkdir('a')\nfd = os.open('.', os.O_RDONLY)\nos.chdir('a')\n"
+            f"os.close(os.open('../{PARENT_ESCAPE}', os.O_WRONLY | os.O_CREAT, dir_fd=fd))\nprint('ESCAPED')\n",
+            "failed",
+        ),
+        "guard_via_device_node": (
+            "import os, stat\nos.mknod('dev', 0o600 | stat.S_IFCHR, os.makedev(1, 3))\nprint('made')\n",
+            "failed",
+        ),
+        "write_dev_null": ("import os\nwith open(os.devnull, 'w') as f:\n    print('x', file=f)\n", "passed"),
         "guard_via_symlink": (
             f"import os\nos.symlink({target!r}, 'link')\nopen('link', 'w').write('x')\n",
             "failed",
@@ -154,6 +166,7 @@ def test_every_case_as_this_user(outside, namespaces):
     results = run_cases(outside, namespaces)
     assert not {name: status for name, status in results.items() if status != expected(outside)[name]}
     assert not (outside / "escaped").exists()
+    assert not (Path(tempfile.gettempdir()) / PARENT_ESCAPE).exists()
 
 
 def _unprivileged() -> tuple[list[str], str] | None:
@@ -189,6 +202,7 @@ def test_same_results_as_an_unprivileged_user(outside, mode):
     wrong = {name: status for name, status in results.items() if status != expected(outside)[name]}
     assert not wrong, (isolation, wrong)
     assert not (outside / "escaped").exists()
+    assert not (Path(tempfile.gettempdir()) / PARENT_ESCAPE).exists()
 
 
 def test_passing_and_failing_programs():

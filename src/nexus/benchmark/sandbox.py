@@ -20,7 +20,8 @@ namespace), not from the filter.
 
 Defence in depth, the guard: an audit hook (PEP 578, cannot be removed once installed) refuses
 writes, deletes and renames outside the working directory, opening a directory outside it (so
-``dir_fd=`` cannot reach outside), process creation, signals, sockets, ctypes, symlinks, and the
+``dir_fd=`` cannot reach outside), ``chdir``, process creation, signals, sockets, ctypes,
+symlinks, and the
 introspection that would reach the hook's own state (``gc.get_objects``/``get_referrers``,
 traceback frames, tracing, ``signal`` handlers). The program runs in a fresh ``__main__`` module,
 the hook keeps its own copy of the builtins and of the functions it calls, so nothing the program
@@ -71,16 +72,18 @@ def _hook_factory(root, marker, main_frame, done_line, write, getcwd, readlink, 
         "_multiprocessing", "signal", "_signal", "_cffi_backend", "cffi", "_testcapi",
         "_xxsubinterpreters", "_xxinterpchannels",
     })
+    # os.chdir: the working directory stays put, so a relative path given with dir_fd= (which the
+    # "open" event does not show) resolves from a directory at or below the one checked here.
     denied_prefixes = (
         "os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system", "os.kill",
-        "os.killpg", "os.startfile", "os.symlink", "subprocess.", "socket.", "ctypes.", "pty.",
+        "os.killpg", "os.startfile", "os.symlink", "os.chdir", "subprocess.", "socket.", "ctypes.", "pty.",
         "signal.", "resource.setrlimit", "resource.prlimit", "sys.addaudithook",
         "sys._current_frames", "sys.settrace", "sys.setprofile", "gc.get_objects",
         "gc.get_referrers", "gc.get_referents", "nexus.",
     )
     one_path = {"os.remove": 0, "os.rmdir": 0, "os.mkdir": 0, "os.chmod": 0, "os.chown": 0,
                 "os.utime": 0, "os.truncate": 0, "os.setxattr": 0, "os.removexattr": 0,
-                "os.chdir": 0, "os.chflags": 0, "os.lchflags": 0, "shutil.rmtree": 0}
+                "os.chflags": 0, "os.lchflags": 0, "shutil.rmtree": 0}
     two_paths = frozenset({"os.rename", "os.link"})
     released = []
 
@@ -140,7 +143,7 @@ def _hook_factory(root, marker, main_frame, done_line, write, getcwd, readlink, 
                 return
             if type(path) is not str and type(path) is not bytes:
                 deny("open() with a path that is not str or bytes")
-            if inside(path):
+            if inside(path) or resolve(path) == "/dev/null":
                 return
             writing = (type(mode) is str and ("w" in mode or "a" in mode or "x" in mode or "+" in mode)) or (
                 type(flags) is int and flags & o_write
@@ -233,19 +236,28 @@ def _seccomp(forks):
 
     arch = platform.machine()
     # (AUDIT_ARCH, clone, clone3, [process creation], [exec])
+    # and [refused outright: mknod(at) (a device node in the working directory would pass the
+    # guard's path check), mount, umount2, pivot_root, chroot, ptrace, unshare, setns,
+    # open_by_handle_at, and on x86_64 also process_vm_readv/writev, name_to_handle_at, module and
+    # kexec calls, bpf, perf_event_open, reboot, swapon/off, keyctl, add_key, request_key,
+    # io_uring, userfaultfd, iopl/ioperm, settimeofday, clock_settime, the new mount API]
     table = {
-        "x86_64": (0xC000003E, 56, 435, [57, 58], [59, 322]),
-        "aarch64": (0xC00000B7, 220, 435, [], [221, 281]),
+        "x86_64": (0xC000003E, 56, 435, [57, 58], [59, 322], [
+            133, 259, 165, 166, 155, 161, 101, 272, 308, 304, 310, 311, 303, 175, 313, 176, 246,
+            320, 321, 298, 169, 167, 168, 250, 248, 249, 425, 426, 427, 323, 172, 173, 164, 227,
+            428, 429, 430, 431, 432, 442,
+        ]),
+        "aarch64": (0xC00000B7, 220, 435, [], [221, 281], [33, 40, 39, 41, 51, 117, 97, 268, 265]),
     }
     if arch not in table:
         return
-    audit_arch, clone, clone3, new_process, exec_ = table[arch]
+    audit_arch, clone, clone3, new_process, exec_, refused = table[arch]
     allow, enosys = 0x7FFF0000, 0x00050000 | 38
     eperm, eagain = 0x00050000 | 1, 0x00050000 | 11
     ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
     prog = [(ld, 0, 0, 4), (jeq, 1, 0, audit_arch), (ret, 0, 0, eperm), (ld, 0, 0, 0)]
     prog += [(jge, 0, 1, 0x40000000), (ret, 0, 0, eperm)]  # the x32 ABI
-    for nr in exec_:
+    for nr in exec_ + refused:
         prog += [(jeq, 0, 1, nr), (ret, 0, 0, eperm)]
     if not forks:
         prog += [(jeq, 0, 1, clone3), (ret, 0, 0, enosys)]
