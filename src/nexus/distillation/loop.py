@@ -86,7 +86,7 @@ from nexus.monitor import (
     StatusWriter,
     StepAction,
 )
-from nexus.utils import atomic_write_json
+from nexus.utils import atomic_write_json, write_dir_atomically
 
 log = logging.getLogger(__name__)
 
@@ -961,7 +961,7 @@ class DistillLoop:
                     f"the newest checkpoint {newest} is intact" if newest else "no checkpoint was written"
                 ) + "; free space and run again"
 
-            ckpt.write_dir_atomically(
+            write_dir_atomically(
                 self.out_dir / "model",
                 lambda tmp: self._save_student(tmp, student_state),
                 what="the final model",
