@@ -112,6 +112,19 @@ def cases(outside: Path) -> dict[str, tuple[str, str]]:
             "failed",
         ),
         "write_dev_null": ("import os\nwith open(os.devnull, 'w') as f:\n    print('x', file=f)\n", "passed"),
+        "guard_via_str_subclass": (
+            "import sys\nclass S(str):\n    def __hash__(self):\n"
+            "        for v in list(sys._getframe(1).f_locals.values()):\n"
+            "            for c in getattr(v, '__closure__', None) or ():\n"
+            "                if isinstance(c.cell_contents, str) and c.cell_contents.startswith('/'):\n"
+            "                    c.cell_contents = ''\n        return 0\n"
+            "try:\n    sys.audit('import', S('x'))\nexcept Exception:\n    pass\n" + write,
+            "failed",
+        ),
+        "traceback_module": (
+            "import traceback\ntry:\n    1 / 0\nexcept ZeroDivisionError:\n    traceback.print_exc()\n",
+            "passed",
+        ),
         "guard_via_symlink": (
             f"import os\nos.symlink({target!r}, 'link')\nopen('link', 'w').write('x')\n",
             "failed",

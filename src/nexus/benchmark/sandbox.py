@@ -19,13 +19,14 @@ work): the kernel exempts the host's root from ``RLIMIT_NPROC`` (also as root of
 namespace), not from the filter.
 
 Defence in depth, the guard: an audit hook (PEP 578, cannot be removed once installed) refuses
-writes, deletes and renames outside the working directory, opening a directory outside it (so
-``dir_fd=`` cannot reach outside), ``chdir``, process creation, signals, sockets, ctypes,
-symlinks, and the
-introspection that would reach the hook's own state (``gc.get_objects``/``get_referrers``,
-traceback frames, tracing, ``signal`` handlers). The program runs in a fresh ``__main__`` module,
-the hook keeps its own copy of the builtins and of the functions it calls, so nothing the program
-can reach (``__main__``, ``sys.modules``, ``builtins``, ``os.path``) changes what the hook does.
+writes, deletes and renames outside the working directory, opening a directory outside it and
+``chdir`` (so ``dir_fd=`` cannot reach outside), process creation, signals, sockets, ctypes,
+symlinks, and the introspection that would reach the hook's own state (``gc.get_objects`` /
+``get_referrers``, the hook's frames on the tracebacks of the errors it raises, tracing,
+``signal`` handlers). The program runs in a fresh ``__main__`` module, the hook keeps its own
+copy of the builtins and of the functions it calls, and never runs the program's code (no
+``__fspath__``, ``__hash__`` or ``__eq__`` of its objects), so nothing the program can reach
+(``__main__``, ``sys.modules``, ``builtins``, ``os.path``) changes what the hook does.
 
 A program passes only when it ran to its end: after the program's last statement returns, the
 launcher writes a per-run random marker (sent on the interpreter's stdin, then replaced by
@@ -63,9 +64,10 @@ _GUARD = r'''
 import sys
 
 
-def _hook_factory(root, marker, main_frame, done_line, write, getcwd, readlink, stat, is_dir):
+def _hook_factory(root, marker, main_frame, done_line, os_calls, get_ident, traceback_type):
     # Built with private globals and builtins (see _setup): nothing here looks anything up in a
     # namespace the program can change.
+    write, getcwd, readlink, stat, is_dir = os_calls
     o_write = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000  # O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND
     denied_imports = frozenset({
         "_posixsubprocess", "_ctypes", "ctypes", "_socket", "socket", "multiprocessing",
@@ -86,6 +88,7 @@ def _hook_factory(root, marker, main_frame, done_line, write, getcwd, readlink, 
                 "os.chflags": 0, "os.lchflags": 0, "shutil.rmtree": 0}
     two_paths = frozenset({"os.rename", "os.link"})
     released = []
+    busy = set()  # threads in the tb_frame check below, which reads audited attributes itself
 
     def deny(what):
         raise PermissionError("sandbox: " + what + " is not allowed")
@@ -137,6 +140,8 @@ def _hook_factory(root, marker, main_frame, done_line, write, getcwd, readlink, 
         return full is not None and (full == root or full.startswith(root + "/"))
 
     def hook(event, args):
+        if busy and get_ident() in busy:
+            return
         if event == "open":
             path, mode, flags = args
             if path is None or type(path) is int:
@@ -160,6 +165,8 @@ def _hook_factory(root, marker, main_frame, done_line, write, getcwd, readlink, 
             if is_dir(st.st_mode):  # a directory fd outside would let dir_fd= reach outside
                 deny("opening the directory " + repr(path))
         elif event == "import":
+            if type(args[0]) is not str:  # a str subclass could run its own __hash__ in here
+                deny("import of a name that is not a str")
             if args[0] in denied_imports:
                 deny("import " + args[0])
         elif event in one_path:
@@ -169,8 +176,19 @@ def _hook_factory(root, marker, main_frame, done_line, write, getcwd, readlink, 
             if not (inside(args[0]) and inside(args[1])):
                 deny(event + " outside the working directory")
         elif event == "object.__getattr__":
-            if args[1] == "tb_frame":  # frames of the hook itself are on tracebacks it raises
-                deny("reading tb_frame")
+            if type(args[1]) is str and args[1] == "tb_frame":
+                # The program's own frames are fine (the traceback module reads them); the hook's,
+                # on the tracebacks of the errors it raises, are not.
+                if type(args[0]) is not traceback_type:
+                    deny("reading tb_frame")
+                me = get_ident()
+                busy.add(me)
+                try:
+                    code = args[0].tb_frame.f_code
+                finally:
+                    busy.discard(me)
+                if code in guard_code:
+                    deny("reading the frame of the sandbox's guard")
         elif event == "nexus.sandbox.done":
             # Only the launcher's line after the program's last statement releases the marker.
             if released or main_frame.f_lineno != done_line:
@@ -180,6 +198,7 @@ def _hook_factory(root, marker, main_frame, done_line, write, getcwd, readlink, 
         elif event.startswith(denied_prefixes):
             deny(event)
 
+    guard_code = frozenset(f.__code__ for f in (hook, deny, resolve, inside, shown))
     return hook
 
 
@@ -189,7 +208,8 @@ def _setup():
     import posix
     import resource
     import stat
-    import types  # noqa: F401 (reads a tb_frame when first imported: before the hook)
+    import _thread
+    import types  # (reads a tb_frame when first imported: before the hook)
 
     root = sys.argv[1]
     memory, cpu, fsize, nproc, done_line = (int(a) for a in sys.argv[2:7])
@@ -219,10 +239,8 @@ def _setup():
     if done_line == 0:  # isolation_mode's probe: the kernel's confinement alone
         return
     _seccomp(forks=nproc > 1)
-    hook = factory(
-        root, marker.strip(), sys._getframe(1), done_line,
-        posix.write, posix.getcwd, posix.readlink, posix.stat, stat.S_ISDIR,
-    )
+    os_calls = (posix.write, posix.getcwd, posix.readlink, posix.stat, stat.S_ISDIR)
+    hook = factory(root, marker.strip(), sys._getframe(1), done_line, os_calls, _thread.get_ident, types.TracebackType)
     sys.modules.pop("_signal", None)  # loaded at start-up; a re-import goes through the hook
     sys.addaudithook(hook)
 
