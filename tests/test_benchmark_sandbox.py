@@ -26,7 +26,10 @@ def outside():
     (mode 0777), so that only the sandbox stands between a program and a file in it."""
     path = Path(tempfile.mkdtemp(prefix="nexus-sandbox-test-"))
     path.chmod(0o777)
+    (path / "victim").write_text("x")
+    (path / "victim").chmod(0o644)
     yield path
+    assert (path / "victim").stat().st_mode & 0o7777 == 0o644
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -107,6 +110,10 @@ def cases(outside: Path) -> dict[str, tuple[str, str]]:
             f"os.close(os.open('../{PARENT_ESCAPE}', os.O_WRONLY | os.O_CREAT, dir_fd=fd))\nprint('ESCAPED')\n",
             "failed",
         ),
+        "guard_via_fd_metadata": (
+            f"import os\nfd = os.open({str(outside / 'victim')!r}, os.O_RDONLY)\nos.fchmod(fd, 0o666)\nprint('changed')\n",
+            "failed",
+        ),
         "guard_via_device_node": (
             "import os, stat\nos.mknod('dev', 0o600 | stat.S_IFCHR, os.makedev(1, 3))\nprint('made')\n",
             "failed",
@@ -180,6 +187,7 @@ def test_every_case_as_this_user(outside, namespaces):
     assert not {name: status for name, status in results.items() if status != expected(outside)[name]}
     assert not (outside / "escaped").exists()
     assert not (Path(tempfile.gettempdir()) / PARENT_ESCAPE).exists()
+    assert (outside / "victim").stat().st_mode & 0o7777 == 0o644
 
 
 def _unprivileged() -> tuple[list[str], str] | None:
@@ -216,6 +224,7 @@ def test_same_results_as_an_unprivileged_user(outside, mode):
     assert not wrong, (isolation, wrong)
     assert not (outside / "escaped").exists()
     assert not (Path(tempfile.gettempdir()) / PARENT_ESCAPE).exists()
+    assert (outside / "victim").stat().st_mode & 0o7777 == 0o644
 
 
 def test_passing_and_failing_programs():

@@ -170,6 +170,8 @@ def _hook_factory(root, marker, main_frame, done_line, os_calls, get_ident, trac
             if args[0] in denied_imports:
                 deny("import " + args[0])
         elif event in one_path:
+            if args and type(args[0]) is int:  # fchmod, fchown, ...: the fd may be a file outside
+                deny(event + " on a file descriptor")
             if args and not inside(args[0]):
                 deny(event + " on " + shown(args[0]))
         elif event in two_paths:
