@@ -288,6 +288,16 @@ def test_endless_output_is_bounded_by_the_file_size_limit():
     assert time.monotonic() - start < 6 and len(result.stdout) <= 2000
 
 
+def test_a_symlinked_temporary_directory_works(tmp_path, monkeypatch):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "link"))
+    program = "open('mine.txt', 'w').write('x')\nassert open('mine.txt').read() == 'x'\n"
+    for namespaces in (None, False):
+        result = run_sandboxed(program, namespaces=namespaces, allow_unsandboxed=True)
+        assert result.passed, result.stderr
+
+
 def test_no_network_and_memory_limit():
     net = run_sandboxed("import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=2)\n", timeout_s=5)
     assert net.status == "failed"

@@ -213,7 +213,7 @@ def _setup():
     import _thread
     import types  # (reads a tb_frame when first imported: before the hook)
 
-    root = sys.argv[1]
+    root = os.path.realpath(sys.argv[1])  # the hook compares resolved paths
     memory, cpu, fsize, nproc, done_line = (int(a) for a in sys.argv[2:7])
     mount = sys.argv[7] if len(sys.argv) > 7 else ""
     marker = b""
