@@ -313,3 +313,16 @@ def test_near_chance_rule():
     assert near_chance([True] * 13 + [False] * 11, 0.5)  # 54% on a 2-choice task
     assert not near_chance([True] * 20 + [False] * 4, 0.5)
     assert binomial_tail(2, 2, 0.5) == 0.25 and binomial_tail(0, 5, 0.3) == 1.0
+
+
+def test_release_benchmark_checks_the_pipelines_training_sources(monkeypatch, tmp_path):
+    from nexus.benchmark import runner
+    from nexus.pipeline.release import ReleaseConfig, _benchmark
+    from nexus.pipeline.runner import PipelineConfig
+
+    seen = {}
+    monkeypatch.setattr(runner, "run_benchmark", lambda cfg, **kw: seen.setdefault("cfg", cfg))
+    config = PipelineConfig(seed=5, distill={"data": ["builtin"]}, train={"data": ["x.jsonl", "builtin"]})
+    ctx = SimpleNamespace(config=config, results_dir=tmp_path, flags=None, printer=None)
+    _benchmark(ReleaseConfig(), tmp_path / "model", ctx)
+    assert seen["cfg"].training_data == ["builtin", "x.jsonl"] and seen["cfg"].training_seed == 5
