@@ -132,6 +132,15 @@ def cases(outside: Path) -> dict[str, tuple[str, str]]:
             "import traceback\ntry:\n    1 / 0\nexcept ZeroDivisionError:\n    traceback.print_exc()\n",
             "passed",
         ),
+        "guard_via_crafted_bytecode": (
+            "def f():\n    return 1\nf.__code__ = f.__code__.replace(co_code=bytes(len(f.__code__.co_code)))\n",
+            "failed",
+        ),
+        "guard_via_marshal": (
+            "import marshal\nmarshal.loads(marshal.dumps(compile('1', 'x', 'eval')))\n",
+            "failed",
+        ),
+        "marker_from_memory": ("open('/proc/self/mem', 'rb')\n", "failed"),
         "guard_via_symlink": (
             f"import os\nos.symlink({target!r}, 'link')\nopen('link', 'w').write('x')\n",
             "failed",

@@ -21,9 +21,10 @@ namespace), not from the filter.
 Defence in depth, the guard: an audit hook (PEP 578, cannot be removed once installed) refuses
 writes, deletes and renames outside the working directory, opening a directory outside it and
 ``chdir`` (so ``dir_fd=`` cannot reach outside), process creation, signals, sockets, ctypes,
-symlinks, and the introspection that would reach the hook's own state (``gc.get_objects`` /
-``get_referrers``, the hook's frames on the tracebacks of the errors it raises, tracing,
-``signal`` handlers). The program runs in a fresh ``__main__`` module, the hook keeps its own
+symlinks, crafted bytecode (``code.replace``, ``marshal.loads`` of anything but the ``.pyc`` the
+import system just read outside the working directory), ``/proc/self/mem``, and the
+introspection that would reach the hook's own state (``gc.get_objects`` / ``get_referrers``, the
+hook's frames on the tracebacks of the errors it raises, tracing, ``signal`` handlers). The program runs in a fresh ``__main__`` module, the hook keeps its own
 copy of the builtins and of the functions it calls, and never runs the program's code (no
 ``__fspath__``, ``__hash__`` or ``__eq__`` of its objects), so nothing the program can reach
 (``__main__``, ``sys.modules``, ``builtins``, ``os.path``) changes what the hook does.
@@ -67,7 +68,7 @@ import sys
 def _hook_factory(root, marker, main_frame, done_line, os_calls, get_ident, traceback_type):
     # Built with private globals and builtins (see _setup): nothing here looks anything up in a
     # namespace the program can change.
-    write, getcwd, readlink, stat, is_dir = os_calls
+    write, getcwd, readlink, stat, is_dir, read_file = os_calls
     o_write = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000  # O_WRONLY | O_RDWR | O_CREAT | O_TRUNC | O_APPEND
     denied_imports = frozenset({
         "_posixsubprocess", "_ctypes", "ctypes", "_socket", "socket", "multiprocessing",
@@ -81,31 +82,33 @@ def _hook_factory(root, marker, main_frame, done_line, os_calls, get_ident, trac
         "os.killpg", "os.startfile", "os.symlink", "os.chdir", "subprocess.", "socket.", "ctypes.", "pty.",
         "signal.", "resource.setrlimit", "resource.prlimit", "sys.addaudithook",
         "sys._current_frames", "sys.settrace", "sys.setprofile", "gc.get_objects",
-        "gc.get_referrers", "gc.get_referents", "nexus.",
+        "gc.get_referrers", "gc.get_referents", "code.__new__", "marshal.load", "nexus.",
     )
     one_path = {"os.remove": 0, "os.rmdir": 0, "os.mkdir": 0, "os.chmod": 0, "os.chown": 0,
                 "os.utime": 0, "os.truncate": 0, "os.setxattr": 0, "os.removexattr": 0,
                 "os.chflags": 0, "os.lchflags": 0, "shutil.rmtree": 0}
     two_paths = frozenset({"os.rename", "os.link"})
     released = []
-    busy = set()  # threads in the tb_frame check below, which reads audited attributes itself
+    busy = set()  # threads in the checks below that read audited attributes or files themselves
+    last_pyc = {}  # thread -> the .pyc outside the working directory it opened last
 
     def deny(what):
         raise PermissionError("sandbox: " + what + " is not allowed")
 
     def resolve(path):
-        """The absolute path with symlinks resolved (like os.path.realpath), or None when it goes
-        through a /proc magic link (whose target can change under us)."""
+        """(the absolute path with symlinks resolved, like os.path.realpath; whether it went
+        through a /proc magic link such as /proc/self/fd/3, whose target can change under us)."""
         if type(path) is bytes:
             path = path.decode("utf-8", "surrogateescape")
         elif type(path) is not str:
-            return None
+            return None, True
         if not path.startswith("/"):
             path = getcwd() + "/" + path
         todo = path.split("/")
         todo.reverse()
         done = []
         hops = 0
+        magic = False
         while todo:
             part = todo.pop()
             if part == "" or part == ".":
@@ -121,14 +124,16 @@ def _hook_factory(root, marker, main_frame, done_line, os_calls, get_ident, trac
                 done.append(part)
                 continue
             hops += 1
-            if hops > 40 or here.startswith("/proc/"):
-                return None
+            if hops > 40:
+                return here, True
+            if here.startswith("/proc/") and here != "/proc/self" and here != "/proc/thread-self":
+                magic = True
             if target.startswith("/"):
                 done = []
             parts = target.split("/")
             parts.reverse()
             todo.extend(parts)
-        return "/" + "/".join(done)
+        return "/" + "/".join(done), magic
 
     def shown(path):
         return repr(path) if type(path) is str or type(path) is bytes else "a path that is not str or bytes"
@@ -136,8 +141,8 @@ def _hook_factory(root, marker, main_frame, done_line, os_calls, get_ident, trac
     def inside(path):
         if type(path) is int:  # a file descriptor: opened earlier, through this hook
             return True
-        full = resolve(path)
-        return full is not None and (full == root or full.startswith(root + "/"))
+        full, magic = resolve(path)
+        return not magic and (full == root or full.startswith(root + "/"))
 
     def hook(event, args):
         if busy and get_ident() in busy:
@@ -148,16 +153,18 @@ def _hook_factory(root, marker, main_frame, done_line, os_calls, get_ident, trac
                 return
             if type(path) is not str and type(path) is not bytes:
                 deny("open() with a path that is not str or bytes")
-            if inside(path) or resolve(path) == "/dev/null":
+            full, magic = resolve(path)
+            if (not magic and (full == root or full.startswith(root + "/"))) or full == "/dev/null":
                 return
+            if full.startswith("/proc/") and (full.endswith("/mem") or full == "/proc/kcore"):
+                deny("reading " + full)  # the hook's memory, the marker in it
+            if full.endswith(".pyc") and not magic:
+                last_pyc[get_ident()] = full  # what the import system may unmarshal next
             writing = (type(mode) is str and ("w" in mode or "a" in mode or "x" in mode or "+" in mode)) or (
                 type(flags) is int and flags & o_write
             )
             if writing:
                 deny("writing " + repr(path))
-            full = resolve(path)
-            if full is not None and full.startswith("/proc/") and full.endswith("/mem"):
-                deny("reading " + full)
             try:
                 st = stat(path)
             except (OSError, ValueError):
@@ -191,6 +198,23 @@ def _hook_factory(root, marker, main_frame, done_line, os_calls, get_ident, trac
                     busy.discard(me)
                 if code in guard_code:
                     deny("reading the frame of the sandbox's guard")
+        elif event == "marshal.loads":
+            # Code objects only from a .pyc the import system just read outside the working
+            # directory, byte for byte: crafted bytecode could read and write any memory.
+            me = get_ident()
+            pyc = last_pyc.pop(me, None)
+            data = args[0]
+            if pyc is None or (type(data) is not bytes and type(data) is not memoryview):
+                deny(event)
+            busy.add(me)
+            try:
+                same = read_file(pyc)[16:] == data
+            except (OSError, ValueError):
+                same = False
+            finally:
+                busy.discard(me)
+            if not same:
+                deny(event)
         elif event == "nexus.sandbox.done":
             # Only the launcher's line after the program's last statement releases the marker.
             if released or main_frame.f_lineno != done_line:
@@ -200,8 +224,21 @@ def _hook_factory(root, marker, main_frame, done_line, os_calls, get_ident, trac
         elif event.startswith(denied_prefixes):
             deny(event)
 
-    guard_code = frozenset(f.__code__ for f in (hook, deny, resolve, inside, shown))
+    guard_code = frozenset(f.__code__ for f in (hook, deny, resolve, inside, shown, read_file))
     return hook
+
+
+def _read_file(path, open_, read, close, rdonly):
+    fd = open_(path, rdonly)
+    try:
+        chunks = []
+        while True:
+            chunk = read(fd, 1 << 20)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        close(fd)
 
 
 def _setup():
@@ -241,7 +278,9 @@ def _setup():
     if done_line == 0:  # isolation_mode's probe: the kernel's confinement alone
         return
     _seccomp(forks=nproc > 1)
-    os_calls = (posix.write, posix.getcwd, posix.readlink, posix.stat, stat.S_ISDIR)
+    read_file = type(_setup)(_read_file.__code__, {"__builtins__": {}})
+    read_file.__defaults__ = (posix.open, posix.read, posix.close, posix.O_RDONLY)
+    os_calls = (posix.write, posix.getcwd, posix.readlink, posix.stat, stat.S_ISDIR, read_file)
     hook = factory(root, marker.strip(), sys._getframe(1), done_line, os_calls, _thread.get_ident, types.TracebackType)
     sys.modules.pop("_signal", None)  # loaded at start-up; a re-import goes through the hook
     sys.addaudithook(hook)
@@ -347,7 +386,7 @@ def _read_only(os, mount, root):
 
 
 _setup()
-del _setup, _hook_factory, _read_only, _seccomp
+del _setup, _hook_factory, _read_file, _read_only, _seccomp
 
 
 def _run():
