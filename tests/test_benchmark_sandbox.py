@@ -206,7 +206,7 @@ def _unprivileged() -> tuple[list[str], str] | None:
     setpriv = shutil.which("setpriv")
     if not setpriv:
         pytest.skip("running as root without setpriv: cannot switch to an unprivileged account")
-    prefix = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all", "--"]
+    prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"]
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)}
     # The sandbox starts sys.executable as that user, so it must be executable by that user (a
     # venv under /root is not): the first python that imports nexus as that user, via a shell.
@@ -214,7 +214,7 @@ def _unprivileged() -> tuple[list[str], str] | None:
         probe = [*prefix, "/bin/sh", "-c", 'exec "$0" -c "import nexus.benchmark.sandbox"', python]
         if subprocess.run(probe, env=env, capture_output=True, timeout=60).returncode == 0:
             return prefix, python
-    pytest.skip("no python that the 'nobody' account can run and import nexus with")
+    pytest.skip("no python that uid 65534 (nobody) can run and import nexus with")
 
 
 @pytest.mark.parametrize("mode", ["auto", "guard-only"])
