@@ -199,8 +199,8 @@ def test_every_case_as_this_user(outside, namespaces):
     assert (outside / "victim").stat().st_mode & 0o7777 == 0o644
 
 
-def _unprivileged() -> tuple[list[str], str] | None:
-    """(command prefix, python) that runs as an unprivileged account, or None with pytest.skip."""
+def _unprivileged() -> tuple[list[str], str]:
+    """(command prefix, python) that runs as an unprivileged account; pytest.skip where none can."""
     if os.geteuid() != 0:
         return [], sys.executable  # this account already is one
     setpriv = shutil.which("setpriv")
