@@ -183,6 +183,9 @@ def test_cli_writes_checks_and_refuses_to_overwrite(peaked_models, tmp_path, mon
     printed = capsys.readouterr().out
     assert f"wrote {out} (llama, q8_0," in printed and "check: top-1 agreement" in printed
     assert not list(tmp_path.glob(".student.gguf.*"))  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # a normal file, not a 0600 temporary
 
     assert main(["export", "gguf", str(peaked_models["llama"]), str(out)]) == 2
     err = capsys.readouterr().err

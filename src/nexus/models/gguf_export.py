@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -241,9 +242,8 @@ def export_gguf(
         cfg, "rope_theta", 10000.0
     )
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".part", dir=out_path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # A plain new file (not mkstemp's 0600), so the .gguf gets the umask's mode like any other.
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
     counts: dict[str, int] = {}
     try:
         writer = gguf.GGUFWriter(str(tmp), arch)
