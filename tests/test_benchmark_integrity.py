@@ -33,6 +33,12 @@ def test_acc_norm_divides_by_the_choice_length_without_the_delimiter(monkeypatch
     (record,) = score_batch(lm, Task(spec, [item]), [item], BenchmarkConfig())
     assert record["pred"] == 0  # raw log-likelihood: -2.0 > -3.9
     assert record["pred_norm"] == 1 and record["correct_norm"]
+    assert not record["correct"]  # scored by acc
+    # a task whose choices differ in length can be scored by acc_norm (builtin-chat is)
+    by_norm = dataclass_replace(spec, choice_metric="acc_norm")
+    (record,) = score_batch(lm, Task(by_norm, [item]), [item], BenchmarkConfig())
+    assert record["correct"]
+    assert {s.name: s for s in resolve_task_specs(["builtin"])}["builtin-chat"].choice_metric == "acc_norm"
 
 
 # -- generation decoding with a SentencePiece tokenizer ----------------------------------------

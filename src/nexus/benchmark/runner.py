@@ -235,7 +235,7 @@ def score_batch(
                     "logprobs": [round(x.logprob, 5) for x in mine],
                     "pred": pred,
                     "pred_norm": pred_norm,
-                    "correct": pred == it.label,
+                    "correct": (pred_norm if spec.choice_metric == "acc_norm" else pred) == it.label,
                     "correct_norm": pred_norm == it.label,
                     "latency_s": round(seconds, 4),
                 }

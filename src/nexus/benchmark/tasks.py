@@ -80,6 +80,13 @@ class TaskSpec:
         default="entry_point", metadata={"help": "row field naming the function to test"}
     )
     target_delimiter: str = field(default=" ", metadata={"help": "put between context and each choice"})
+    choice_metric: str = field(
+        default="acc",
+        metadata={
+            "help": "choice tasks: what decides an item's correctness, acc (log-likelihood) or "
+            "acc_norm (per character, for choices of different lengths)"
+        },
+    )
     answer_regex: list[str] = field(
         default_factory=list,
         metadata={"help": "regexes tried in order on the output; the last match's group 1 is the answer"},
@@ -123,6 +130,8 @@ class TaskSpec:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
         if self.format not in ("native", "fields"):
             raise ValueError(f"format must be native or fields, not {self.format!r}")
+        if self.choice_metric not in ("acc", "acc_norm"):
+            raise ValueError(f"choice_metric must be acc or acc_norm, not {self.choice_metric!r}")
         if self.split not in ("eval", "train", "all"):
             raise ValueError(f"split must be eval, train or all, not {self.split!r}")
         if self.metric not in ("exact", "rouge_l"):
@@ -139,7 +148,8 @@ class TaskSpec:
 
     @property
     def scoring(self) -> str:
-        return {"choice": "loglik", "code": "execution"}.get(self.kind, self.metric)
+        choice = "loglik" if self.choice_metric == "acc" else "loglik/char"
+        return {"choice": choice, "code": "execution"}.get(self.kind, self.metric)
 
 
 @dataclass
@@ -240,8 +250,15 @@ BUILTIN_PRESETS = {
         max_new_tokens=160,
         fewshot=MATH_FEWSHOT,
     ),
+    # Through the chat template (the answer is the assistant's turn, no delimiter), and scored by
+    # acc_norm: the two answers differ in length, which the raw sum of log-probabilities punishes.
     "builtin-chat": TaskSpec(
-        "builtin-chat", "choice", "builtin:chat", prompt="Question: {prompt}\nAnswer:", chat_template=False
+        "builtin-chat",
+        "choice",
+        "builtin:chat",
+        prompt="Question: {prompt}\nAnswer:",
+        target_delimiter="",
+        choice_metric="acc_norm",
     ),
 }
 HUB_PRESETS = {
