@@ -10,6 +10,7 @@ is hit once. After each kill the parent reads the result the way Nexus's readers
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -116,8 +117,6 @@ print("DONE")
 
 @pytest.mark.parametrize("fallback", [False, True], ids=["rename-exchange", "rename-aside"])
 def test_directory_replace_survives_sigkill_at_every_point(tmp_path, fallback):
-    import json
-
     parent = tmp_path / "out"
     final = parent / "model"
     script = DIR_WRITER.format(fallback=fallback, tree=json.dumps(NEW_TREE), final=str(final))
@@ -147,21 +146,34 @@ def test_directory_replace_survives_sigkill_at_every_point(tmp_path, fallback):
     assert sorted(p.name for p in parent.iterdir()) == ["model"]
 
 
-def test_reader_without_write_access_reads_the_old_copy(tmp_path):
+def test_reader_without_write_access_reads_the_old_copy():
     """Killed between the two renames of the fallback: a reader that cannot move the old copy
-    back (no write permission) still gets a complete directory."""
-    final = tmp_path / "model"
-    aside = tmp_path / ".model.old"
-    aside.mkdir()
-    _plant(aside, OLD_TREE)
-    os.chmod(tmp_path, 0o555)
+    back (no write permission: as root, the reader runs as `nobody`) still gets a complete
+    directory; one with write access moves it back."""
+    base = Path(tempfile.mkdtemp(prefix="nexus-readonly-"))  # pytest's tmp_path is private to root
     try:
-        if os.access(tmp_path, os.W_OK):  # root ignores the mode
-            pytest.skip("cannot drop write access as this user")
-        assert _tree(recover_dir(final)) == OLD_TREE
+        final, aside = base / "model", base / ".model.old"
+        aside.mkdir()
+        _plant(aside, OLD_TREE)
+        os.chmod(base, 0o555)
+        reader = (
+            f"import json; from nexus.utils import recover_dir; found = recover_dir({str(final)!r}); "
+            "print(json.dumps({str(p.relative_to(found)): p.read_text() for p in found.rglob('*') if p.is_file()}))"
+        )
+        command = [sys.executable, "-c", reader]
+        if os.geteuid() == 0:
+            if not shutil.which("setpriv"):
+                pytest.skip("needs setpriv to read as another user")
+            command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=base)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert json.loads(proc.stdout) == OLD_TREE and not final.exists()
+        os.chmod(base, 0o755)
+        assert recover_dir(final) == final and _tree(final) == OLD_TREE  # with write access: moved back
+        assert not aside.exists()
     finally:
-        os.chmod(tmp_path, 0o755)
-    assert recover_dir(final) == final and _tree(final) == OLD_TREE  # with write access: moved back
+        os.chmod(base, 0o755)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- knowledge index
@@ -318,6 +330,7 @@ def test_artifacts_get_the_umask_permissions(tmp_path, umask, tiny_llama_dir, ti
 def test_another_user_reads_a_release_and_reuses_the_conversion_cache(tiny_llama_dir, tiny_tokenizer):
     """Written by root under umask 022; read by `nobody` (no shared group): the release's model,
     manifest and index, and the GGUF conversion in a cache shared through NEXUS_CACHE_DIR."""
+    import torch
     from test_gguf import write_llama_gguf
     from transformers import AutoModelForCausalLM
 
@@ -326,10 +339,13 @@ def test_another_user_reads_a_release_and_reuses_the_conversion_cache(tiny_llama
         os.chmod(base, 0o755)
         out = base / "out"
         out.mkdir(mode=0o755)
-        gguf = write_llama_gguf(
-            AutoModelForCausalLM.from_pretrained(tiny_llama_dir), tiny_tokenizer, base / "t.gguf"
-        )
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+        gguf = write_llama_gguf(model, tiny_tokenizer, base / "t.gguf")
+        with torch.no_grad():
+            model.model.norm.weight.mul_(2.0)
+        other = write_llama_gguf(model, tiny_tokenizer, base / "other.gguf")  # not in the cache
         os.chmod(gguf, 0o644)
+        os.chmod(other, 0o644)
         cache = {"NEXUS_CACHE_DIR": str(out / "cache")}
         _write_as(0o022, out, str(gguf), env=cache)
         reader = textwrap.dedent(
@@ -347,6 +363,11 @@ def test_another_user_reads_a_release_and_reuses_the_conversion_cache(tiny_llama
             resolved = resolve_model({str(gguf)!r})
             with safe_open(Path(resolved.path) / "model.safetensors", "pt") as f:
                 print("cache", resolved.path.startswith(str(out / "cache")), len(list(f.keys())))
+            from nexus.errors import NexusError
+            try:
+                resolve_model({str(other)!r})
+            except NexusError as exc:
+                print("refused", "Permission denied" in str(exc) and "NEXUS_CACHE_DIR" in str(exc))
             """
         )
         proc = subprocess.run(
@@ -361,5 +382,6 @@ def test_another_user_reads_a_release_and_reuses_the_conversion_cache(tiny_llama
         lines = proc.stdout.splitlines()
         assert lines[0].split()[0] != "0" and lines[0].endswith("b'w2'"), lines
         assert lines[1].startswith("cache True"), lines
+        assert lines[2] == "refused True", lines  # a conversion it cannot store: one clear error
     finally:
         shutil.rmtree(base, ignore_errors=True)

@@ -216,6 +216,8 @@ def recover_dir(final: str | Path, *, clean: bool = False) -> Path:
     directory to read: ``final``, or its complete old copy when that cannot be moved back (a
     reader without write permission). ``clean=True`` also removes abandoned temp dirs."""
     final = Path(final)
+    if final.name in ("", ".", ".."):  # "." or "/": nothing is ever written in its place
+        return final
     aside = aside_path(final)
     if aside.is_dir():
         with dir_lock(final.parent):
