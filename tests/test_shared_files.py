@@ -385,3 +385,26 @@ def test_another_user_reads_a_release_and_reuses_the_conversion_cache(tiny_llama
         assert lines[2] == "refused True", lines  # a conversion it cannot store: one clear error
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_apply_umask_opens_a_private_tree(tmp_path):
+    """What the release does before it is moved into place: a student copied from a transformers-5
+    save is 0600; an executable stays executable, symbolic links are left alone."""
+    from nexus.utils import apply_umask, current_umask
+
+    (tmp_path / "sub").mkdir(mode=0o700)
+    (tmp_path / "sub" / "model.safetensors").write_bytes(b"w")
+    os.chmod(tmp_path / "sub" / "model.safetensors", 0o600)
+    (tmp_path / "run.sh").write_text("#!/bin/sh\n")
+    os.chmod(tmp_path / "run.sh", 0o700)
+    (tmp_path / "link").symlink_to("/etc/hostname")
+    before = os.umask(0o027)
+    try:
+        assert current_umask() == 0o027
+        apply_umask(tmp_path)
+    finally:
+        os.umask(before)
+    assert _modes(tmp_path)["sub"] == 0o750
+    assert _modes(tmp_path)["sub/model.safetensors"] == 0o640
+    assert _modes(tmp_path)["run.sh"] == 0o750
+    assert (tmp_path / "link").is_symlink()

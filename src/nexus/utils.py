@@ -53,7 +53,7 @@ def make_temp_dir(parent: str | Path, prefix: str) -> Path:
 
 
 def apply_umask(root: str | Path) -> None:
-    """Give everything under ``root`` the umask's mode (execute bits kept where the umask allows):
+    """Give everything under ``root`` the umask's mode (an executable file stays executable):
     some writers create files 0600 (transformers 5's ``save_pretrained`` writes
     ``model.safetensors`` through a private temp file), which would make an artifact unreadable
     to the rest of a team."""
@@ -65,7 +65,7 @@ def apply_umask(root: str | Path) -> None:
             if stat.S_ISDIR(st.st_mode):
                 os.chmod(path, 0o777 & ~umask)
             elif stat.S_ISREG(st.st_mode):
-                os.chmod(path, (0o666 | (st.st_mode & 0o111)) & ~umask)
+                os.chmod(path, (0o777 if st.st_mode & 0o111 else 0o666) & ~umask)
 
 
 # ---------------------------------------------------------------------------- files
