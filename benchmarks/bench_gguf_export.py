@@ -9,12 +9,17 @@ the model as saved, on held-out text: the first `--rows` PIQA validation goals w
 solution (`../shared/data/piqa/valid.jsonl`, evaluation data no Nexus phase trains on). It prints
 the top-1 agreement (share of positions whose argmax is the same), the mean and max
 KL(model || export) in nats per position, the file size and the export time.
+
+With `--llama-cpp PYTHON` (an interpreter that has llama-cpp-python) it also runs each file in
+llama.cpp on the same token ids and compares llama.cpp's logits with the model's the same way
+(row `llama.cpp`): that covers llama.cpp's own kernels, e.g. its 8-bit activations for q8_0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -34,11 +39,48 @@ def held_out_texts(rows: int) -> list[str]:
     return texts
 
 
+_LLAMA_CPP_LOGITS = """
+import json, sys
+import numpy as np
+from llama_cpp import Llama
+rows = json.loads(open(sys.argv[2]).read())
+llm = Llama(model_path=sys.argv[1], n_ctx=max(len(r) for r in rows) + 8, logits_all=True, n_threads=2,
+            verbose=False)
+out = {}
+for i, ids in enumerate(rows):
+    llm.reset()
+    llm.eval(ids)
+    out[str(i)] = np.array(llm.scores[: len(ids)], dtype=np.float32)
+np.savez(sys.argv[3], **out)
+"""
+
+
+def llama_cpp_logits(python: str, path: Path, rows: list[list[int]], tmp: Path) -> list:
+    """llama.cpp's logits for each row of token ids, from a subprocess running ``python``."""
+    import numpy as np
+    import torch
+
+    ids_file, out_file = tmp / "ids.json", tmp / "llama_cpp_logits.npz"
+    ids_file.write_text(json.dumps(rows))
+    run = subprocess.run(
+        [python, "-c", _LLAMA_CPP_LOGITS, str(path), str(ids_file), str(out_file)],
+        capture_output=True,
+        text=True,
+    )
+    if run.returncode != 0:
+        raise SystemExit(f"llama.cpp failed on {path}:\n{run.stderr[-2000:]}")
+    with np.load(out_file) as data:
+        return [torch.from_numpy(data[str(i)]) for i in range(len(rows))]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", help="model spec (repeatable); default: 'default'")
     p.add_argument("--types", default="f32,f16,bf16,q8_0", help="comma-separated GGUF types")
     p.add_argument("--rows", type=int, default=40, help="held-out PIQA rows to score")
+    p.add_argument(
+        "--llama-cpp", metavar="PYTHON", help="also compare llama.cpp's logits (this python has it)"
+    )
     p.add_argument("--keep", help="directory to keep the exported files in (default: a temporary one)")
     p.add_argument("--json", help="write the results here too")
     args = p.parse_args()
@@ -46,7 +88,7 @@ def main() -> int:
     import torch
 
     from nexus.models import convert_gguf, load_model, load_tokenizer
-    from nexus.models.gguf_export import export_gguf, next_token_agreement
+    from nexus.models.gguf_export import export_gguf, logits_agreement, next_token_agreement
 
     torch.set_grad_enabled(False)
     texts = held_out_texts(args.rows)
@@ -84,6 +126,19 @@ def main() -> int:
                     flush=True,
                 )
                 del candidate
+                if args.llama_cpp:
+                    rows = [tokenizer(t)["input_ids"] for t in texts]
+                    theirs = llama_cpp_logits(args.llama_cpp, path, rows, Path(tmp))
+                    ours = [reference(torch.tensor([r])).logits[0] for r in rows]
+                    lc = logits_agreement(zip(ours, theirs, strict=True))
+                    row.update(
+                        llama_cpp_top1=lc.top1, llama_cpp_mean_kl=lc.mean_kl, llama_cpp_max_kl=lc.max_kl
+                    )
+                    print(
+                        f"{label:<24} {kind:<5} llama.cpp{'':>23}top-1 {lc.top1:7.2%}  mean KL "
+                        f"{lc.mean_kl:.2e}  max KL {lc.max_kl:.2e}",
+                        flush=True,
+                    )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

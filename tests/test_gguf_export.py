@@ -22,6 +22,7 @@ from nexus.models.gguf_export import (
     _pre_tokenizer_name,
     check_export,
     export_gguf,
+    logits_agreement,
     next_token_agreement,
 )
 
@@ -172,6 +173,26 @@ def test_agreement_of_a_model_with_itself_is_perfect(peaked_models):
     model, resolved = load_model(str(peaked_models["llama"]))
     agreement = next_token_agreement(model, model, load_tokenizer(resolved), TEXTS)
     assert agreement.top1 == 1.0 and agreement.mean_kl == pytest.approx(0.0, abs=1e-7)
+
+
+def test_logits_agreement_against_a_naive_reference():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ref, got = rng.normal(size=(2, 7, 11)) * 3
+    got[:3] = ref[:3]  # three identical positions, the other four differ
+    p, q = (np.exp(x) / np.exp(x).sum(-1, keepdims=True) for x in (ref, got))
+    kl = (p * np.log(p / q)).sum(-1)
+    agreement = logits_agreement(
+        [(torch.tensor(ref[:4]), torch.tensor(got[:4])), (torch.tensor(ref[4:]), torch.tensor(got[4:]))]
+    )
+    assert agreement.positions == 7
+    assert agreement.top1 == pytest.approx((ref.argmax(-1) == got.argmax(-1)).mean())
+    assert agreement.mean_kl == pytest.approx(kl.mean(), rel=1e-4) and agreement.max_kl == pytest.approx(
+        kl.max(), rel=1e-4
+    )
+    with pytest.raises(NexusError, match="no tokens"):
+        logits_agreement([])
 
 
 def test_cli_writes_checks_and_refuses_to_overwrite(peaked_models, tmp_path, monkeypatch, capsys):

@@ -333,19 +333,18 @@ class Agreement:
     max_kl: float
 
 
-def next_token_agreement(reference, candidate, tokenizer, texts, max_tokens: int = 256) -> Agreement:
-    """Compare two causal LMs' next-token distributions on ``texts``; pure measurement."""
+def logits_agreement(pairs) -> Agreement:
+    """Top-1 agreement and KL(reference || candidate) over ``(reference, candidate)`` logits pairs,
+    each a ``(positions, vocab)`` tensor; pure measurement."""
     import torch
 
     agree, kls = 0, []
-    with torch.no_grad():
-        for text in texts:
-            ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :max_tokens]
-            ref = torch.log_softmax(reference(ids).logits[0].float(), -1)
-            got = torch.log_softmax(candidate(ids).logits[0].float(), -1)
-            agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
-            kls.append((ref.exp() * (ref - got)).sum(-1))
-    kl = torch.cat(kls)
+    for ref_logits, got_logits in pairs:
+        ref = torch.log_softmax(ref_logits.float(), -1)
+        got = torch.log_softmax(got_logits.float(), -1)
+        agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
+        kls.append((ref.exp() * (ref - got)).sum(-1))
+    kl = torch.cat(kls) if kls else torch.empty(0)
     positions = kl.numel()
     if positions == 0:
         raise NexusError("no tokens to compare: the check texts are empty")
@@ -353,6 +352,19 @@ def next_token_agreement(reference, candidate, tokenizer, texts, max_tokens: int
     return Agreement(
         positions, agree / positions, mean_kl if math.isfinite(mean_kl) else math.inf, float(kl.max())
     )
+
+
+def next_token_agreement(reference, candidate, tokenizer, texts, max_tokens: int = 256) -> Agreement:
+    """Compare two causal LMs' next-token distributions on ``texts``."""
+    import torch
+
+    def pairs():  # one text's logits at a time
+        with torch.no_grad():
+            for text in texts:
+                ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :max_tokens]
+                yield reference(ids).logits[0], candidate(ids).logits[0]
+
+    return logits_agreement(pairs())
 
 
 def check_export(model_dir: str | Path, gguf_path: str | Path, texts=CHECK_TEXTS) -> Agreement:
