@@ -1,28 +1,42 @@
-"""Does a model answer questions about Nexus from its retrieved docs? (the release's RAG chat)
+"""Does a model answer from the documents its chat retrieves, and decline when they lack the answer?
 
-    .venv/bin/python benchmarks/bench_grounding.py --model nexus-release-v1 [--model default ...]
+    .venv/bin/python benchmarks/bench_grounding.py --model nexus-release-v1 --model default
+    .venv/bin/python benchmarks/bench_grounding.py --set dev --model default --layout all   # layouts
 
-Each model answers ten how-to questions about Nexus, whose answers are in `docs/` and the
-README, through the chat's own path: retrieval from the knowledge index (the model's own for a
-release, else `--knowledge DIR`, else an index of `docs/` + `README.md` built into a temporary
-directory), the RAG prompt, greedy decoding with the chat's default repetition penalty. An answer
-is *grounded* when it contains one of the question's key facts (a command, flag or file named in
-the docs). It also counts *retrieved*: the context held a key fact, so that retrieval misses are
-not blamed on the model. The questions are not training data: the recovery phase's grounded rows
-come from the Python standard library's docstrings (`nexus.data.grounded`).
+Sets (``--set``, default ``heldout``; the documents and questions are in
+``benchmarks/grounding_sets.py``): ``heldout`` is three made-up domains that no training row and
+no tuning decision touched (villages, libraries, shops: 30 answerable who / when / how-many /
+what / how-to questions and 18 whose answer the documents leave out); ``dev`` is profiles of the
+training generator's kinds under another seed (the set the context layout was chosen on);
+``nexus-docs`` is ten how-to questions about Nexus answered by ``docs/`` and the README (the
+model's own index for a release, else an index of them).
+
+Each question is its own conversation through the chat's own path (``ChatSession``): retrieval
+from an index of the set's documents built with ``nexus index build``'s defaults, the chosen
+context layout, greedy decoding with the chat's default repetition penalty. An answerable question
+is *right* when the answer contains one of its key strings (the name, year, number, thing or
+command) and does not decline; an *absent* one is right when the answer declines
+(``nexus.data.grounded.is_abstention``). *Context had it* counts answerable questions whose key
+was in the retrieved chunks, so retrieval misses are not blamed on the model.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from grounding_sets import TYPES, EvalSet, Question, dev_set, heldout_set  # noqa: E402
 
 # (question, key facts: an answer that names any of them is grounded)
-QUESTIONS = [
+NEXUS_QUESTIONS = [
     ("How do I pause training?", ["pause.flag", "nexus pause"]),
     ("How do I resume a paused run?", ["nexus resume", "rm flags/pause.flag"]),
     ("How do I stop the pipeline cleanly?", ["stop.flag", "nexus stop", "ctrl-c"]),
@@ -36,66 +50,173 @@ QUESTIONS = [
 ]
 
 
-def has_key(text: str, keys: list[str]) -> bool:
-    return any(key.lower() in text.lower() for key in keys)
+def nexus_docs_set() -> EvalSet:
+    questions = [Question("nexus", "how-to", q, tuple(keys)) for q, keys in NEXUS_QUESTIONS]
+    return EvalSet("nexus-docs", [], questions)
 
 
-def evaluate(spec: str, knowledge: str | None, max_new_tokens: int, show: bool) -> dict:
-    from nexus.inference.loading import knowledge_dir_for, load_chat_model
+def has_key(text: str, keys) -> bool:
+    """Whether ``text`` names one of ``keys`` (numbers as whole numbers: "53" is not in "1953")."""
+    low = " ".join(text.lower().split())
+    for key in keys:
+        key = " ".join(key.lower().split())
+        if key.isdigit():
+            if re.search(rf"(?<![\d.]){key}(?!\d)", low.replace(",", "")):
+                return True
+        elif key in low:
+            return True
+    return False
+
+
+def score(question: Question, answer: str) -> bool:
+    from nexus.data.grounded import is_abstention
+
+    if question.qtype == "absent":
+        return is_abstention(answer)
+    return has_key(answer, question.answers) and not is_abstention(answer)
+
+
+def build_set_index(eval_set: EvalSet, where: Path) -> Path:
+    from nexus.knowledge.index import IndexConfig, build_index
+
+    docs = where / "docs"
+    docs.mkdir(parents=True)
+    for name, text in eval_set.documents:
+        (docs / name).write_text(text, encoding="utf-8")
+    sources = [docs] if eval_set.documents else [ROOT / "docs", ROOT / "README.md"]
+    build_index(sources, where / "index", IndexConfig())
+    return where / "index"
+
+
+def evaluate(
+    model, tokenizer, tower, eval_set: EvalSet, layout: str, k: int, max_new_tokens: int, show: bool
+):
+    from nexus.data.grounded import is_abstention
     from nexus.inference.session import ChatOptions, ChatSession
-    from nexus.knowledge.tower import KnowledgeTower
 
-    model, tokenizer, resolved = load_chat_model(spec, dtype="float32", device="cpu")
-    index = knowledge or knowledge_dir_for(resolved)
-    tower = KnowledgeTower.load(index)
-    grounded = retrieved = 0
-    tokens, seconds = 0, 0.0
-    for question, keys in QUESTIONS:
-        session = ChatSession(
-            model, tokenizer, tower=tower, options=ChatOptions(max_new_tokens=max_new_tokens)
-        )
-        result = session.respond(question)
-        ok, ctx = has_key(result.text, keys), any(has_key(c.text, keys) for c in result.retrieved)
-        grounded += ok
-        retrieved += ctx
-        tokens += result.new_tokens
-        seconds += result.seconds
+    records = []
+    for q in eval_set.questions:
+        options = ChatOptions(max_new_tokens=max_new_tokens, k=k, layout=layout)
+        result = ChatSession(model, tokenizer, tower=tower, options=options).respond(q.text)
+        in_context = q.qtype != "absent" and any(has_key(c.text, q.answers) for c in result.retrieved)
+        record = {
+            "domain": q.domain,
+            "type": q.qtype,
+            "question": q.text,
+            "answer": result.text,
+            "right": score(q, result.text),
+            "declined": is_abstention(result.text),
+            "in_context": in_context,
+            "tokens": result.new_tokens,
+            "seconds": result.seconds,
+        }
+        records.append(record)
         if show:
-            mark = "grounded" if ok else ("missed" if ctx else "not retrieved")
-            print(f"  [{mark}] {question}\n    {' '.join(result.text.split())[:300]}")
-    return {"grounded": grounded, "retrieved": retrieved, "tok_s": tokens / max(seconds, 1e-9)}
+            mark = (
+                "right"
+                if record["right"]
+                else ("wrong" if in_context or q.qtype == "absent" else "not retrieved")
+            )
+            print(f"  [{mark}] ({q.qtype}) {q.text}\n    {' '.join(result.text.split())[:200]}", flush=True)
+    return records
+
+
+def summarize(records: list[dict]) -> dict:
+    answerable = [r for r in records if r["type"] != "absent"]
+    absent = [r for r in records if r["type"] == "absent"]
+
+    def share(rows, key):
+        return sum(r[key] for r in rows) / len(rows) if rows else float("nan")
+
+    per_type = {t: share([r for r in answerable if r["type"] == t], "right") for t in TYPES}
+    return {
+        "answerable": share(answerable, "right"),
+        "per_type": per_type,
+        "n_answerable": len(answerable),
+        "declined_absent": share(absent, "declined"),
+        "n_absent": len(absent),
+        "declined_answerable": share(answerable, "declined"),
+        "in_context": share(answerable, "in_context"),
+        "tok_s": sum(r["tokens"] for r in records) / max(sum(r["seconds"] for r in records), 1e-9),
+    }
+
+
+def table(rows: list[tuple[str, str, int, dict]]) -> str:
+    def pct(x):
+        return "-" if x != x else f"{100 * x:.0f}%"
+
+    head = (
+        "| model | layout | k | answerable right | "
+        + " | ".join(TYPES)
+        + " | declined: absent | declined: answerable | context had it |"
+    )
+    lines = [head, "| --- | --- | ---: |" + " ---: |" * (len(TYPES) + 4)]
+    for spec, layout, k, s in rows:
+        cells = [pct(s["per_type"][t]) for t in TYPES]
+        lines.append(
+            f"| {spec} | {layout} | {k} | {pct(s['answerable'])} (n={s['n_answerable']}) | "
+            + " | ".join(cells)
+            + f" | {pct(s['declined_absent'])} (n={s['n_absent']}) | {pct(s['declined_answerable'])} | {pct(s['in_context'])} |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
+    from nexus.knowledge.tower import DEFAULT_LAYOUT, LAYOUTS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", required=True, help="model spec (repeatable)")
+    parser.add_argument("--set", default="heldout", choices=["heldout", "dev", "nexus-docs"])
+    parser.add_argument("--layout", action="append", help=f"context layout (repeatable, or 'all'): {', '.join(LAYOUTS)}; default {DEFAULT_LAYOUT.name}")  # fmt: skip
+    parser.add_argument("--k", type=int, action="append", help="chunks to retrieve (repeatable; default 4)")
     parser.add_argument(
-        "--knowledge", help="knowledge index directory (default: the model's own, else docs/)"
+        "--knowledge", help="nexus-docs: knowledge index directory (default: the model's own, else docs/)"
     )
-    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--limit", type=int, help="only the first N questions (a quick look)")
+    parser.add_argument("--json", help="write every answer and the summaries here")
     parser.add_argument("--quiet", action="store_true", help="only the summary table")
     args = parser.parse_args()
+    layouts = list(LAYOUTS) if args.layout == ["all"] else (args.layout or [DEFAULT_LAYOUT.name])
+    for name in layouts:
+        if name not in LAYOUTS:
+            parser.error(f"unknown layout {name!r}: {', '.join(LAYOUTS)}")
+    ks = args.k or [4]
+    eval_set = {"heldout": heldout_set, "dev": dev_set, "nexus-docs": nexus_docs_set}[args.set]()
+    if args.limit:
+        eval_set = EvalSet(eval_set.name, eval_set.documents, eval_set.questions[: args.limit])
 
-    from nexus.knowledge.index import IndexConfig, build_index
+    from nexus.inference.loading import knowledge_dir_for, load_chat_model
+    from nexus.knowledge.tower import KnowledgeTower
 
+    rows, dump = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        fallback = None
-        rows = []
+        shared_index = None
         for spec in args.model:
-            knowledge = args.knowledge
-            if knowledge is None and not (Path(spec) / "knowledge_index.faiss").is_file():
-                if fallback is None:
-                    fallback = Path(tmp) / "index"
-                    build_index([ROOT / "docs", ROOT / "README.md"], fallback, IndexConfig())
-                knowledge = str(fallback)
-            print(f"{spec}:")
-            t0 = time.perf_counter()
-            result = evaluate(spec, knowledge, args.max_new_tokens, not args.quiet)
-            rows.append((spec, result, time.perf_counter() - t0))
-    n = len(QUESTIONS)
-    print("\n| model | grounded answers | context had the answer | tokens/s |\n| --- | ---: | ---: | ---: |")
-    for spec, r, _ in rows:
-        print(f"| {spec} | {r['grounded']}/{n} | {r['retrieved']}/{n} | {r['tok_s']:.1f} |")
+            model, tokenizer, resolved = load_chat_model(spec, dtype="float32", device="cpu")
+            index = args.knowledge if args.set == "nexus-docs" else None
+            if args.set == "nexus-docs" and index is None:
+                index = knowledge_dir_for(resolved)
+            if index is None:
+                if shared_index is None:
+                    shared_index = build_set_index(eval_set, Path(tmp))
+                index = shared_index
+            tower = KnowledgeTower.load(index)
+            for layout in layouts:
+                for k in ks:
+                    print(f"{spec} / {layout} / k={k} on {eval_set.name}:", flush=True)
+                    t0 = time.perf_counter()
+                    records = evaluate(
+                        model, tokenizer, tower, eval_set, layout, k, args.max_new_tokens, not args.quiet
+                    )
+                    summary = summarize(records)
+                    rows.append((spec, layout, k, summary))
+                    dump.append({"model": spec, "layout": layout, "k": k, "set": eval_set.name, "summary": summary,
+                                 "seconds": time.perf_counter() - t0, "records": records})  # fmt: skip
+    print()
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(dump, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

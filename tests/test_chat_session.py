@@ -199,3 +199,41 @@ def test_repetition_penalty_reaches_generation_and_is_validated(tiny):
     assert outs[1.0] != outs[5.0], "a strong penalty must change a greedy answer of a repetitive prompt"
     with pytest.raises(ValueError, match="repetition_penalty"):
         ChatOptions(repetition_penalty=0)
+
+
+def test_cite_appends_the_context_documents_and_chunk_numbers(tiny):
+    model, tok = tiny
+    tower = FakeTower("The capital of Veloria is Quendrath.")
+    tower.chunk = Retrieved(1, 0.9, tower.chunk.text, "docs/facts.md", 3, 7)
+    session = ChatSession(model, tok, tower=tower, options=ChatOptions(max_new_tokens=3))
+    plain = session.respond("What is the capital of Veloria?")
+    assert "[sources:" not in plain.text
+    assert session.command("/cite on") == "citations on"
+    pieces: list[str] = []
+    cited = session.respond("What is the capital of Veloria?", on_text=pieces.append)
+    assert cited.text.endswith("[sources: facts.md chunk 3]")
+    assert "".join(pieces).strip() == cited.text  # the streamed text carries it too
+    assert "[sources:" not in session.history[-1]["content"]  # the history keeps the answer alone
+    session.command("/rag off")
+    assert "[sources:" not in session.respond("Hello").text  # no context, nothing to cite
+    with pytest.raises(NexusError):
+        session.command("/cite maybe")
+
+
+def test_context_layout_is_chosen_by_name(tiny):
+    from nexus.knowledge.tower import DEFAULT_LAYOUT, LAYOUTS
+
+    model, tok = tiny
+    tower = FakeTower("The capital of Veloria is Quendrath.")
+    second = Retrieved(2, 0.5, "Veloria exports tin.", "trade.md", 1, 1)
+    tower.select_context = lambda prompt, **_: [tower.chunk, second]  # two chunks: order shows
+    texts = {}
+    for name, layout in LAYOUTS.items():
+        session = ChatSession(model, tok, tower=tower, options=ChatOptions(layout=name))
+        texts[name] = tok.decode(session.build_input("What is the capital of Veloria?")[0])
+        assert layout.question_prefix + "What is the capital of Veloria?" in texts[name]
+        assert "Quendrath" in texts[name]
+    assert len(set(texts.values())) == len(LAYOUTS)  # each layout is a different prompt
+    assert ChatOptions().layout == DEFAULT_LAYOUT.name
+    with pytest.raises(ValueError, match="layout"):
+        ChatOptions(layout="nope")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from nexus.data.corpus import load_source
 from nexus.data.grounded import api_qa_examples, grounded_qa_examples, guide_qa_examples, stdlib_entries
-from nexus.knowledge.tower import QUESTION_PREFIX
+from nexus.knowledge.tower import DEFAULT_LAYOUT, QUESTION_PREFIX
 
 MODULE = '''
 """A fictional module."""
@@ -69,7 +69,7 @@ def test_questions_come_from_docstrings_and_the_context_holds_the_answer(tmp_pat
     }
     for ex in examples:
         context = ex.prompt.rsplit(QUESTION_PREFIX, 1)[0]
-        assert context.startswith("[1] (source: frob.md)\n### `frob.")
+        assert DEFAULT_LAYOUT.chunk_header.format(i=1, source="frob.md") + "### `frob." in context
         named = ex.response.split("`")[1] if "`" in ex.response else "frob.Vault(passphrase)"
         assert named.split("(")[0] in context  # the entry that answers is always in the context
         assert ex.kind == "chat" and ex.domain == "chat"
@@ -98,7 +98,50 @@ def test_guide_answers_are_one_sentence_of_the_context_and_nexus_tasks_stay_out(
         assert nexus_word not in text  # questions about Nexus stay held out
 
 
-def test_mix_interleaves_guides_and_api_entries():
-    mixed = grounded_qa_examples(10, seed=0)
+def test_mix_interleaves_facts_with_guides_and_api_entries():
+    mixed = grounded_qa_examples(12, seed=0)
     kinds = [ex.source.split(":")[1] for ex in mixed]
-    assert kinds.count("rag-guide") == 5 and kinds[:2] == ["rag", "rag-guide"]
+    assert kinds[:4] == ["rag-fact", "rag", "rag-fact", "rag-guide"]
+    assert kinds.count("rag-fact") == 6 and kinds.count("rag-guide") == 3
+
+
+def test_fact_rows_answer_from_the_asked_profile_or_decline():
+    from nexus.data.grounded import ABSTAIN_ANSWER, fact_rows, is_abstention
+
+    rows = fact_rows(300, seed=5)
+    assert len(rows) == 300
+    declined = [row for row in rows if row.absent]
+    assert 0.1 < len(declined) / len(rows) < 0.3
+    assert {row.qtype for row in rows} == {"who", "when", "how-many", "what", "how-to"}
+    assert {row.qtype for row in declined} >= {"when", "how-many", "what", "how-to"}
+    questions = {row.example.prompt.rsplit(QUESTION_PREFIX, 1)[1] for row in rows}
+    openings = {q.split()[0] for q in questions}
+    assert {"Who", "When", "How", "What", "Which", "In", "Since"} <= openings  # several phrasings
+    assert len({row.example.response.split()[0] for row in rows}) > 20  # not one answer template
+    for row in rows:
+        context = row.example.prompt.rsplit(QUESTION_PREFIX, 1)[0]
+        if row.absent:
+            assert row.example.response == ABSTAIN_ANSWER
+            assert row.profile.text not in context or row.qtype not in row.profile.facts
+        else:
+            value = row.profile.facts[row.qtype]
+            assert row.profile.text in context and value in context
+            assert value.lower() in row.example.response.lower() and not is_abstention(row.example.response)
+            # the other profiles in the context are about other entities
+            assert context.count(row.profile.name.removeprefix("the ")) >= 1
+
+
+def test_abstention_is_recognised():
+    from nexus.data.grounded import ABSTAIN_ANSWER, is_abstention
+
+    assert is_abstention(ABSTAIN_ANSWER) and is_abstention("Sorry, I don\u2019t know.")
+    assert is_abstention("The documents do not mention its founder.")
+    assert not is_abstention("It was founded in 1931 by Rasa Grislow.")
+
+
+def test_the_mix_covers_facts_guides_and_the_api():
+    from collections import Counter
+
+    rows = grounded_qa_examples(40, seed=0)
+    kinds = Counter(ex.source.split(":")[1] for ex in rows)
+    assert kinds == {"rag-fact": 20, "rag-guide": 10, "rag": 10}

@@ -216,9 +216,9 @@ def test_teacher_cache_build_resumes_after_interruption(tiny_llama_dir, data_fil
 def test_disk_full_while_checkpointing_keeps_previous_checkpoint(
     tiny_llama_dir, data_file, tmp_path, monkeypatch
 ):
-    from nexus.trainer import checkpoint as ckpt
+    from nexus import utils
 
-    real_fsync = ckpt._fsync_tree
+    real_fsync = utils.fsync_tree
     calls = {"n": 0}
 
     def full_on_second_checkpoint(root):
@@ -227,13 +227,13 @@ def test_disk_full_while_checkpointing_keeps_previous_checkpoint(
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_fsync(root)
 
-    monkeypatch.setattr(ckpt, "_fsync_tree", full_on_second_checkpoint)
+    monkeypatch.setattr(utils, "fsync_tree", full_on_second_checkpoint)
     out = tmp_path / "d"
     cfg = _cfg(tiny_llama_dir, data_file, out, max_steps=4, save_every=2)
     with pytest.raises(NexusError, match="disk full; the previous checkpoint .*checkpoint-2 is intact"):
         run_distill(cfg, results_dir=tmp_path / "r")
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2"]  # no partial temp dir
-    monkeypatch.setattr(ckpt, "_fsync_tree", real_fsync)
+    monkeypatch.setattr(utils, "fsync_tree", real_fsync)
     summary = run_distill(cfg, results_dir=tmp_path / "r")
     assert summary["resumed_from_step"] == 2 and summary["status"] == "Completed"
 

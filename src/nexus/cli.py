@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "nexus.knowledge.cli",  # index
     "nexus.inference.cli",  # chat
     "nexus.models.cli",  # models
+    "nexus.models.export_cli",  # export
     "nexus.monitor.cli",  # status, pause, resume
 )
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 # Training code draws arithmetic problems with small seeds (0, 1, ...); the benchmark uses its
 # own seed so that its problems are not the training ones.
 MATH_SEED = 20260129
+# The worked examples shown before each builtin-math question come from a third seed.
+FEWSHOT_SEED = 20260130
 
 CODE_PROBLEMS: tuple[dict[str, str], ...] = (
     {

@@ -40,12 +40,23 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--lm-eval-tasks", help="comma-separated lm-evaluation-harness tasks to run on both models"
     )
+    parser.add_argument(
+        "--training-data",
+        help="comma-separated sources the student was trained on, for the 13-gram overlap check "
+        "(default: read from the student's nexus_manifest.json or phase config.yaml)",
+    )
     parser.add_argument("--config", help="YAML file with a 'benchmark' section")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
     )
     parser.add_argument(
         "--trust-remote-code", action="store_true", help="allow model code from the checkpoints"
+    )
+    parser.add_argument(
+        "--allow-unsandboxed-code",
+        action="store_true",
+        help="run code tasks even where the kernel gives no user/mount/network/PID namespaces to "
+        "confine them (generated code then runs with resource limits and the in-process guard only)",
     )
     parser.set_defaults(func=_run)
 
@@ -72,6 +83,10 @@ def _run(args: argparse.Namespace) -> int:
         if args.lm_eval_tasks
         else None,
         "trust_remote_code": True if args.trust_remote_code else None,
+        "allow_unsandboxed_code": True if args.allow_unsandboxed_code else None,
+        "training_data": [t.strip() for t in args.training_data.split(",") if t.strip()]
+        if args.training_data
+        else None,
     }
     overrides = deep_merge({k: v for k, v in flags.items() if v is not None}, parse_overrides(args.set))
     if args.all:

@@ -67,6 +67,7 @@ def console_summary(results: dict[str, Any]) -> str:
             f"{s['name']:<16} {s['items']:>5} {pct(s['teacher_accuracy']):>8} {pct(s['student_accuracy']):>8} "
             f"{signed_pct(s['gap']):>8} {ci:>19} {s['mcnemar_p']:>9.3g} {pct(s['agreement']):>6}"
         )
+    lines += integrity_lines(results)
     fid = results.get("fidelity") or {}
     if "kl_teacher_student" in fid:
         lines.append(
@@ -84,6 +85,45 @@ def console_summary(results: dict[str, Any]) -> str:
             f"p95 {m['latency_p95_s']:.3f}s, peak memory {m['peak_memory_mb']:.0f} MB"
         )
     return "\n".join(lines)
+
+
+def integrity_lines(results: dict[str, Any]) -> list[str]:
+    """What the figures are worth: tasks where the teacher is near chance, and each task's
+    overlap with the student's training data (13-gram) with the scores on clean items only."""
+    tasks = [t["summary"] for t in results["tasks"]]
+    lines = []
+    weak = [s for s in tasks if s.get("teacher_near_chance")]
+    if weak:
+        lines.append(
+            "\nTeacher near chance (these tasks cannot show what the student kept): "
+            + ", ".join(
+                f"{s['name']} (teacher {pct(s['teacher_accuracy'])}, chance {pct(s['chance'])})" for s in weak
+            )
+        )
+    dec = results.get("decontamination") or {}
+    if not dec:
+        return lines
+    if not dec.get("checked"):
+        lines.append(
+            f"\nTraining-data overlap ({dec.get('ngram', 13)}-gram): not checked: {dec.get('reason')}"
+        )
+        return lines
+    lines.append(
+        f"\nTraining-data overlap ({dec['ngram']}-gram, {len(dec['sources'])} sources from {dec['record']}):"
+    )
+    for s in tasks:
+        o = s.get("overlap")
+        if o is None:
+            continue
+        clean = (
+            f"clean items: teacher {pct(o['teacher_accuracy_clean'])}, student {pct(o['student_accuracy_clean'])}"
+            if o["clean_items"]
+            else "no clean items"
+        )
+        lines.append(f"  {s['name']}: {o['dirty_items']}/{s['items']} items in the training data; {clean}")
+    for source in dec.get("unchecked") or []:
+        lines.append(f"  not checked: {source}")
+    return lines
 
 
 def render_summary_table(summary_or_results: dict[str, Any]) -> str:
@@ -143,6 +183,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         )
     elif fid.get("skipped"):
         parts.append(f"Fidelity metrics skipped: {fid['skipped']}.\n")
+    checks = integrity_lines(results)
+    if checks:
+        parts.append("## Integrity checks\n")
+        parts.append("```text\n" + "\n".join(line.strip("\n") for line in checks) + "\n```\n")
     parts.append("| Model | Parameters | Tokens/s (generation) | Latency p50 | Latency p95 | Peak memory |")
     parts.append("| :--- | ---: | ---: | ---: | ---: | ---: |")
     for role in ("teacher", "student"):

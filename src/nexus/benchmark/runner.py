@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus.benchmark import scoring, stats
-from nexus.benchmark.sandbox import humaneval_program, isolation_mode, run_sandboxed
+from nexus.benchmark.sandbox import humaneval_program, isolation_mode, require_isolation, run_sandboxed
 from nexus.benchmark.tasks import Task, TaskItem, load_task, resolve_task_specs
 from nexus.errors import NexusError
 from nexus.trainer.evaluate import Fidelity, fidelity_metrics
@@ -66,6 +66,10 @@ class BenchmarkConfig:
     )
     code_timeout_s: float = field(default=10.0, metadata={"help": "wall-clock limit per code check"})
     code_memory_mb: int = field(default=1024, metadata={"help": "address-space limit per code check"})
+    allow_unsandboxed_code: bool = field(
+        default=False,
+        metadata={"help": "run code checks where the kernel gives no namespaces (limits + guard only)"},
+    )
     fidelity: bool = field(
         default=True, metadata={"help": "measure KL(teacher||student) and top-1 agreement"}
     )
@@ -75,6 +79,16 @@ class BenchmarkConfig:
     lm_eval_tasks: list[str] = field(
         default_factory=list,
         metadata={"help": "lm-evaluation-harness tasks to run on both models (extra lm-eval)"},
+    )
+    training_data: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "the student's training sources, for the 13-gram overlap check (default: read "
+            "from the student's nexus_manifest.json or its phase config.yaml)"
+        },
+    )
+    training_seed: int = field(
+        default=0, metadata={"help": "seed the built-in sources of training_data were generated with"}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model code from checkpoints"})
     phase: int = field(default=5, metadata={"help": "phase number shown in the status line"})
@@ -203,34 +217,35 @@ def score_batch(
     spec = task.spec
     start = time.perf_counter()
     if spec.kind == "choice":
-        requests = [(lm.format_prompt(it.prompt, spec.chat_template), c) for it in batch for c in it.choices]
+        requests = [
+            (lm.format_prompt(it.prompt, spec.chat_template, it.shots), c) for it in batch for c in it.choices
+        ]
         lls = scoring.loglikelihoods(lm, requests, max_batch_tokens=cfg.max_batch_tokens)
         seconds = time.perf_counter() - start
         records, k = [], 0
         for it in batch:
             mine = lls[k : k + len(it.choices)]
             k += len(it.choices)
-            pred, pred_norm = scoring.choice_predictions([x.logprob for x in mine], it.choices)
+            # acc_norm divides by each choice's own length, without the target delimiter (lm-eval).
+            texts = [c.removeprefix(spec.target_delimiter) for c in it.choices]
+            pred, pred_norm = scoring.choice_predictions([x.logprob for x in mine], texts)
             records.append(
                 {
                     "output": it.choices[pred].strip(),
                     "logprobs": [round(x.logprob, 5) for x in mine],
                     "pred": pred,
                     "pred_norm": pred_norm,
-                    "correct": pred == it.label,
+                    "correct": (pred_norm if spec.choice_metric == "acc_norm" else pred) == it.label,
                     "correct_norm": pred_norm == it.label,
                     "latency_s": round(seconds, 4),
                 }
             )
         return records
     max_new = cfg.max_new_tokens or spec.max_new_tokens
+    prompts = [lm.format_prompt(it.prompt, spec.chat_template, it.shots, it.response_prefix) for it in batch]
     gens = scoring.generate(
-        lm,
-        [it.prompt for it in batch],
-        max_new_tokens=max_new,
-        stop=spec.stop,
-        chat_template=spec.chat_template,
-    )
+        lm, prompts, max_new_tokens=max_new, stop=spec.stop, chat_template=False
+    )  # prompts already rendered
     records = []
     for it, gen in zip(batch, gens, strict=True):
         rec: dict[str, Any] = {
@@ -247,8 +262,16 @@ def score_batch(
             rec["score"] = round(scoring.rouge_l_f1(gen.text, it.reference or ""), 4)
             rec["correct"] = rec["score"] >= spec.pass_threshold
         else:
-            program = humaneval_program(it.prompt, gen.text, it.test, it.entry_point)
-            result = run_sandboxed(program, timeout_s=cfg.code_timeout_s, memory_mb=cfg.code_memory_mb)
+            # An answer opened with a code fence is inside it until the model closes it.
+            inside = it.response_prefix.count("```") % 2 == 1
+            head, body = scoring.code_parts(gen.text, it.code, it.entry_point, inside_fence=inside)
+            program = humaneval_program(head, body, it.test, it.entry_point)
+            result = run_sandboxed(
+                program,
+                timeout_s=cfg.code_timeout_s,
+                memory_mb=cfg.code_memory_mb,
+                allow_unsandboxed=cfg.allow_unsandboxed_code,
+            )
             rec.update(correct=result.passed, sandbox=result.status, sandbox_s=result.seconds)
             if not result.passed:
                 rec["error"] = (result.stderr.strip().splitlines() or [result.status])[-1][-300:]
@@ -280,7 +303,9 @@ def fidelity_texts(tasks: list[Task], n: int) -> list[str]:
             if it.choices:
                 texts.append(it.prompt + it.choices[it.label])
             elif it.reference:
-                texts.append(it.prompt + ("" if task.spec.kind == "code" else "\n") + it.reference)
+                texts.append(
+                    it.code + it.reference if task.spec.kind == "code" else f"{it.prompt}\n{it.reference}"
+                )
         per_task.append(texts)
     out: list[str] = []
     for k in range(max((len(t) for t in per_task), default=0)):
@@ -336,6 +361,28 @@ def paired_summary(teacher: list[bool], student: list[bool], cfg: BenchmarkConfi
         "only_teacher_right": mc["b"],
         "only_student_right": mc["c"],
         "agreement": stats.agreement_rate(teacher, student),
+    }
+
+
+def chance_level(task: Task) -> float:
+    """Accuracy of guessing: 1/choices averaged over items (choice tasks), else 0."""
+    if task.spec.kind != "choice":
+        return 0.0
+    return sum(1 / len(it.choices) for it in task.items) / len(task.items)
+
+
+def overlap_summary(dirty: list[bool], teacher: list[dict], student: list[dict]) -> dict[str, Any]:
+    """Items found in the training data, and both models' accuracy on the clean items only."""
+    clean = [k for k, d in enumerate(dirty) if not d]
+
+    def acc(records: list[dict]) -> float | None:
+        return sum(bool(records[k]["correct"]) for k in clean) / len(clean) if clean else None
+
+    return {
+        "dirty_items": len(dirty) - len(clean),
+        "clean_items": len(clean),
+        "teacher_accuracy_clean": acc(teacher),
+        "student_accuracy_clean": acc(student),
     }
 
 
@@ -397,6 +444,8 @@ def run_benchmark(
     for spec in (cfg.teacher, student_spec):
         resolve_model(spec)  # a missing model fails here, before any loading
     specs = resolve_task_specs(cfg.tasks, Path(cfg.data_dir) if cfg.data_dir else None)
+    if any(s.kind == "code" for s in specs):
+        require_isolation(cfg.allow_unsandboxed_code)  # no confinement: refused before any loading
     tasks = [load_task(s, limit=cfg.limit, seed=cfg.seed) for s in specs]
     steps_per_model = sum(
         len(_batches(t.items, cfg.loglik_items if t.spec.kind == "choice" else cfg.batch_size)) for t in tasks
@@ -485,19 +534,37 @@ def run_benchmark(
                 for role in ROLES
             }
 
+        from nexus.benchmark import decontam
+
+        overlap = decontam.overlap_report(
+            {t.name: [it.text for it in t.items] for t in done_tasks},
+            decontam.training_record(student_spec, cfg.training_data, cfg.training_seed),
+        )
         task_results = []
         for task in done_tasks:
             t_rec, s_rec = records[task.name]["teacher"], records[task.name]["student"]
             summary = paired_summary([r["correct"] for r in t_rec], [r["correct"] for r in s_rec], cfg)
             summary.update(
-                name=task.name, kind=task.spec.kind, scoring=task.spec.scoring, source=task.spec.source
+                name=task.name,
+                kind=task.spec.kind,
+                scoring=task.spec.scoring,
+                source=task.spec.source,
+                split=task.spec.split,
+                chance=chance_level(task),
             )
+            summary["teacher_near_chance"] = stats.near_chance(
+                [r["correct"] for r in t_rec], summary["chance"]
+            )
+            dirty = (overlap.get("dirty") or {}).get(task.name)
+            summary["overlap"] = None if dirty is None else overlap_summary(dirty, t_rec, s_rec)
             if task.spec.kind == "choice":
                 summary["teacher_accuracy_norm"] = sum(r["correct_norm"] for r in t_rec) / len(t_rec)
                 summary["student_accuracy_norm"] = sum(r["correct_norm"] for r in s_rec) / len(s_rec)
             items = []
-            for it, tr, sr in zip(task.items, t_rec, s_rec, strict=True):
+            for k, (it, tr, sr) in enumerate(zip(task.items, t_rec, s_rec, strict=True)):
                 items.append({**it.to_dict(), "teacher": _public(tr), "student": _public(sr)})
+                if dirty is not None:
+                    items[-1]["in_training_data"] = dirty[k]
             task_results.append({"summary": summary, "spec": to_dict(task.spec), "items": items})
 
         all_t = [r["correct"] for t in done_tasks for r in records[t.name]["teacher"]]
@@ -512,6 +579,7 @@ def run_benchmark(
                 for role in ROLES
             },
             "fidelity": fidelity,
+            "decontamination": {k: v for k, v in overlap.items() if k != "dirty"},
             "lm_eval": lm_eval_results,
             "sandbox_isolation": isolation_mode() if any(t.spec.kind == "code" for t in done_tasks) else None,
             "stopped": stopped,

@@ -6,9 +6,11 @@
   split as lm-evaluation-harness does (trailing context spaces move to the continuation; the
   continuation tokens are those of ``tok(context + continuation)`` after ``tok(context)``);
 * :func:`choice_predictions` -- ``acc`` (argmax log-likelihood) and ``acc_norm`` (argmax
-  log-likelihood divided by the choice's length in characters), as lm-evaluation-harness;
+  log-likelihood divided by the length in characters of the choice's own text, without the
+  delimiter put before it), as lm-evaluation-harness;
 * :func:`generate` -- greedy, left-padded batches, KV cache, EOS and stop strings, a
-  ``max_new_tokens`` cap; outputs are cut at the first stop string;
+  ``max_new_tokens`` cap; each output is decoded with its prompt and the prompt's text stripped
+  (:func:`decode_continuation`), then cut at the first stop string;
 * :func:`extract_answer` / :func:`answers_match` -- regex answer extraction and normalized exact
   match (numbers compare by value); :func:`rouge_l_f1` for free-form references.
 """
@@ -38,11 +40,26 @@ class LoadedModel:
     parameters: int
     described: str = ""
 
-    def format_prompt(self, prompt: str, chat_template: bool) -> str:
-        """The prompt as this model sees it: through its own chat template when asked and present."""
+    def format_prompt(
+        self,
+        prompt: str,
+        chat_template: bool,
+        shots: Sequence[Sequence[str]] = (),
+        response_prefix: str = "",
+    ) -> str:
+        """The prompt as this model sees it. With ``chat_template`` and a template present: the
+        few-shot ``(question, answer)`` pairs as earlier user/assistant turns, the prompt as the
+        last user turn, and the assistant's answer opened with ``response_prefix``. Otherwise
+        (base models) plain text: each shot as question, newline, answer, blank line, then the
+        prompt and the prefix on the next line."""
         if chat_template and getattr(self.tokenizer, "chat_template", None):
-            return render_prompt(self.tokenizer, prompt)
-        return prompt
+            messages = []
+            for question, answer in shots:
+                messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            messages.append({"role": "user", "content": prompt})
+            return render_prompt(self.tokenizer, messages) + response_prefix
+        text = "".join(f"{question}\n{answer}\n\n" for question, answer in shots) + prompt
+        return f"{text}\n{response_prefix}" if response_prefix else text
 
     @property
     def max_length(self) -> int:
@@ -124,7 +141,10 @@ def loglikelihoods(
 
 def choice_predictions(logprobs: Sequence[float], choices: Sequence[str]) -> tuple[int, int]:
     """``(acc prediction, acc_norm prediction)``: argmax of the log-likelihoods, and of the
-    log-likelihoods divided by each choice's length in characters (lm-evaluation-harness)."""
+    log-likelihoods divided by each choice's length in characters (lm-evaluation-harness).
+
+    ``choices`` are the choices' own texts, as lm-eval's ``doc_to_choice`` gives them: without the
+    target delimiter that the scored continuation starts with."""
     if len(logprobs) != len(choices) or not choices:
         raise ValueError("need one log-likelihood per choice")
     pred = max(range(len(logprobs)), key=lambda k: logprobs[k])
@@ -153,15 +173,29 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> str:
     return text[:cut]
 
 
+def decode_continuation(tokenizer, prompt_ids: Sequence[int], new_ids: Sequence[int]) -> str:
+    """The text ``new_ids`` add after ``prompt_ids``: decode prompt + continuation and strip the
+    decoded prompt. Decoding the continuation alone drops the leading space that SentencePiece
+    tokenizers (Llama-2 / Mistral style) fold into a word's first token, which shifts the
+    indentation of generated code."""
+    prompt_ids, new_ids = list(prompt_ids), list(new_ids)
+    prefix = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+    whole = tokenizer.decode(prompt_ids + new_ids, skip_special_tokens=True)
+    if whole.startswith(prefix):
+        return whole[len(prefix) :]
+    return tokenizer.decode(new_ids, skip_special_tokens=True)  # a tokenizer that rewrites the prompt
+
+
 class _StopOnStrings:
     """Per-row stopping: a row is done once its decoded continuation holds a stop string."""
 
-    def __init__(self, tokenizer, prompt_length: int, stop: Sequence[str]) -> None:
-        self.tokenizer, self.prompt_length, self.stop = tokenizer, prompt_length, list(stop)
+    def __init__(self, tokenizer, prompts: list[list[int]], stop: Sequence[str]) -> None:
+        self.tokenizer, self.prompts, self.stop = tokenizer, prompts, list(stop)
+        self.prompt_length = max(len(p) for p in prompts)  # the left-padded width
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        new = input_ids[:, self.prompt_length :]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        new = input_ids[:, self.prompt_length :].tolist()
+        texts = [decode_continuation(self.tokenizer, p, n) for p, n in zip(self.prompts, new, strict=True)]
         return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
 
 
@@ -199,9 +233,13 @@ def generate(
     finally:
         tok.padding_side = side
     prompt_length = enc["input_ids"].shape[1]
+    prompt_ids = [
+        [t for t, m in zip(ids, mask, strict=True) if m]
+        for ids, mask in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist(), strict=True)
+    ]  # each row's own prompt, without the left padding
     room = max(1, lm.max_length - prompt_length)
     eos = _stop_token_ids(tok, lm.model)
-    criteria = StoppingCriteriaList([_StopOnStrings(tok, prompt_length, stop)]) if stop else None
+    criteria = StoppingCriteriaList([_StopOnStrings(tok, prompt_ids, stop)]) if stop else None
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
     start = time.perf_counter()
     with torch.inference_mode():
@@ -220,18 +258,39 @@ def generate(
         )
     seconds = time.perf_counter() - start
     results = []
-    for row in out[:, prompt_length:].tolist():
+    for prompt, row in zip(prompt_ids, out[:, prompt_length:].tolist(), strict=True):
         n = len(row)
         for k, t in enumerate(row):
             if t in eos:
                 n = k + 1
                 break
-        text = tok.decode(row[:n], skip_special_tokens=True)
+        text = decode_continuation(tok, prompt, row[:n])
         results.append(Generation(truncate_at_stop(text, stop), n, seconds))
     return results
 
 
 # -- answers ----------------------------------------------------------------------------------
+
+
+def code_parts(text: str, code_prompt: str, entry_point: str, *, inside_fence: bool) -> tuple[str, str]:
+    """``(head, completion)`` of the program that checks a code answer, read fence-aware as
+    common harnesses (evalplus, bigcode-evaluation-harness) read instruct models' answers:
+
+    * the code: with ``inside_fence`` (the answer was opened with a code fence), the text up to
+      the closing fence; else the first fenced block when there is one (prose before or after it
+      is ignored; an unclosed fence runs to the end); else the whole text (a raw completion);
+    * code that defines ``entry_point`` itself is the whole program, after the prompt's imports;
+      any other code continues ``code_prompt``.
+    """
+    if inside_fence:
+        code = re.split(r"^[ \t]*```", text, maxsplit=1, flags=re.M)[0]
+    else:
+        block = re.search(r"^[ \t]*```[\w+-]*[ \t]*\n(.*?)(?:^[ \t]*```|\Z)", text, flags=re.M | re.S)
+        code = text if block is None else block.group(1)
+    if re.search(rf"^def {re.escape(entry_point)}\s*\(", code, flags=re.M):
+        imports = [ln for ln in code_prompt.splitlines() if ln.startswith(("import ", "from "))]
+        return "".join(f"{ln}\n" for ln in imports), code
+    return code_prompt, code
 
 
 def extract_answer(text: str, regexes: Sequence[str]) -> str | None:

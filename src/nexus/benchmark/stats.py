@@ -67,3 +67,24 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 def _check_paired(teacher: Sequence[bool], student: Sequence[bool]) -> None:
     if len(teacher) != len(student):
         raise ValueError(f"paired results differ in length: {len(teacher)} vs {len(student)}")
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p): how likely guessing at rate ``p`` scores ``k`` of ``n``."""
+    if k <= 0:
+        return 1.0
+    if p <= 0.0:
+        return 0.0
+    return min(1.0, sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1)))
+
+
+NEAR_CHANCE_MARGIN = 0.10
+
+
+def near_chance(correct: Sequence[bool], chance: float) -> bool:
+    """True when the scores are within 10 points of ``chance`` or not significantly above it
+    (one-sided exact binomial test, p >= 0.05): such a task cannot show what a student kept."""
+    n, k = len(correct), sum(bool(c) for c in correct)
+    if n == 0:
+        return True
+    return k / n < chance + NEAR_CHANCE_MARGIN or binomial_tail(k, n, chance) >= 0.05

@@ -31,12 +31,24 @@ from nexus.errors import NexusError
 KINDS = ("choice", "generate", "code")
 METRICS = ("exact", "rouge_l", "execution", "loglik")
 
-# GSM8K-style numeric answers: "#### 42" first, then "the answer is 42", then the last number.
+# Numeric answers, tried in order: "#### 42" (GSM8K), "\boxed{42}" (MATH-style), "the answer is
+# 42", then the last number of the output.
 NUMBER = r"(-?[\d,]*\.?\d+)"
-NUMERIC_ANSWER_REGEX = [rf"####\s*\$?{NUMBER}", rf"answer is\s*:?\s*\$?{NUMBER}", NUMBER]
+NUMERIC_ANSWER_REGEX = [
+    rf"####\s*\$?{NUMBER}",
+    rf"\\boxed\{{\s*\$?{NUMBER}\s*\}}",
+    rf"(?i:answer is)\s*:?\s*\$?{NUMBER}",
+    NUMBER,
+]
 # The Codex/HumanEval stop sequences: a new top-level statement ends the function body.
 HUMANEVAL_STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
 MATH_PROMPT = "{prompt}\n\nSolve the problem step by step. End with the final number on its own line, as '#### <number>'."
+MATH_FEWSHOT = 4  # worked examples before each math question (one of each built-in problem kind)
+# Code for instruct models: the function to complete in a fenced block, and the answer opened
+# with a code fence (evalplus-style), so the model writes the function and closes the fence.
+CODE_PROMPT = "Complete the following Python function.\n\n```python\n{prompt}```"
+CODE_PREFIX = "```python\n"
+CODE_STOP = ["\n```", "\nif __name__", "\nprint(", "\nassert "]
 
 
 @dataclass
@@ -68,6 +80,13 @@ class TaskSpec:
         default="entry_point", metadata={"help": "row field naming the function to test"}
     )
     target_delimiter: str = field(default=" ", metadata={"help": "put between context and each choice"})
+    choice_metric: str = field(
+        default="acc",
+        metadata={
+            "help": "choice tasks: what decides an item's correctness, acc (log-likelihood) or "
+            "acc_norm (per character, for choices of different lengths)"
+        },
+    )
     answer_regex: list[str] = field(
         default_factory=list,
         metadata={"help": "regexes tried in order on the output; the last match's group 1 is the answer"},
@@ -83,6 +102,25 @@ class TaskSpec:
     chat_template: bool = field(
         default=True, metadata={"help": "render prompts through each model's chat template"}
     )
+    response_prefix: str = field(
+        default="",
+        metadata={"help": "template the model's answer starts with (e.g. an opened code fence)"},
+    )
+    fewshot: int = field(
+        default=0,
+        metadata={
+            "help": "worked examples shown before each question (chat turns, or text for base models), "
+            "from rows outside the scored split"
+        },
+    )
+    split: str = field(
+        default="eval",
+        metadata={
+            "help": "eval: only evaluation-split rows (nexus.data.splits; training never reads them); "
+            "train: only rows training reads; all: every row. A task that scores rows of a training "
+            "split gets '[train-split]' appended to its name"
+        },
+    )
     hf_config: str | None = field(default=None, metadata={"help": "hf: dataset configuration name"})
     hf_split: str = field(default="test", metadata={"help": "hf: split"})
     hf_data_files: str | None = field(default=None, metadata={"help": "hf: local data files (with hf:json)"})
@@ -92,10 +130,16 @@ class TaskSpec:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
         if self.format not in ("native", "fields"):
             raise ValueError(f"format must be native or fields, not {self.format!r}")
+        if self.choice_metric not in ("acc", "acc_norm"):
+            raise ValueError(f"choice_metric must be acc or acc_norm, not {self.choice_metric!r}")
+        if self.split not in ("eval", "train", "all"):
+            raise ValueError(f"split must be eval, train or all, not {self.split!r}")
         if self.metric not in ("exact", "rouge_l"):
             raise ValueError(f"metric must be exact or rouge_l, not {self.metric!r}")
         if self.max_new_tokens < 1:
             raise ValueError("max_new_tokens must be at least 1")
+        if self.fewshot < 0:
+            raise ValueError("fewshot must be at least 0")
         for pattern in self.answer_regex:
             try:
                 re.compile(pattern)
@@ -104,7 +148,8 @@ class TaskSpec:
 
     @property
     def scoring(self) -> str:
-        return {"choice": "loglik", "code": "execution"}.get(self.kind, self.metric)
+        choice = "loglik" if self.choice_metric == "acc" else "loglik/char"
+        return {"choice": choice, "code": "execution"}.get(self.kind, self.metric)
 
 
 @dataclass
@@ -119,6 +164,10 @@ class TaskItem:
     reference: str | None = None  # reference answer (generate) / canonical solution (code)
     test: str = ""
     entry_point: str = ""
+    text: str = ""  # the row's own question + reference, for the training-overlap check
+    code: str = ""  # code tasks: the code the answer continues (HumanEval prompt)
+    response_prefix: str = ""  # what the model's answer is opened with
+    shots: list[list[str]] = field(default_factory=list)  # few-shot [question, answer] pairs
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,14 +203,16 @@ def shared_presets(data_dir: Path) -> dict[str, TaskSpec]:
             prompt=MATH_PROMPT,
             answer_regex=NUMERIC_ANSWER_REGEX,
             max_new_tokens=256,
+            fewshot=MATH_FEWSHOT,
         ),
         "humaneval": TaskSpec(
             "humaneval",
             "code",
             str(data_dir / "humaneval" / "HumanEval.jsonl.gz"),
-            stop=HUMANEVAL_STOP,
+            prompt=CODE_PROMPT,
+            response_prefix=CODE_PREFIX,
+            stop=CODE_STOP,
             max_new_tokens=320,
-            chat_template=False,
         ),
         "code_alpaca": TaskSpec(
             "code_alpaca",
@@ -182,7 +233,13 @@ def shared_presets(data_dir: Path) -> dict[str, TaskSpec]:
 
 BUILTIN_PRESETS = {
     "builtin-code": TaskSpec(
-        "builtin-code", "code", "builtin:code", stop=HUMANEVAL_STOP, max_new_tokens=160, chat_template=False
+        "builtin-code",
+        "code",
+        "builtin:code",
+        prompt=CODE_PROMPT,
+        response_prefix=CODE_PREFIX,
+        stop=CODE_STOP,
+        max_new_tokens=160,
     ),
     "builtin-math": TaskSpec(
         "builtin-math",
@@ -191,14 +248,22 @@ BUILTIN_PRESETS = {
         prompt=MATH_PROMPT,
         answer_regex=NUMERIC_ANSWER_REGEX,
         max_new_tokens=160,
+        fewshot=MATH_FEWSHOT,
     ),
+    # Through the chat template (the answer is the assistant's turn, no delimiter), and scored by
+    # acc_norm: the two answers differ in length, which the raw sum of log-probabilities punishes.
     "builtin-chat": TaskSpec(
-        "builtin-chat", "choice", "builtin:chat", prompt="Question: {prompt}\nAnswer:", chat_template=False
+        "builtin-chat",
+        "choice",
+        "builtin:chat",
+        prompt="Question: {prompt}\nAnswer:",
+        target_delimiter="",
+        choice_metric="acc_norm",
     ),
 }
 HUB_PRESETS = {
     "hf-piqa": dict(source="hf:ybisk/piqa", hf_split="validation"),
-    "hf-gsm8k": dict(source="hf:openai/gsm8k", hf_config="main", hf_split="test"),
+    "hf-gsm8k": dict(source="hf:openai/gsm8k", hf_config="main", hf_split="test", fewshot=0),
     "hf-humaneval": dict(source="hf:openai/openai_humaneval", hf_split="test"),
 }
 BUILTIN_SUITE = ("builtin-code", "builtin-math", "builtin-chat")
@@ -324,6 +389,8 @@ def item_from_row(spec: TaskSpec, row: dict[str, Any], where: str) -> TaskItem:
     fields = _native_row(row, where) if spec.format == "native" else row
     prompt = _render(spec.prompt, fields, where, spec.name)
     item = TaskItem(id=where, prompt=prompt, question=_short(prompt))
+    item.response_prefix = _render(spec.response_prefix, fields, where, spec.name)
+    own_text = str(fields["prompt"]) if spec.format == "native" else prompt
     if spec.kind == "choice":
         if spec.choices:
             options = [_render(t, fields, where, spec.name) for t in spec.choices]
@@ -346,16 +413,18 @@ def item_from_row(spec: TaskSpec, row: dict[str, Any], where: str) -> TaskItem:
             )
         item.choices = [spec.target_delimiter + o for o in options]
         item.label = label
+        item.text = f"{own_text}\n{options[label]}"
     elif spec.kind == "generate":
         item.reference = str(_need(fields, spec.answer_field, where, spec.name))
+        item.text = f"{own_text}\n{fields.get('response') or item.reference}"
     else:  # code
         item.test = str(_need(fields, spec.test_field, where, spec.name))
         item.entry_point = str(_need(fields, spec.entry_point_field, where, spec.name))
         item.reference = str(fields.get("answer") or fields.get("canonical_solution") or "") or None
-        item.question = _short(
-            item.prompt.strip().splitlines()[0] if item.prompt.strip() else item.entry_point
-        )
-        for line in item.prompt.splitlines():
+        item.code = str(fields.get("prompt", "")) if spec.format == "native" else prompt
+        item.text = item.code + (item.reference or "")
+        item.question = _short(item.code.strip().splitlines()[0] if item.code.strip() else item.entry_point)
+        for line in item.code.splitlines():
             if line.startswith("def ") and item.entry_point in line:
                 item.question = _short(line)
     return item
@@ -425,11 +494,81 @@ def select_indices(n: int, limit: int | None, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n), limit))
 
 
+TRAIN_SPLIT_MARK = "[train-split]"
+
+
+def split_rows(
+    spec: TaskSpec, rows: list[tuple[str, dict[str, Any]]]
+) -> tuple[list[tuple[str, dict[str, Any]]], bool]:
+    """The rows ``spec.split`` selects (:mod:`nexus.data.splits` decides each row's side), and
+    whether any of them is a row that training reads. Built-in tasks have no split (their items
+    are generated apart from the training corpus); a hub split other than ``train`` is the hub's
+    own evaluation split and is taken whole."""
+    from nexus.data.splits import row_split
+
+    if spec.source.startswith("builtin:"):
+        return rows, False
+    if spec.source.startswith("hf:") and spec.hf_split != "train":
+        return rows, spec.split == "train"
+    kept, trained = [], spec.split == "train"
+    for where, row in rows:
+        side = row_split(row)
+        if (spec.split == "eval" and side == "train") or (spec.split == "train" and side == "eval"):
+            continue
+        kept.append((where, row))
+        trained = trained or side == "train"
+    return kept, trained
+
+
+def fewshot_pairs(
+    spec: TaskSpec, rows: list[tuple[str, dict[str, Any]]], scored: set[str]
+) -> list[list[str]]:
+    """``spec.fewshot`` worked ``[question, answer]`` pairs, never rows the task scores: the
+    built-in math generator's own few-shot seed, else the first rows of the source outside the
+    scored ones (for ``split: eval``, training-split rows, as lm-eval draws GSM8K's shots from
+    its train split). GSM8K's ``<<calculator>>`` annotations are removed from the answers."""
+    if not spec.fewshot:
+        return []
+    if spec.source == "builtin:math":
+        from nexus.benchmark.builtin_suite import FEWSHOT_SEED
+        from nexus.data.builtin import arithmetic_word_problems
+
+        rows = [
+            (f"builtin-math-shot:{i}", {"question": e.prompt, "answer": e.response})
+            for i, e in enumerate(arithmetic_word_problems(spec.fewshot, seed=FEWSHOT_SEED))
+        ]
+    pairs = []
+    for where, row in rows:
+        if where in scored:
+            continue
+        item = item_from_row(spec, row, where)
+        fields = _native_row(row, where) if spec.format == "native" else row
+        answer = str(fields.get("response") or item.reference or "")
+        pairs.append([item.prompt, re.sub(r"<<[^<>]*>>", "", answer)])
+        if len(pairs) == spec.fewshot:
+            break
+    if len(pairs) < spec.fewshot:
+        raise NexusError(
+            f"task '{spec.name}': not enough rows outside the scored ones for {spec.fewshot} shots"
+        )
+    return pairs
+
+
 def load_task(spec: TaskSpec, *, limit: int | None = None, seed: int = 1234) -> Task:
-    """Read the task's rows, draw ``limit`` of them with ``seed``, and build the items."""
-    rows = _rows(spec)
+    """Read the task's rows, keep those of ``spec.split``, draw ``limit`` of them with ``seed``,
+    and build the items (with their few-shot examples). A task that includes training-split rows
+    is renamed ``<name>[train-split]``."""
+    all_rows = _rows(spec)
+    rows, trained = split_rows(spec, all_rows)
+    if trained and not spec.name.endswith(TRAIN_SPLIT_MARK):
+        spec = dataclasses.replace(spec, name=spec.name + TRAIN_SPLIT_MARK)
     chosen = [rows[i] for i in select_indices(len(rows), limit, seed)]
     items = [item_from_row(spec, row, where) for where, row in chosen]
+    shots = fewshot_pairs(spec, all_rows, {where for where, _ in rows})
+    for item in items:
+        item.shots = shots
     if not items:
-        raise NexusError(f"task '{spec.name}' has no items (source {spec.source}, limit {limit})")
+        raise NexusError(
+            f"task '{spec.name}' has no items (source {spec.source}, split {spec.split}, limit {limit})"
+        )
     return Task(spec, items)

@@ -12,7 +12,9 @@ A source is one of:
 * ``hf:NAME[:SPLIT]`` -- a Hugging Face dataset by name (or a local path), through the
   ``datasets`` library when installed; its rows go through the same format detection.
 
-Evaluation-only rows (PIQA, HumanEval) are refused. :func:`build_corpus` tokenizes, splits a
+Evaluation-only rows (PIQA, HumanEval) are refused, and the evaluation split of the sets that
+serve both sides (GSM8K, Code Alpaca, Self-Instruct; :mod:`nexus.data.splits`) is dropped from
+every file and hub source, so the benchmark's items are never trained on. :func:`build_corpus` tokenizes, splits a
 held-out part by document, packs both parts and stores them as ``.npy`` files under a cache
 directory keyed by the sources' content, the tokenizer, the packing options and (for the
 built-in chat part) the teacher, so a second run memory-maps them instead of re-tokenizing.
@@ -24,7 +26,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,14 +33,15 @@ import numpy as np
 
 from nexus.data.formats import Example, example_from_row, load_examples
 from nexus.data.packing import PackedRows, encode_examples, pack_documents, split_heldout
+from nexus.data.splits import without_eval_rows
 from nexus.errors import NexusError
-from nexus.utils import atomic_write_json
+from nexus.utils import atomic_write_json, make_temp_dir
 
 log = logging.getLogger(__name__)
 
 DATA_SUFFIXES = (".jsonl", ".json", ".gz", ".txt", ".md")
 BUILTIN_DEFAULTS = {"code": 200, "math": 400, "chat": 60, "rag": 0}
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: evaluation-split rows are dropped (nexus.data.splits)
 
 
 def parse_builtin(source: str) -> dict[str, int]:
@@ -112,16 +114,26 @@ def _hf_examples(source: str, limit: int | None) -> list[Example]:
 
 
 def load_source(
-    source: str, *, teacher=None, tokenizer=None, seed: int = 0, limit: int | None = None
+    source: str,
+    *,
+    teacher=None,
+    tokenizer=None,
+    seed: int = 0,
+    limit: int | None = None,
+    chat_answers: bool = True,
 ) -> list[Example]:
-    """Examples of one source (see the module docstring); ``builtin`` needs the teacher for chat."""
+    """Examples of one source (see the module docstring), without evaluation-split rows;
+    ``builtin`` needs the teacher for chat, unless ``chat_answers`` is False (prompts only, as the
+    benchmark's overlap check reads them)."""
     if source.startswith("builtin"):
         from nexus.data import builtin
 
         counts = parse_builtin(source)
         examples = builtin.python_source_snippets(counts["code"], seed)
         examples += builtin.arithmetic_word_problems(counts["math"], seed)
-        if counts["chat"]:
+        if counts["chat"] and not chat_answers:
+            examples += builtin.chat_prompt_examples(counts["chat"], seed)
+        elif counts["chat"]:
             if teacher is None or tokenizer is None:
                 raise NexusError("the built-in chat data needs the teacher to answer its prompts")
             chats = builtin.chat_prompt_examples(counts["chat"], seed)
@@ -132,11 +144,15 @@ def load_source(
             examples += grounded_qa_examples(counts["rag"], seed)
         return examples
     if source.startswith("hf:"):
-        return _hf_examples(source, limit)
-    examples: list[Example] = []
-    for path in _source_files(source):
-        examples += load_examples(path, limit=limit)
-    return examples
+        examples = _hf_examples(source, limit)
+    else:
+        examples = []
+        for path in _source_files(source):
+            examples += load_examples(path, limit=limit)
+    kept, dropped = without_eval_rows(examples)
+    if dropped:
+        log.info("%s: %d evaluation-split rows left out (nexus.data.splits)", source, dropped)
+    return kept
 
 
 @dataclass
@@ -257,7 +273,7 @@ def build_corpus(
 
 def _save(corpus: Corpus, directory: Path, n_examples: int) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = make_temp_dir(directory.parent, prefix=f".{directory.name}.")  # umask mode, not 0700
     try:
         for prefix, part in (("train", corpus.train), ("heldout", corpus.heldout)):
             if part is None:

@@ -33,6 +33,8 @@ from typing import Any, Literal
 from nexus.errors import NexusError
 
 DOMAINS = ("code", "math", "chat")
+# The row formats example_from_row recognizes, as Example.format (nexus.data.splits keys on them).
+ROW_FORMATS = ("gsm8k", "piqa", "humaneval", "self_instruct", "alpaca", "messages", "prompt_response", "text")
 GSM8K_ANSWER = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
 
 
@@ -56,6 +58,7 @@ class Example:
     label: int = -1
     answer: str | None = None  # the reference final answer (GSM8K number, ...)
     extra: dict[str, Any] = field(default_factory=dict)
+    format: str | None = None  # the recognized row format (see ROW_FORMATS); None: not read from a row
 
 
 def _open_text(path: Path):
@@ -118,6 +121,7 @@ def example_from_row(row: dict[str, Any], where: str, default_domain: str | None
             prompt=str(row["question"]),
             response=str(row["answer"]),
             answer=match.group(1).replace(",", "") if match else None,
+            format="gsm8k",
         )
     if "goal" in row or "sol1" in row:  # PIQA
         _require(row, ("goal", "sol1", "sol2", "label"), where, "PIQA")
@@ -128,6 +132,7 @@ def example_from_row(row: dict[str, Any], where: str, default_domain: str | None
             prompt=str(row["goal"]),
             choices=[str(row["sol1"]), str(row["sol2"])],
             label=int(row["label"]),
+            format="piqa",
         )
     if "entry_point" in row or "test" in row and "prompt" in row:  # HumanEval
         _require(row, ("prompt", "test", "entry_point"), where, "HumanEval")
@@ -138,6 +143,7 @@ def example_from_row(row: dict[str, Any], where: str, default_domain: str | None
             prompt=str(row["prompt"]),
             response=str(row.get("canonical_solution") or ""),
             extra={"test": row["test"], "entry_point": row["entry_point"], "task_id": row.get("task_id")},
+            format="humaneval",
         )
     if "instances" in row:  # Self-Instruct user-oriented
         _require(row, ("instruction",), where, "Self-Instruct")
@@ -146,24 +152,40 @@ def example_from_row(row: dict[str, Any], where: str, default_domain: str | None
         prompt = str(row["instruction"])
         if first.get("input"):
             prompt += "\n\n" + str(first["input"])
-        return Example("chat", where, domain or "chat", prompt=prompt, response=str(first.get("output", "")))
+        return Example(
+            "chat",
+            where,
+            domain or "chat",
+            prompt=prompt,
+            response=str(first.get("output", "")),
+            format="self_instruct",
+        )
     if "instruction" in row:  # Code Alpaca / Alpaca
         _require(row, ("instruction", "output"), where, "Alpaca-style")
         prompt = str(row["instruction"])
         if row.get("input"):
             prompt += "\n\n" + str(row["input"])
-        return Example("chat", where, domain or "code", prompt=prompt, response=str(row["output"]))
+        return Example(
+            "chat", where, domain or "code", prompt=prompt, response=str(row["output"]), format="alpaca"
+        )
     if "messages" in row:
         messages = row["messages"]
         if not isinstance(messages, list) or not all(
             isinstance(m, dict) and "role" in m and "content" in m for m in messages
         ):
             raise NexusError(f"{where}: 'messages' must be a list of {{'role', 'content'}} objects")
-        return Example("chat", where, domain, messages=messages)
+        return Example("chat", where, domain, messages=messages, format="messages")
     if "prompt" in row and "response" in row:
-        return Example("chat", where, domain, prompt=str(row["prompt"]), response=str(row["response"]))
+        return Example(
+            "chat",
+            where,
+            domain,
+            prompt=str(row["prompt"]),
+            response=str(row["response"]),
+            format="prompt_response",
+        )
     if "text" in row:
-        return Example("text", where, domain, text=str(row["text"]))
+        return Example("text", where, domain, text=str(row["text"]), format="text")
     raise NexusError(
         f"{where}: unrecognized row with fields {sorted(row)}; expected text, prompt/response, messages, "
         "or a GSM8K / Code Alpaca / Self-Instruct / PIQA / HumanEval row"

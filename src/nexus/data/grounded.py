@@ -6,7 +6,9 @@ A small teacher does not use retrieved documentation: given the chunk that answe
 training rows in the same layout as a RAG chat turn (the chat's own
 :func:`~nexus.knowledge.tower.format_context` and :func:`~nexus.knowledge.tower.augment_prompt`),
 so the recovery phase (phase 3) can teach the student to find the chunk that answers the question
-and answer from it. ``builtin:rag=N`` draws half the rows from each source:
+and answer from it, and to say it does not know when no chunk does. ``builtin:rag=N`` draws half
+the rows from made-up profiles (:func:`fact_qa_examples`: who / when / how many / what / how-to
+questions, a fifth of them unanswerable) and a quarter from each of:
 
 * **Made-up user guides** (:func:`guide_qa_examples`): sections of a guide for an invented
   command-line tool, one to three how-tos each ("To rotate the logs, run `zorvik rotate`."). The
@@ -338,9 +340,176 @@ def guide_qa_examples(n: int, seed: int = 0) -> list[Example]:
 
 
 def grounded_qa_examples(n: int, seed: int = 0, root: str | Path | None = None) -> list[Example]:
-    """``n`` RAG-layout chat examples: half on made-up user guides, half on the standard
-    library's API reference, interleaved."""
-    guides = guide_qa_examples(n // 2, seed)
-    api = api_qa_examples(n - len(guides), seed, root)
-    mixed = [ex for pair in zip(api, guides, strict=False) for ex in pair]
-    return mixed + api[len(guides) :] + guides[len(api) :]
+    """``n`` RAG-layout chat examples, interleaved: half on made-up profiles (who / when / how many /
+    what / how-to, a fifth of them unanswerable), a quarter on made-up user guides, a quarter on the
+    standard library's API reference."""
+    facts = fact_qa_examples(n - n // 2, seed)
+    guides = guide_qa_examples(n // 4, seed)
+    api = api_qa_examples(n // 2 - len(guides), seed, root)
+    api += guide_qa_examples(n // 2 - len(guides) - len(api), seed + 1)  # no stdlib: more guides
+    how_to = [ex for pair in zip(api, guides, strict=False) for ex in pair]
+    how_to += api[len(guides) :] + guides[len(api) :]
+    mixed = [ex for pair in zip(facts, how_to, strict=False) for ex in pair]
+    return mixed + facts[len(how_to) :] + how_to[len(facts) :]
+
+
+# ---------------------------------------------------------------------------- made-up facts
+# Short profiles of invented clubs, festivals, farms, labs, bands and ferry lines: who founded
+# each, when, how many (members, stalls, ...), what it is known for, and how to do something there.
+# Questions of five types (who / when / how many / what / how-to), each with several phrasings, are
+# answered with the fact in a short sentence; a question whose answer the context does not hold
+# (the profile leaves that fact out, or the entity is not in the context) is answered with
+# ABSTAIN_ANSWER. The other chunks are profiles of the same kind, so the answer has to come from
+# the right one. The names are built from their own syllables and first names: the held-out
+# evaluation (benchmarks/grounding_sets.py) uses other syllables, names and kinds of entities
+# (villages, libraries, shops), and tests/test_data_grounded.py checks that no name is shared.
+
+ABSTAIN_ANSWER = "I don't know. The documents do not say."
+_ABSTAIN_MARKERS = ("don't know", "do not know", "not say", "does not say", "not mention", "no information")
+
+
+def is_abstention(text: str) -> bool:
+    """Whether an answer declines (ABSTAIN_ANSWER or a close paraphrase)."""
+    lowered = " ".join(text.lower().replace("\u2019", "'").split())
+    return any(marker in lowered for marker in _ABSTAIN_MARKERS)
+
+
+_FACT_SYLLABLES = ["bra", "mo", "ket", "zil", "fa", "dun", "ora", "pel", "tas", "rho", "vi", "gan", "sto", "lek", "am", "cor"]  # fmt: skip
+_FIRST_NAMES = ["Adaeze", "Bertil", "Casimir", "Dunya", "Eskil", "Fenna", "Gaspard", "Hilde", "Ivo", "Jorunn", "Kasimir", "Liesel", "Marit", "Nils", "Oona", "Pavlo", "Quirin", "Rasa", "Sigrun", "Tobiah"]  # fmt: skip
+_LAST_NAMES = ["Abernathy", "Brackwater", "Coldridge", "Dunmore", "Ellory", "Fairweather", "Grislow", "Hartigan", "Ironside", "Jessop", "Kettering", "Lowther", "Mayhew", "Northcott", "Ormsby", "Pennington"]  # fmt: skip
+
+# kind: (noun, founding verb, count noun, "known for" choices, how-to (task, instruction choices))
+_FACT_KINDS = {
+    "club": ("chess club", "founded", "members", ["its blitz tournaments", "a winter league", "teaching beginners", "correspondence games"],
+             ("sign up", ["fill in the form at the front desk", "email the secretary at join@{slug}.example", "come to any Tuesday meeting and ask for a card"])),
+    "festival": ("kite festival", "started", "stalls", ["night kites with lanterns", "a parade of giant fish kites", "a children's building contest", "its fireworks"],
+                 ("get a ticket", ["buy one at the north gate", "book online at {slug}.example/tickets", "send a text with the word KITE to 4410"])),
+    "farm": ("goat farm", "set up", "goats", ["a blue-veined cheese", "goat-milk soap", "hillside walking tours", "its honey"],
+             ("book a visit", ["call the farm office on 0{num}", "use the form at {slug}.example/visit", "ring the bell at the gate before noon"])),
+    "lab": ("robotics lab", "established", "researchers", ["walking robots", "underwater drones", "robot hands", "swarm robots"],
+            ("borrow a robot", ["run `{slug} borrow --robot` at a lab terminal", "ask the lab manager for a loan slip", "sign the sheet by the workshop door"])),
+    "band": ("brass band", "formed", "players", ["marching at harvest fairs", "jazz arrangements", "playing on the harbour wall", "its tuba section"],
+             ("hire the players", ["write to bookings@{slug}.example", "call the bandmaster on 0{num}", "fill in the request card at the bandstand"])),
+    "ferry": ("ferry line", "opened", "boats", ["its red-sailed boats", "a night crossing", "carrying bicycles free", "its onboard bakery"],
+              ("take a bicycle aboard", ["buy a bike tag at the pier kiosk", "add a bicycle when you book at {slug}.example", "show up ten minutes early and ask the deckhand"])),
+}  # fmt: skip
+
+# (type, question templates, answer templates); {e} the entity, {noun}/{count}/{task} from the kind
+_FACT_QUESTIONS = {
+    "who": (["Who {founded} {e}?", "Who was the founder of {e}?", "Which person {founded} {e}?", "Who is behind {e}?"],
+            ["{e} was {founded} by {who}.", "{who} {founded} {e}.", "{who}."]),
+    "when": (["When was {e} {founded}?", "In what year was {e} {founded}?", "What year did {e} begin?", "Since when has {e} existed?"],
+             ["{e} was {founded} in {year}.", "In {year}.", "It was {founded} in {year}."]),
+    "how-many": (["How many {count} does {e} have?", "What is the number of {count} at {e}?", "How many {count} are there at {e}?"],
+                 ["{e} has {n} {count}.", "{n} {count}.", "It has {n} {count}."]),
+    "what": (["What is {e} known for?", "What is {e} famous for?", "What is special about {e}?"],
+             ["{e} is known for {what}.", "It is known for {what}.", "For {what}."]),
+    "how-to": (["How do I {task} at {e}?", "How can I {task} at {e}?", "What should I do to {task} at {e}?"],
+               ["To {task} at {e}, {how}.", "{How}."]),
+}  # fmt: skip
+_ABSENT_SHARE = 0.2  # of the fact rows: questions whose answer the context does not hold
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A made-up entity and its facts (``facts``: question type -> the value the answer names)."""
+
+    name: str  # "the Zilfa chess club"
+    kind: str
+    facts: dict  # type -> value ("who": "Dunya Lowther", "when": "1987", ...); absent types left out
+    text: str  # the profile as a document
+
+
+def _profile(rng: random.Random, kind: str, names: set[str]) -> Profile:
+    noun, founded, count, whats, (task, hows) = _FACT_KINDS[kind]
+    while True:
+        stem = "".join(rng.sample(_FACT_SYLLABLES, rng.randint(2, 3))).capitalize()
+        if stem not in names:
+            names.add(stem)
+            break
+    name = f"the {stem} {noun}"
+    slug = stem.lower()
+    values = {
+        "who": f"{rng.choice(_FIRST_NAMES)} {rng.choice(_LAST_NAMES)}",
+        "when": str(rng.randint(1890, 2019)),
+        "how-many": str(rng.randint(3, 480)),
+        "what": rng.choice(whats),
+        "how-to": rng.choice(hows).format(slug=slug, num=rng.randint(1000000, 9999999)),
+    }
+    title = name[4:]
+    sentences = {
+        "who": rng.choice([f"{title[0].upper()}{title[1:]} was {founded} by {values['who']}.",
+                           f"{values['who']} {founded} {name}.",
+                           f"Its founder is {values['who']}."]),
+        "when": rng.choice([f"It was {founded} in {values['when']}.", f"It dates from {values['when']}.",
+                            f"{title[0].upper()}{title[1:]} has existed since {values['when']}."]),
+        "how-many": rng.choice([f"Today it has {values['how-many']} {count}.", f"There are {values['how-many']} {count}.",
+                                f"It counts {values['how-many']} {count}."]),
+        "what": rng.choice([f"It is known for {values['what']}.", f"Visitors know it for {values['what']}.",
+                            f"It is famous for {values['what']}."]),
+        "how-to": f"To {task} at {name}, {values['how-to']}.",
+    }  # fmt: skip
+    kept = [t for t in sentences if t == "who" or rng.random() > 0.25]  # some facts left out
+    order = kept[:1] + rng.sample(kept[1:], len(kept) - 1)
+    text = f"## {title[0].upper()}{title[1:]}\n\n" + " ".join(sentences[t] for t in order)
+    return Profile(name, kind, {t: values[t] for t in kept}, text)
+
+
+def _fact_pair(rng: random.Random, profile: Profile, qtype: str, absent: bool) -> tuple[str, str]:
+    noun, founded, count, _, (task, _) = _FACT_KINDS[profile.kind]
+    questions, answers = _FACT_QUESTIONS[qtype]
+    e = profile.name
+    question = rng.choice(questions).format(e=e, founded=founded, count=count, task=task)
+    question = question[0].upper() + question[1:]
+    if absent:
+        return question, ABSTAIN_ANSWER
+    value = profile.facts[qtype]
+    answer = rng.choice(answers).format(
+        e=e, founded=founded, count=count, task=task, who=value, year=value, n=value, what=value,
+        how=value, How=value[0].upper() + value[1:],
+    )  # fmt: skip
+    return question, answer[0].upper() + answer[1:]
+
+
+@dataclass(frozen=True)
+class FactRow:
+    example: Example
+    profile: Profile  # the entity asked about
+    qtype: str  # who / when / how-many / what / how-to
+    absent: bool  # the context does not hold the answer (answered with ABSTAIN_ANSWER)
+
+
+def fact_rows(n: int, seed: int = 0) -> list[FactRow]:
+    """``n`` RAG-layout rows on made-up profiles (see the section comment above), a fifth of them
+    questions whose answer the context does not hold, with what each row asks."""
+    rng = random.Random(seed)
+    rows: list[FactRow] = []
+    while len(rows) < n:
+        names: set[str] = set()  # the names within one row's context differ
+        kind = rng.choice(list(_FACT_KINDS))
+        group = [_profile(rng, kind, names) for _ in range(rng.randint(2, 4))]
+        others = [_profile(rng, rng.choice(list(_FACT_KINDS)), names) for _ in range(2)]
+        asked = group[0]
+        absent = rng.random() < _ABSENT_SHARE
+        if absent:
+            missing = [t for t in _FACT_QUESTIONS if t not in asked.facts]
+            if not missing or rng.random() < 0.3:  # or an entity that is not in the context at all
+                asked = _profile(rng, kind, names)
+                missing = list(_FACT_QUESTIONS)
+            qtype = rng.choice(missing)
+        else:
+            qtype = rng.choice(list(asked.facts))
+        question, answer = _fact_pair(rng, asked, qtype, absent)
+        pool = [p for p in group[1:] + others if p is not asked]
+        chunks = rng.sample(pool, rng.randint(1, min(3, len(pool))))
+        if asked is group[0]:
+            chunks.insert(rng.randint(0, len(chunks)), asked)
+        named = [(p.text, f"{p.kind}s.md") for p in chunks]
+        example = _rag_example(f"builtin:rag-fact:{seed}:{len(rows)}", named, question, answer)
+        rows.append(FactRow(example, asked, qtype, absent))
+    return rows
+
+
+def fact_qa_examples(n: int, seed: int = 0) -> list[Example]:
+    """``n`` RAG-layout examples on made-up profiles (:func:`fact_rows`)."""
+    return [row.example for row in fact_rows(n, seed)]

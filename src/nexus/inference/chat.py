@@ -41,6 +41,9 @@ class ChatConfig:
         default=None, metadata={"help": "min cosine similarity of a retrieved chunk"}
     )
     context_tokens: int = field(default=512, metadata={"help": "token budget of the retrieved context"})
+    cite: bool = field(
+        default=False, metadata={"help": "append the context's documents and chunk numbers to each answer"}
+    )
     max_new_tokens: int = field(default=256, metadata={"help": "max tokens per answer"})
     temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0 = greedy)"})
     top_p: float = field(default=0.9, metadata={"help": "nucleus sampling mass (with temperature > 0)"})
@@ -123,6 +126,7 @@ def open_session(config: ChatConfig, *, info: TextIO = sys.stderr, cwd: str | Pa
         rag=config.rag,
         k=config.k,
         context_tokens=config.context_tokens,
+        cite=config.cite,
     )
     return ChatSession(model, tokenizer, tower=tower, assistant=assistant, options=options)
 

@@ -10,7 +10,7 @@ def register(subparsers) -> None:
         "chat",
         help="interactive chat with a model (RAG from its knowledge index; assisted generation)",
         description=(
-            "Chat with a model in the terminal. Commands: /reset, /rag on|off, /k N, /sources, /help, /quit. "
+            "Chat with a model in the terminal. Commands: /reset, /rag on|off, /k N, /sources, /cite on|off, /help, /quit. "
             "With no --model_path the newest nexus-release-v* in the current directory is used."
         ),
     )
@@ -24,6 +24,11 @@ def register(subparsers) -> None:
     parser.add_argument("--k", type=int, default=4, help="chunks to retrieve per question (default 4)")
     parser.add_argument(
         "--threshold", type=float, help="min cosine similarity of a retrieved chunk (default 0.3)"
+    )
+    parser.add_argument(
+        "--cite",
+        action="store_true",
+        help="append the documents and chunk numbers of the context to each answer",
     )
     parser.add_argument("--context-tokens", type=int, default=512, help="token budget of retrieved context")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="max tokens per answer (default 256)")
@@ -58,6 +63,7 @@ def _chat(args: argparse.Namespace) -> int:
         "k": args.k,
         "threshold": args.threshold,
         "context_tokens": args.context_tokens,
+        "cite": args.cite,
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
         "top_p": args.top_p,

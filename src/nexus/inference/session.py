@@ -13,12 +13,22 @@ from dataclasses import dataclass, field
 
 from nexus.data.templates import render_prompt
 from nexus.errors import NexusError
-from nexus.knowledge.tower import Retrieved, augment_prompt, format_context
+from nexus.knowledge.tower import DEFAULT_LAYOUT, LAYOUTS, ContextLayout, Retrieved
 
 HELP = (
     "commands: /reset (forget the conversation), /rag on|off, /k N (chunks to retrieve), "
-    "/sources (what the last answer retrieved), /help, /quit"
+    "/sources (what the last answer retrieved), /cite on|off (append them to answers), /help, /quit"
 )
+
+
+def citation(chunks: list[Retrieved]) -> str:
+    """``[sources: guide.md chunk 3; faq.md chunk 0]``: the document and chunk number of each
+    context chunk, in the order the prompt gave them ('' without context)."""
+    if not chunks:
+        return ""
+    from pathlib import Path
+
+    return "[sources: " + "; ".join(f"{Path(c.source).name} chunk {c.position}" for c in chunks) + "]"
 
 
 class QuitChat(Exception):  # noqa: N818  (control flow, not an error)
@@ -110,6 +120,8 @@ class ChatOptions:
     rag: bool = True
     k: int = 4
     context_tokens: int = 512  # token budget of the retrieved context (model tokens)
+    cite: bool = False  # append the context's documents and chunk numbers to each answer
+    layout: str = DEFAULT_LAYOUT.name  # how the context and the question are laid out (LAYOUTS)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -122,6 +134,12 @@ class ChatOptions:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+
+    @property
+    def context_layout(self) -> ContextLayout:
+        return LAYOUTS[self.layout]
 
 
 class ChatSession:
@@ -173,6 +191,12 @@ class ChatSession:
                 raise NexusError("usage: /k N with N >= 1")
             self.options.k = int(arg)
             return f"k = {self.options.k}"
+        if name == "/cite":
+            if arg not in ("on", "off", ""):
+                raise NexusError("usage: /cite on|off")
+            if arg:
+                self.options.cite = arg == "on"
+            return f"citations {'on' if self.options.cite else 'off'}"
         if name == "/sources":
             if not self.last_retrieved:
                 return "no context was retrieved for the last answer"
@@ -209,7 +233,8 @@ class ChatSession:
         limit = self.context_window - self.options.max_new_tokens
         notices: list[str] = []
         while True:
-            content = augment_prompt(format_context(chunks), user_text)
+            layout = self.options.context_layout
+            content = layout.augment(layout.format_context(chunks), user_text)
             ids = self._encode([*history, {"role": "user", "content": content}])
             if len(ids) <= limit:
                 break
@@ -289,4 +314,9 @@ class ChatSession:
         new, seconds, drafted, accepted = self.generate(ids, on_text)
         text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
         self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
+        if self.options.cite and chunks:
+            cited = citation(chunks)
+            if on_text is not None:
+                on_text(("\n" if text else "") + cited)
+            text = f"{text}\n{cited}" if text else cited  # the history keeps the answer alone
         return TurnResult(text, len(new), seconds, chunks, drafted, accepted, notices)

@@ -11,13 +11,20 @@ An index directory holds:
 * ``knowledge_meta.json`` -- embedder identity, dimension, metric, index type, chunking,
   per-document hashes, build times and the measured recall@10 against exact search.
 
-The metadata file is written last, so a directory with one is complete.
+The three files are replaced as one unit (the directory may hold other files: a release keeps
+its index next to the model): a writer puts the new set in ``.knowledge_txn/``, fsyncs it and
+renames it to ``.knowledge_commit/`` (the commit point), then moves each file into place and
+removes the folder. A writer killed before the commit leaves the old set (the next write drops
+the txn folder); killed after it, readers see each file from ``.knowledge_commit/`` where it is
+still there (the new set) and the next write finishes the move. Writers hold an exclusive
+``flock`` on the directory from the commit on, readers a shared one while reading.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,13 +37,16 @@ from nexus.config import to_dict
 from nexus.errors import NexusError
 from nexus.knowledge.chunking import chunk_text
 from nexus.knowledge.readers import read_documents
-from nexus.utils import atomic_write_bytes, atomic_write_json
+from nexus.utils import atomic_write_bytes, atomic_write_json, dir_lock, fsync_dir
 
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "knowledge_index.faiss"
 DOCS_FILE = "knowledge_docs.json"
 META_FILE = "knowledge_meta.json"
+FILES = (INDEX_FILE, DOCS_FILE, META_FILE)
+TXN_DIR = ".knowledge_txn"  # a new file set being written: incomplete until renamed to COMMIT_DIR
+COMMIT_DIR = ".knowledge_commit"  # a complete new file set, being moved into place
 FORMAT_VERSION = 1
 
 
@@ -163,11 +173,23 @@ def read_faiss(path: Path):
 
 def read_index_dir(directory: str | Path) -> tuple[Any, list[dict], dict]:
     """``(faiss_index, docs, meta)`` of an index directory, checked for consistency."""
+    directory = Path(directory)
+    with dir_lock(directory, shared=True):
+        return _read_index_files(directory, _current_files(directory))
+
+
+def _current_files(directory: Path) -> dict[str, Path]:
+    """Where each index file's current version is: in a commit folder a killed writer left (its
+    files are newer than the ones beside it), else in ``directory``."""
+    commit = directory / COMMIT_DIR
+    return {name: commit / name if (commit / name).is_file() else directory / name for name in FILES}
+
+
+def _read_index_files(directory: Path, files: dict[str, Path]) -> tuple[Any, list[dict], dict]:
     import json
 
-    directory = Path(directory)
-    meta_path, docs_path = directory / META_FILE, directory / DOCS_FILE
-    if not (directory / INDEX_FILE).is_file():
+    meta_path, docs_path = files[META_FILE], files[DOCS_FILE]
+    if not files[INDEX_FILE].is_file():
         raise NexusError(f"{directory} holds no knowledge index ({INDEX_FILE} missing)")
     for path in (meta_path, docs_path):
         if not path.is_file():
@@ -179,7 +201,7 @@ def read_index_dir(directory: str | Path) -> tuple[Any, list[dict], dict]:
         raise NexusError(f"knowledge index {directory} has a malformed JSON file: {exc}") from None
     if not isinstance(docs, list) or not isinstance(meta, dict):
         raise NexusError(f"knowledge index {directory}: {DOCS_FILE} must be a list and {META_FILE} a mapping")
-    index = read_faiss(directory / INDEX_FILE)
+    index = read_faiss(files[INDEX_FILE])
     if index.ntotal != len(docs):
         raise NexusError(
             f"knowledge index {directory} is inconsistent: {INDEX_FILE} has {index.ntotal} rows but "
@@ -252,9 +274,42 @@ def _chunk_documents(documents, embedder, config: IndexConfig, skip_hashes: set[
 
 
 def _write(directory: Path, index, docs: list[dict], meta: dict) -> None:
-    write_faiss(index, directory / INDEX_FILE)
-    atomic_write_json(directory / DOCS_FILE, docs, indent=None)
-    atomic_write_json(directory / META_FILE, meta)  # last: its presence marks a complete index
+    """Replace the index files of ``directory`` as one unit (see the module docstring)."""
+
+    directory.mkdir(parents=True, exist_ok=True)
+    _recover(directory)
+    txn = directory / TXN_DIR
+    txn.mkdir()
+    write_faiss(index, txn / INDEX_FILE)
+    atomic_write_json(txn / DOCS_FILE, docs, indent=None)
+    atomic_write_json(txn / META_FILE, meta)
+    fsync_dir(txn)
+    with dir_lock(directory):
+        os.rename(txn, directory / COMMIT_DIR)
+        fsync_dir(directory)
+        _finish_commit(directory)
+
+
+def _recover(directory: Path) -> None:
+    """Finish what a killed writer left: a committed set goes into place, an uncommitted one goes."""
+    import shutil
+
+    with dir_lock(directory):
+        _finish_commit(directory)
+    shutil.rmtree(directory / TXN_DIR, ignore_errors=True)
+
+
+def _finish_commit(directory: Path) -> None:
+    """Move a committed file set into place (idempotent: a move killed half-way is redone)."""
+    commit = directory / COMMIT_DIR
+    if not commit.is_dir():
+        return
+    for name in FILES:
+        if (commit / name).is_file():
+            os.replace(commit / name, directory / name)
+    fsync_dir(directory)
+    commit.rmdir()
+    fsync_dir(directory)
 
 
 def _now() -> str:
@@ -346,6 +401,8 @@ def add_to_index(index_dir: str | Path, docs: list[str | Path], *, embedder=None
     from nexus.knowledge.embedder import Embedder
 
     index_dir = Path(index_dir)
+    if index_dir.is_dir():
+        _recover(index_dir)
     index, entries, meta = read_index_dir(index_dir)
     documents = read_documents(docs)
     config = from_dict(IndexConfig, meta.get("config", {}), f"{index_dir / META_FILE}")
@@ -415,7 +472,7 @@ def index_info(index_dir: str | Path, *, measure_recall: bool = True) -> dict:
         "built_at": meta.get("built_at"),
         "updated_at": meta.get("updated_at"),
         "build_seconds": meta.get("build_seconds"),
-        "size_bytes": (index_dir / INDEX_FILE).stat().st_size,
+        "size_bytes": _current_files(index_dir)[INDEX_FILE].stat().st_size,
     }
     if index_type(index) == "hnsw":
         info["hnsw"] = {"m": meta.get("config", {}).get("hnsw_m"), "ef_search": index.hnsw.efSearch}

@@ -20,11 +20,80 @@ from nexus.knowledge.index import embedder_mismatch_message, read_index_dir
 DEFAULT_THRESHOLD = 0.3
 DEFAULT_K = 4
 DEFAULT_CONTEXT_TOKENS = 512
-# The retrieved chunks come first (numbered, with their sources), then the question. Of the
-# layouts tried with the 135M default teacher, this one answered from the documents; a
-# "Use the following context..." header followed by "Question: ..." made it loop.
-CONTEXT_HEADER = ""
-QUESTION_PREFIX = "Using the documentation above, answer: "
+
+
+@dataclass(frozen=True)
+class ContextLayout:
+    """How retrieved chunks and the question are laid out in the user message.
+
+    ``instruction`` opens the message; each chunk is ``chunk_header`` (``{i}`` its number,
+    ``{source}`` its file name) then its text, chunks joined by ``separator``, best first unless
+    ``best_last``; ``question_prefix`` then the question close it (or open it, after the
+    instruction, when ``question_first``).
+    """
+
+    name: str
+    instruction: str = ""
+    chunk_header: str = "[{i}] (source: {source})\n"
+    separator: str = "\n\n"
+    question_prefix: str = "Using the documentation above, answer: "
+    question_first: bool = False
+    best_last: bool = False
+
+    def format_context(self, chunks: Sequence[Retrieved]) -> str:
+        if not chunks:
+            return ""
+        ordered = list(reversed(chunks)) if self.best_last else list(chunks)
+        numbered = [(len(chunks) - j if self.best_last else j + 1, c) for j, c in enumerate(ordered)]
+        body = self.separator.join(
+            self.chunk_header.format(i=i, source=Path(c.source).name) + c.text for i, c in numbered
+        )
+        return f"{body}\n\n"
+
+    def augment(self, context: str, prompt: str) -> str:
+        if not context:
+            return prompt
+        if self.question_first:
+            return f"{self.instruction}{self.question_prefix}{prompt}\n\n{context.rstrip()}"
+        return f"{self.instruction}{context}{self.question_prefix}{prompt}"
+
+
+ABSTAIN_INSTRUCTION = 'If the documents do not hold the answer, say "I don\'t know."\n\n'
+# Layouts compared on the development set (benchmarks/bench_grounding.py --compare-layouts; the
+# table is in docs/pipeline.md). The first is the one the chat and the grounded training rows use.
+LAYOUTS = {
+    layout.name: layout
+    for layout in (
+        ContextLayout(
+            "docs-question",
+            instruction="Answer the question from these documents. " + ABSTAIN_INSTRUCTION,
+            chunk_header="Document {i} ({source}):\n",
+            question_prefix="Question: ",
+        ),
+        ContextLayout("numbered-above"),  # the layout before issue 18
+        ContextLayout("plain", chunk_header="", question_prefix="Question: "),
+        ContextLayout(
+            "instructed-above",
+            instruction=ABSTAIN_INSTRUCTION,
+        ),
+        ContextLayout(
+            "question-first",
+            instruction="Answer from the documents below. " + ABSTAIN_INSTRUCTION,
+            chunk_header="Document {i} ({source}):\n",
+            question_prefix="Question: ",
+            question_first=True,
+        ),
+        ContextLayout(
+            "best-last",
+            instruction="Answer the question from these documents. " + ABSTAIN_INSTRUCTION,
+            chunk_header="Document {i} ({source}):\n",
+            question_prefix="Question: ",
+            best_last=True,
+        ),
+    )
+}
+DEFAULT_LAYOUT = next(iter(LAYOUTS.values()))
+QUESTION_PREFIX = DEFAULT_LAYOUT.question_prefix
 
 
 @dataclass(frozen=True)
@@ -37,17 +106,14 @@ class Retrieved:
     row: int  # row in the index
 
 
-def format_context(chunks: Sequence[Retrieved]) -> str:
+def format_context(chunks: Sequence[Retrieved], layout: ContextLayout | None = None) -> str:
     """The context block for ``chunks`` (empty string for none)."""
-    if not chunks:
-        return ""
-    body = "\n\n".join(f"[{i}] (source: {Path(c.source).name})\n{c.text}" for i, c in enumerate(chunks, 1))
-    return f"{CONTEXT_HEADER}{body}\n\n"
+    return (layout or DEFAULT_LAYOUT).format_context(chunks)
 
 
-def augment_prompt(context: str, prompt: str) -> str:
-    """The user message with the retrieved context prepended (unchanged without context)."""
-    return f"{context}{QUESTION_PREFIX}{prompt}" if context else prompt
+def augment_prompt(context: str, prompt: str, layout: ContextLayout | None = None) -> str:
+    """The user message with the retrieved context (unchanged without context)."""
+    return (layout or DEFAULT_LAYOUT).augment(context, prompt)
 
 
 class KnowledgeTower:

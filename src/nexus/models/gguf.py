@@ -12,12 +12,10 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from nexus.errors import NexusError
-from nexus.utils import sha256_file
+from nexus.utils import recover_dir, sha256_file, write_dir_atomically
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +74,13 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path | None = None) -> Pa
         raise NexusError(f"GGUF file not found: {gguf_path}")
     digest = sha256_file(gguf_path)
     target = Path(out_dir) if out_dir is not None else gguf_cache_dir(gguf_path, digest)
-    source_file = target / SOURCE_FILE
-    if source_file.is_file():
-        try:
-            if json.loads(source_file.read_text()).get("sha256") == digest:
-                log.debug("reusing converted GGUF at %s", target)
-                return target
-        except (OSError, json.JSONDecodeError):
-            pass
+    source_file = recover_dir(target) / SOURCE_FILE
+    try:  # another user's cache (NEXUS_CACHE_DIR shared) may be unreadable: then it is no hit
+        if json.loads(source_file.read_text()).get("sha256") == digest:
+            log.debug("reusing converted GGUF at %s", source_file.parent)
+            return source_file.parent
+    except (OSError, json.JSONDecodeError, AttributeError):
+        pass
     if out_dir is not None and target.exists() and any(target.iterdir()):
         raise NexusError(f"output directory {target} exists and is not empty")
     check_gguf(gguf_path)
@@ -108,18 +105,17 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path | None = None) -> Pa
     plain.tie_weights()
     plain.generation_config = quantized.generation_config
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    def write(tmp: Path) -> None:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (tmp / SOURCE_FILE).write_text(
             json.dumps({"gguf_file": str(gguf_path), "sha256": digest}, indent=2) + "\n"
         )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    def kept() -> str:
+        return "nothing was changed" + (
+            "" if out_dir is not None else "; set NEXUS_CACHE_DIR to a directory you can write"
+        )
+
+    write_dir_atomically(target, write, what="the converted model", kept=kept)
     return target

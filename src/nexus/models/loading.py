@@ -12,6 +12,7 @@ from typing import Any
 
 from nexus.errors import NexusError
 from nexus.models.gguf import convert_gguf, default_gguf_path
+from nexus.utils import recover_dir
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def resolve_model(spec: str, *, trust_pickle: bool = False) -> ResolvedModel:
         return ResolvedModel(
             spec, "default", str(convert_gguf(default_gguf_path())), str(default_gguf_path())
         )
-    path = Path(spec).expanduser()
+    path = recover_dir(Path(spec).expanduser())  # a directory replace killed mid-way: the old copy
     if path.is_file():
         if path.suffix.lower() == ".gguf":
             return ResolvedModel(spec, "gguf", str(convert_gguf(path)), str(path))

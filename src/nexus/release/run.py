@@ -30,7 +30,7 @@ from nexus.monitor import Flags, StatusPrinter
 from nexus.monitor.markers import archive, read_marker
 from nexus.release.card import hash_data_sources, model_card, package_versions, teacher_identity
 from nexus.release.config import HEATMAP, MANIFEST, ReleaseConfig, choose_student
-from nexus.utils import atomic_write_json, atomic_write_text
+from nexus.utils import apply_umask, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,9 @@ def _benchmark(cfg: ReleaseConfig, model_dir: Path, ctx: RunContext) -> dict[str
     values = {
         "teacher": cfg.teacher,
         "seed": cfg.seed,
+        # what phases 2-4 trained on, for the benchmark's 13-gram overlap check
+        "training_data": _data_sources(ctx),
+        "training_seed": ctx.config.seed,
         **settings,
         "student": str(model_dir),
         "phase": 5,
@@ -156,6 +159,17 @@ def _benchmark(cfg: ReleaseConfig, model_dir: Path, ctx: RunContext) -> dict[str
     }
     bench_cfg = from_dict(BenchmarkConfig, values, "release.benchmark")
     return run_benchmark(bench_cfg, results_dir=ctx.results_dir, flags=ctx.flags, printer=ctx.printer)
+
+
+def _data_sources(ctx: RunContext) -> list[str]:
+    """The data sources of phases 2-4 (their config sections' ``data``, default ``builtin``)."""
+    return sorted(
+        {
+            s
+            for key in ("distill", "train", "router")
+            for s in (getattr(ctx.config, key) or {}).get("data", ["builtin"])
+        }
+    )
 
 
 def run_release(cfg: ReleaseConfig, ctx: RunContext, *, profiler: Profiler | None = None) -> dict[str, Any]:
@@ -219,13 +233,7 @@ def run_release(cfg: ReleaseConfig, ctx: RunContext, *, profiler: Profiler | Non
                     "line": marker.get("line"),
                 }
             )
-    data_sources = sorted(
-        {
-            s
-            for key in ("distill", "train", "router")
-            for s in (getattr(ctx.config, key) or {}).get("data", ["builtin"])
-        }
-    )
+    data_sources = _data_sources(ctx)
     manifest = {
         "format": "nexus-release",
         "version": 1,
@@ -248,6 +256,7 @@ def run_release(cfg: ReleaseConfig, ctx: RunContext, *, profiler: Profiler | Non
     atomic_write_json(partial / MANIFEST, manifest)
     atomic_write_text(partial / "README.md", model_card(cfg, manifest, bench, align))
 
+    apply_umask(partial)  # readable by the team: copied models may be 0600 (transformers 5 saves them so)
     old = archive(release)
     partial.rename(release)
     if old:

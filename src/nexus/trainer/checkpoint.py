@@ -19,12 +19,9 @@ leaves the previous checkpoint untouched.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ from typing import Any
 import torch
 
 from nexus.errors import NexusError
+from nexus.utils import recover_dir, write_dir_atomically
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 META = "meta.json"
@@ -53,62 +51,6 @@ def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     found = list_checkpoints(out_dir)
     return found[-1][1] if found else None
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_failure(exc: BaseException) -> str | None:
-    """Why writing files failed ("disk full", the OS message), or None if ``exc`` is no I/O failure.
-
-    safetensors reports the I/O errors of its writer as ``SafetensorError("... I/O error: ...
-    (os error 28)")``, not as ``OSError``.
-    """
-    if isinstance(exc, OSError):
-        return "disk full" if exc.errno == errno.ENOSPC else str(exc)
-    text = str(exc)
-    if type(exc).__name__ == "SafetensorError" and "I/O error" in text:
-        return "disk full" if f"os error {errno.ENOSPC})" in text else text
-    return None
-
-
-def write_dir_atomically(
-    final: Path, writer: Callable[[Path], None], *, what: str, kept: Callable[[], str]
-) -> None:
-    """Write directory ``final`` whole or not at all: ``writer(tmp)`` fills a sibling temp dir,
-    which is synced and renamed over ``final``. An I/O failure (disk full, ...) removes the temp
-    dir and becomes one ``NexusError`` naming ``what`` failed and, from ``kept()``, what is intact.
-    """
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    try:
-        writer(tmp)
-        _fsync_tree(tmp)
-        if final.exists():  # a stale copy (e.g. a re-run after finishing): replace it
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(final.parent)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        reason = write_failure(exc)
-        if reason is None:
-            raise
-        raise NexusError(f"cannot write {what} {final}: {reason}; {kept()}") from None
 
 
 def write_checkpoint(
@@ -145,6 +87,8 @@ def clean_partial(out_dir: str | Path) -> None:
     if root.is_dir():
         for path in root.glob(".tmp-checkpoint-*"):
             shutil.rmtree(path, ignore_errors=True)
+        for aside in root.glob(".checkpoint-*.old"):  # a replace killed mid-way: the old copy goes back
+            recover_dir(root / aside.name[1 : -len(".old")])
 
 
 def read_meta(checkpoint: Path) -> dict[str, Any]:

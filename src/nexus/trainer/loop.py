@@ -81,7 +81,7 @@ from nexus.trainer.parallel import DistContext
 from nexus.trainer.settings import TrainSettings
 from nexus.trainer.step import ExtraLossFn, StudentLoss, build_optimizer, global_batch_rows
 from nexus.trainer.teacher import LiveTeacherSource, TeacherSource
-from nexus.utils import atomic_write_json
+from nexus.utils import atomic_write_json, write_dir_atomically
 
 log = logging.getLogger(__name__)
 
@@ -507,7 +507,7 @@ class Trainer:
                     f"the newest checkpoint {newest} is intact" if newest else "no checkpoint was written"
                 ) + "; free space and run again"
 
-            ckpt.write_dir_atomically(
+            write_dir_atomically(
                 self.out_dir / "model",
                 lambda tmp: self._save_student(tmp, student_state),
                 what="the final model",

@@ -1,0 +1,82 @@
+"""The grounding evaluation sets (benchmarks/grounding_sets.py): the held-out domains share no
+name with the grounded training rows, every answerable question's answer is in its document and
+every absent one's is not, and the scoring counts the right things."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import grounding_sets as sets  # noqa: E402
+
+from nexus.data import grounded  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    return sets.heldout_set()
+
+
+def test_heldout_vocabulary_is_disjoint_from_the_training_generator():
+    assert not set(sets.SYLLABLES) & set(grounded._FACT_SYLLABLES + grounded._SYLLABLES)
+    assert not set(sets.FIRST_NAMES + sets.FAMILIES) & set(grounded._FIRST_NAMES + grounded._LAST_NAMES)
+    training_kinds = " ".join(kind[0] for kind in grounded._FACT_KINDS.values())
+    for heldout_word in ("village", "librar", "shop", "island", "harbour"):
+        assert heldout_word not in training_kinds
+
+
+def test_no_heldout_name_reaches_a_training_row(heldout):
+    names = sets.made_up_names(heldout)
+    assert len(names) > 40  # places, islands, piers, libraries, shops, commands, people
+    rows = grounded.grounded_qa_examples(800, seed=0) + grounded.fact_qa_examples(800, seed=1)
+    text = "\n".join(ex.prompt + "\n" + ex.response for ex in rows)
+    found = {name for name in names if re.search(rf"\b{re.escape(name)}\b", text, re.I)}
+    assert not found
+
+
+def test_answers_are_in_their_documents_and_absent_ones_are_not(heldout):
+    from collections import Counter
+
+    counts = Counter((q.domain, q.qtype) for q in heldout.questions)
+    for domain in ("villages", "libraries", "shops"):
+        for qtype in sets.TYPES:
+            assert counts[(domain, qtype)] == 2
+        assert counts[(domain, "absent")] == 6
+    corpus = "\n".join(text for _, text in heldout.documents)
+    for q in heldout.questions:
+        if q.qtype == "absent":
+            assert not q.answers
+            continue
+        assert any(key in corpus for key in q.answers), q
+    # an absent question's entity has a document, and that document leaves out the asked fact
+    by_domain = {}
+    for name, text in heldout.documents:
+        by_domain.setdefault(name.split("-")[0], []).append(text)
+    for q in heldout.questions:
+        if q.qtype == "absent":
+            holders = [t for t in by_domain[q.domain] if t.split("\n")[0].lstrip("# ") in q.text]
+            assert len(holders) == 1
+
+
+def test_sets_are_deterministic_and_dev_is_not_heldout(heldout):
+    assert sets.heldout_set() == heldout
+    dev = sets.dev_set()
+    assert dev == sets.dev_set() and {q.qtype for q in dev.questions} >= set(sets.TYPES)
+    assert not sets.made_up_names(dev) & sets.made_up_names(heldout)
+
+
+def test_scoring():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_grounding import has_key, score
+
+    number = sets.Question("shops", "how-many", "How many?", ("53",))
+    assert score(number, "It employs 53 people.") and not score(number, "It was built in 1953.")
+    assert not score(number, "I don't know. It may be 53.")  # a hedge that declines is not right
+    absent = sets.Question("shops", "absent", "Who?", ())
+    assert score(absent, "I don't know. The documents do not say.") and not score(absent, "Ulla Quenby.")
+    assert has_key("Run `thuwen-card --new` at the till", ("thuwen-card --new",))
