@@ -145,6 +145,7 @@ class Trainer:
             extra_loss=extra_loss,
             model_kwargs=model_kwargs,
             compute_dtype=compute_dtype,
+            world=self.dist.world,
         )
         if settings.gradient_checkpointing or self.par.activation_checkpointing:
             self.student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -235,6 +236,7 @@ class Trainer:
                     "scheduler": self.scheduler.state_dict(),
                     "rng_torch": torch.get_rng_state(),
                     "rng_python": list(random.getstate()[1]),
+                    "rng_cuda": ckpt.cuda_rng_state(),
                 }
                 torch.save(state, tmp / "trainer_state.pt")
                 save_resolved(self.run_config, tmp)
@@ -284,6 +286,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_torch"])
         random.setstate((3, tuple(state["rng_python"]), None))
+        ckpt.restore_cuda_rng(state.get("rng_cuda"))
         self.step, self.nan_steps, self.tokens_seen = state["step"], state["nan_steps"], state["tokens_seen"]
         log.info("resuming from %s (step %d)", latest, self.step)
         return latest

@@ -4,7 +4,7 @@ as one ``nn.Module`` (:class:`StudentLoss`, so DDP/FSDP see a single forward).
 The loss of one optimizer step is
 
     (kd_weight * sum KD + ce_weight * sum CE + anchor_weight * sum anchor) / (scored tokens of
-    the whole global batch)  +  mean over micro-batches of extra_loss
+    the whole global batch)  +  mean over the micro-batches of all processes of extra_loss
 
 so gradient accumulation and data parallelism reproduce one big batch. ``extra_loss(output,
 batch, step)`` gets the student's base-model output (``last_hidden_state``, and whatever
@@ -103,9 +103,13 @@ class StudentLoss(nn.Module):
         extra_loss: ExtraLossFn | None = None,
         model_kwargs: dict[str, Any] | None = None,
         compute_dtype: torch.dtype = torch.float32,
+        world: int = 1,
     ):
         super().__init__()
         self.student = student
+        # extra_loss is a per-micro-batch mean: the step's share is 1 / (micro-batches of the
+        # global batch) = 1 / (grad_accum * world), like the global-sum normalizer of the KD terms
+        self.world = world
         self.anchoring = anchoring
         self.settings = settings
         self.anchor_weight = anchor_weight
@@ -167,8 +171,9 @@ class StudentLoss(nn.Module):
             metrics["anchor"] = anchor.detach()
         if self.extra_loss is not None:
             extra, extra_metrics = self.extra_loss(out, batch, self.step)
-            loss = loss + extra / s.grad_accum
-            metrics["extra"] = extra.detach() / s.grad_accum
+            micro_batches = s.grad_accum * self.world
+            loss = loss + extra / micro_batches
+            metrics["extra"] = extra.detach() / micro_batches
             for k, v in extra_metrics.items():
-                metrics[k] = torch.as_tensor(float(v)) / s.grad_accum
+                metrics[k] = torch.as_tensor(float(v)) / micro_batches
         return loss, metrics
