@@ -5,7 +5,8 @@ Layout of one checkpoint::
     checkpoint-<step>/
         model/                    HF directory (safetensors + tokenizer): `resolve_model` loads it
         extra.safetensors         trained modules that are not part of the model (anchoring projections)
-        trainer_state.pt          optimizer, scheduler, RNG states, step, data position, counters
+        trainer_state.pt          optimizer, scheduler, RNG states (CPU, Python, CUDA when used),
+                                  step, data position, counters
         config.yaml               the resolved config of the run
         meta.json                 step, config hash (result-affecting fields)
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import shutil
 from collections.abc import Callable
@@ -30,6 +32,8 @@ import torch
 
 from nexus.errors import NexusError
 from nexus.utils import recover_dir, write_dir_atomically
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 META = "meta.json"
@@ -89,6 +93,35 @@ def clean_partial(out_dir: str | Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
         for aside in root.glob(".checkpoint-*.old"):  # a replace killed mid-way: the old copy goes back
             recover_dir(root / aside.name[1 : -len(".old")])
+
+
+def cuda_rng_state() -> list[torch.Tensor] | None:
+    """Every GPU's RNG state when CUDA is initialised in this process (dropout, sampling), else None."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return None
+
+
+def restore_cuda_rng(states: list[torch.Tensor] | None) -> None:
+    """Restore :func:`cuda_rng_state`'s states. A checkpoint without them (CPU run, older
+    checkpoint) leaves the CUDA RNG as seeded; another GPU count restores the common devices
+    with a warning (resume is then not bit-exact where randomness is used on GPU)."""
+    if states is None:
+        return
+    if not torch.cuda.is_available():
+        log.warning("the checkpoint holds CUDA RNG states but CUDA is not available: not restored")
+        return
+    count = torch.cuda.device_count()
+    if len(states) != count:
+        log.warning(
+            "the checkpoint holds CUDA RNG states of %d GPU(s), this process sees %d: restoring the "
+            "first %d (resume is not bit-exact where dropout or sampling runs on GPU)",
+            len(states),
+            count,
+            min(count, len(states)),
+        )
+    for device, state in enumerate(states[:count]):
+        torch.cuda.set_rng_state(state, device)
 
 
 def read_meta(checkpoint: Path) -> dict[str, Any]:
