@@ -15,6 +15,9 @@ entry per *scored* token, rows in order (``offsets[r]:offsets[r+1]`` are row ``r
 The arrays are preallocated at their final size and filled block by block; ``progress.json`` is
 replaced atomically after each block is flushed, so a build killed at any moment resumes at the
 last recorded block and never trusts unflushed data.
+
+The teacher fingerprint hashes every weight file whole; the digests are memoized by (path, size,
+mtime) in ``<NEXUS_CACHE_DIR>/file_hashes.json`` so a multi-GB teacher is hashed once.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -34,24 +38,65 @@ from nexus.errors import NexusError
 from nexus.trainer.divergence import _log1mexp
 from nexus.trainer.fused import CachedTeacher
 from nexus.trainer.teacher import LiveTeacherSource, TeacherTargets
-from nexus.utils import atomic_write_json
+from nexus.utils import atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 
 
-def teacher_fingerprint(model_dir: str | Path) -> str:
-    """Hash of a model directory's config and weight files (size + first 4 MiB of each)."""
+def default_hash_memo() -> Path:
+    """``<NEXUS_CACHE_DIR or ~/.cache/nexus>/file_hashes.json``."""
+    return Path(os.environ.get("NEXUS_CACHE_DIR", Path.home() / ".cache" / "nexus")) / "file_hashes.json"
+
+
+def memoized_sha256(path: str | Path, memo: str | Path | None) -> str:
+    """:func:`~nexus.utils.sha256_file` of ``path``, remembered in the JSON file ``memo`` under
+    (resolved path, size, mtime_ns): an unchanged file is not read again. ``memo=None`` hashes
+    without memo; an unreadable or unwritable memo only costs the rehash."""
+    path = Path(path).resolve()
+    if memo is None:
+        return sha256_file(path)
+    memo = Path(memo)
+    st = path.stat()
+    stamp = [st.st_size, st.st_mtime_ns]
+    try:
+        entries = json.loads(memo.read_text())
+        if not isinstance(entries, dict):
+            entries = {}
+    except (OSError, ValueError):
+        entries = {}
+    entry = entries.get(str(path))
+    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = sha256_file(path)
+    entries = {p: e for p, e in entries.items() if Path(p).exists()}  # forget removed files
+    entries[str(path)] = {"stamp": stamp, "sha256": digest}
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(memo, entries)
+    except OSError as exc:
+        log.warning("could not record the hash of %s in %s: %s", path, memo, exc)
+    return digest
+
+
+_DEFAULT_MEMO = object()
+
+
+def teacher_fingerprint(model_dir: str | Path, *, memo: str | Path | None | object = _DEFAULT_MEMO) -> str:
+    """Hash of a model directory's config and weight files (each ``*.safetensors`` hashed whole).
+
+    ``memo``: the JSON file remembering weight digests by (path, size, mtime_ns) (default
+    :func:`default_hash_memo`; None: no memo)."""
+    if memo is _DEFAULT_MEMO:
+        memo = default_hash_memo()
     root = Path(model_dir)
     digest = hashlib.sha256()
     config = root / "config.json"
     if config.is_file():
         digest.update(config.read_bytes())
     for file in sorted(root.glob("*.safetensors")):
-        digest.update(f"{file.name}:{file.stat().st_size}".encode())
-        with open(file, "rb") as f:
-            digest.update(f.read(4 << 20))
+        digest.update(f"{file.name}:{file.stat().st_size}:{memoized_sha256(file, memo)}".encode())
     return digest.hexdigest()[:16]
 
 
