@@ -33,3 +33,51 @@ def test_explicit_choices_and_fallbacks(tmp_path):
     with pytest.raises(NexusError, match="run that phase first"):
         choose_student("router", tmp_path)
     assert choose_student("some/model", tmp_path)[0] == "some/model"
+
+
+def _pipeline_yaml(tmp_path, teacher, benchmark: str) -> str:
+    path = tmp_path / "nexus.yaml"
+    path.write_text(
+        f"teacher: {teacher}\nresults_dir: {tmp_path / 'results'}\nrelease_dir: {tmp_path / 'rel'}\n"
+        f"flags_dir: {tmp_path / 'flags'}\nrelease:\n  benchmark:\n{benchmark}"
+    )
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("benchmark", "refused"),
+    [
+        ("    tasks: [builtin]\n", True),  # builtin includes builtin-code
+        ("    tasks: [builtin-code]\n    allow_unsandboxed_code: true\n", False),
+        ("    tasks: [builtin-math]\n", False),
+        ("    enabled: false\n", False),
+    ],
+    ids=["code-refused", "code-allowed", "no-code", "benchmark-off"],
+)
+def test_code_tasks_without_a_sandbox_are_refused_before_phase_1(
+    tmp_path, tiny_llama_dir, monkeypatch, capsys, benchmark, refused
+):
+    """Item 2 of issue 14: the release benchmark's refusal of code tasks on a machine without
+    namespaces comes at pipeline start (one ``nexus: error:`` line, exit 2), not in phase 5."""
+    import nexus.benchmark.sandbox as sandbox
+    import nexus.profiling.phase as profile_phase
+    from nexus.cli import main
+
+    monkeypatch.setattr(sandbox, "isolation_mode", lambda: "none")  # the probe finds no namespaces
+    started = []
+
+    def phase_1(*args, **kwargs):
+        started.append(1)
+        raise NexusError("phase 1 reached")
+
+    monkeypatch.setattr(profile_phase, "run_profile", phase_1)
+    rc = main(["run", "--config", _pipeline_yaml(tmp_path, tiny_llama_dir, benchmark)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    if refused:
+        assert not started
+        (line,) = [ln for ln in err.splitlines() if ln.startswith("nexus: error:")]
+        assert "namespaces" in line and "--allow-unsandboxed-code" in line
+        assert "release.benchmark.allow_unsandboxed_code" in line
+    else:
+        assert started and "nexus: error: phase 1 reached" in err  # checked, then phase 1 ran

@@ -3,6 +3,7 @@ writes the release (model, knowledge index, manifest, model card)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -68,8 +69,9 @@ def test_run_release_writes_model_index_manifest_and_card(tiny_llama_dir, tmp_pa
         and manifest["configs"]["release"]["profile_student"] is False
     )
     assert "builtin" in manifest["data"] and manifest["benchmark"]["items"] == 3
-    # the index summary's document count replaces the list of paths (kept as it was)
-    assert manifest["knowledge"]["documents"] == 1 and manifest["knowledge"]["chunks"] > 0
+    # the list of documents and the index's count, under separate keys
+    assert manifest["knowledge"]["document_count"] == 1 and manifest["knowledge"]["chunks"] > 0
+    assert manifest["knowledge"]["documents"] == ["tests/assets/rag/docs/veloria.md"]  # the tree's
     card = (release / "README.md").read_text()
     assert "AutoModelForCausalLM" in card and "nexus_manifest.json" in card
     assert "## Benchmark: teacher vs student" in card and "| builtin-math |" in card
@@ -105,3 +107,70 @@ def test_run_release_profiles_the_student_through_the_given_profiler(tiny_llama_
     assert values["model"].endswith("rel.partial")  # the release's own copy is profiled
     assert out["alignment_score"] == 0.75
     assert json.loads((tmp_path / "rel" / MANIFEST).read_text())["alignment"] == {"overall": 0.75}
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
+
+
+def test_release_manifest_names_no_path_of_the_build_machine(tiny_llama_dir, tmp_path):
+    """Item 1 of issue 14: the benchmark report names the release, not its ``.partial`` build
+    folder, and the manifest records no absolute path (relative ones, or a name + sha256)."""
+    results = tmp_path / "project" / "results"
+    shutil.copytree(tiny_llama_dir, results / "distill" / "model")
+    (results / "distill" / MARKER).write_text(json.dumps({"phase": 2, "name": "Distill", "seconds": 1.0}))
+    teacher = tmp_path / "models" / "teacher"
+    shutil.copytree(tiny_llama_dir, teacher)
+    doc = tmp_path / "elsewhere" / "notes.md"
+    doc.parent.mkdir()
+    doc.write_text("# Notes\n\nThe lighthouse of Karsholm was built in 1861 and is painted red and white.\n")
+    data_file = tmp_path / "elsewhere" / "rows.jsonl"
+    data_file.write_text('{"text": "a row"}\n')
+    cfg = ReleaseConfig(
+        teacher=str(teacher),
+        release_dir=str(tmp_path / "project" / "nexus-release-v1"),
+        docs=[str(doc), str(RAG_DOC)],
+        index={"chunk_tokens": 48, "chunk_overlap": 12},
+        benchmark={"tasks": ["builtin-math"], "limit": 1, "max_new_tokens": 2, "batch_size": 1, "precision": "fp32",
+                   "fidelity_items": 1, "bootstrap_samples": 20},
+        profile_student=False,
+    )  # fmt: skip
+    pipeline = PipelineConfig(distill={"data": ["builtin:rag=8", str(data_file)]})
+    ctx = SimpleNamespace(
+        config=pipeline, results_dir=results, flags=Flags(tmp_path / "flags"),
+        printer=StatusPrinter(io.StringIO()), source=str(tmp_path / "project" / "nexus.yaml"),
+    )  # fmt: skip
+    run_release(cfg, ctx)
+
+    release = tmp_path / "project" / "nexus-release-v1"
+    report = (results / "benchmark_comparison.md").read_text()
+    assert "Student: `nexus-release-v1`" in report and ".partial" not in report
+    bench_json = json.loads((results / "benchmark_results.json").read_text())
+    assert bench_json["config"]["student"] == "nexus-release-v1"
+    assert ".partial" not in json.dumps(bench_json["models"]["student"])
+
+    manifest = json.loads((release / MANIFEST).read_text())
+    leaks = [s for s in _strings(manifest) if s.startswith(("/", str(tmp_path))) or str(tmp_path) in s]
+    assert not leaks, leaks
+    assert ".partial" not in json.dumps(manifest)
+    digest = hashlib.sha256(data_file.read_bytes()).hexdigest()
+    assert manifest["data"]["builtin:rag=8"].startswith("builtin") or "builtin:rag=8" in manifest["data"]
+    assert f"rows.jsonl@sha256:{digest}" in manifest["data"]  # a local file: its name and hash
+    assert manifest["configs"]["source"] == "nexus.yaml"  # relative to the project
+    assert manifest["knowledge"]["documents"] == [
+        f"notes.md@sha256:{hashlib.sha256(doc.read_bytes()).hexdigest()}",
+        "tests/assets/rag/docs/veloria.md",
+    ]
+    assert manifest["knowledge"]["document_count"] == 2
+    assert manifest["teacher"]["spec"] == "teacher" and manifest["teacher"]["weights_sha256"]
+    assert manifest["student"]["path"] == "nexus-release-v1"
+    assert manifest["configs"]["release"]["release_dir"] == "nexus-release-v1"
+    assert "--model_path nexus-release-v1`" in (release / "README.md").read_text()

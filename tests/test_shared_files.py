@@ -52,7 +52,7 @@ KILLER = textwrap.dedent(
 ).format(tests=str(TESTS))
 
 
-def _kill_at_every_point(script: str, check, reset, *, max_points: int = 400) -> None:
+def _kill_at_every_point(script: str, check, reset, *, max_points: int = 400, min_points: int = 8) -> None:
     """Run ``script`` killed before operation 0, 1, 2, ... until it completes. After each kill
     ``check(point)`` returns what the reader found ("old", "new" or anything else) and the
     problems seen; then ``reset()`` restores the old state."""
@@ -77,7 +77,7 @@ def _kill_at_every_point(script: str, check, reset, *, max_points: int = 400) ->
     else:
         raise AssertionError(f"the writer did not finish within {max_points} operations")
     assert not problems, "\n".join(problems)
-    assert point >= 8 and seen == {"old", "new"}, (point, seen)
+    assert point >= min_points and seen == {"old", "new"}, (point, seen)
 
 
 # ---------------------------------------------------------------------------- directory replace

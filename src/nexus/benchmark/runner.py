@@ -35,6 +35,10 @@ class BenchmarkConfig:
         default=None,
         metadata={"help": "student model spec; default: the newest nexus-release-v* directory here"},
     )
+    student_name: str | None = field(
+        default=None,
+        metadata={"help": "name the reports give the student (default: its spec; the release names its own)"},
+    )
     teacher: str = field(default="default", metadata={"help": "teacher model spec"})
     tasks: list[str] = field(
         default_factory=lambda: ["builtin"],
@@ -574,17 +578,21 @@ def run_benchmark(
         results = {
             "overall": overall,
             "tasks": task_results,
-            "models": {
-                role: model_summary(models[role], all_records[role], peaks.get(role, 0), load_s[role])
-                for role in ROLES
-            },
+            "models": _named(
+                {
+                    role: model_summary(models[role], all_records[role], peaks.get(role, 0), load_s[role])
+                    for role in ROLES
+                },
+                student_spec,
+                cfg.student_name,
+            ),
             "fidelity": fidelity,
             "decontamination": {k: v for k, v in overlap.items() if k != "dirty"},
             "lm_eval": lm_eval_results,
             "sandbox_isolation": isolation_mode() if any(t.spec.kind == "code" for t in done_tasks) else None,
             "stopped": stopped,
             "wall_s": round(time.perf_counter() - started, 2),
-            "config": to_dict(cfg) | {"student": student_spec},
+            "config": to_dict(cfg) | {"student": cfg.student_name or student_spec},
         }
         report.write_reports(results, results_dir)
         writer.set_status("Stopped" if stopped else "Completed")
@@ -597,6 +605,16 @@ def run_benchmark(
         gpu.stop()
         if printer is not None:
             printer.finish()
+
+
+def _named(models: dict[str, dict], spec: str, name: str | None) -> dict[str, dict]:
+    """The student's model summary under ``name`` (the release benchmarks its ``.partial`` build
+    but names the release); unchanged without one."""
+    if name:
+        student = models["student"]
+        student["spec"] = name
+        student["loaded_from"] = str(student["loaded_from"]).replace(spec, name)
+    return models
 
 
 def _public(record: dict) -> dict:

@@ -17,11 +17,13 @@ from typing import Any
 MARKER = "COMPLETE.json"
 
 
-def archive(path: Path) -> Path | None:
-    """Move ``path`` aside as ``<path>.archive-<time>`` (never delete a user's results)."""
+def archive(path: Path, *, like: Path | None = None) -> Path | None:
+    """Move ``path`` aside as ``<path>.archive-<time>`` (never delete a user's results);
+    ``like`` names the archive after another path (``<like>.archive-<time>``)."""
     if not path.exists():
         return None
-    target = path.with_name(f"{path.name}.archive-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    name = (like or path).name
+    target = path.with_name(f"{name}.archive-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
     n = 1
     while target.exists():
         target = target.with_name(f"{target.name}-{n}")

@@ -102,7 +102,7 @@ def model_card(
         f'tokenizer = AutoTokenizer.from_pretrained("{Path(cfg.release_dir).name}")',
         "```",
         "",
-        f"Chat with retrieval from the bundled knowledge index: `python scripts/inference.py --model_path {cfg.release_dir}`.",
+        f"Chat with retrieval from the bundled knowledge index: `python scripts/inference.py --model_path {Path(cfg.release_dir).name}`.",
         "",
         "## Benchmark: teacher vs student",
         "",

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -30,7 +32,7 @@ from nexus.monitor import Flags, StatusPrinter
 from nexus.monitor.markers import archive, read_marker
 from nexus.release.card import hash_data_sources, model_card, package_versions, teacher_identity
 from nexus.release.config import HEATMAP, MANIFEST, ReleaseConfig, choose_student
-from nexus.utils import apply_umask, atomic_write_json, atomic_write_text
+from nexus.utils import _exchange, apply_umask, atomic_write_json, atomic_write_text, fsync_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +156,35 @@ def _benchmark(cfg: ReleaseConfig, model_dir: Path, ctx: RunContext) -> dict[str
         "training_seed": ctx.config.seed,
         **settings,
         "student": str(model_dir),
+        "student_name": Path(cfg.release_dir).name,  # the build folder is the release-to-be
         "phase": 5,
         "phase_name": "Release",
     }
     bench_cfg = from_dict(BenchmarkConfig, values, "release.benchmark")
     return run_benchmark(bench_cfg, results_dir=ctx.results_dir, flags=ctx.flags, printer=ctx.printer)
+
+
+def check_code_sandbox(cfg: ReleaseConfig) -> None:
+    """Refuse now what the benchmark would refuse at the end of the run: code tasks on a machine
+    without user/mount/network/PID namespaces, unless ``allow_unsandboxed_code`` is set (the
+    pipeline calls this before phase 1, not after hours of training)."""
+    if not cfg.benchmark.get("enabled", True):
+        return
+    from nexus.benchmark.runner import BenchmarkConfig
+    from nexus.benchmark.sandbox import SandboxUnavailable, require_isolation
+    from nexus.benchmark.tasks import resolve_task_specs
+
+    settings = {k: v for k, v in cfg.benchmark.items() if k != "enabled"}
+    bench = from_dict(BenchmarkConfig, {"teacher": cfg.teacher, **settings}, "release.benchmark")
+    specs = resolve_task_specs(bench.tasks, Path(bench.data_dir) if bench.data_dir else None)
+    if any(s.kind == "code" for s in specs):
+        try:
+            require_isolation(bench.allow_unsandboxed_code)
+        except SandboxUnavailable as exc:
+            raise SandboxUnavailable(
+                f"{exc} (in the pipeline config: release.benchmark.allow_unsandboxed_code: true, "
+                "or tasks without code); checked before phase 1"
+            ) from None
 
 
 def _data_sources(ctx: RunContext) -> list[str]:
@@ -180,6 +206,7 @@ def run_release(cfg: ReleaseConfig, ctx: RunContext, *, profiler: Profiler | Non
 
     release = Path(cfg.release_dir)
     partial = release.with_name(release.name + ".partial")
+    settle(release, ctx.printer)  # what a run killed while publishing left
     if partial.exists():
         shutil.rmtree(partial)  # our own unfinished build from an interrupted run
     student_spec, reason = choose_student(cfg.student, ctx.results_dir)
@@ -244,8 +271,9 @@ def run_release(cfg: ReleaseConfig, ctx: RunContext, *, profiler: Profiler | Non
         "student_choice": reason,
         "data": hash_data_sources(data_sources),
         "knowledge": {
-            "documents": [str(d) for d in docs],
             **{k: v for k, v in index.items() if k != "paths"},
+            "document_count": index.get("documents", len(docs)),
+            "documents": [str(d) for d in docs],  # made relative (or name + hash) by _portable
         },
         "configs": {"pipeline": to_dict(ctx.config), "source": ctx.source, "release": to_dict(cfg)},
         "packages": package_versions(),
@@ -253,16 +281,122 @@ def run_release(cfg: ReleaseConfig, ctx: RunContext, *, profiler: Profiler | Non
         "alignment": align or None,
         "benchmark": {k: v for k, v in bench.items() if k != "console"} or None,
     }
+    manifest = _portable(manifest, _roots(release, partial, ctx.results_dir))
     atomic_write_json(partial / MANIFEST, manifest)
     atomic_write_text(partial / "README.md", model_card(cfg, manifest, bench, align))
 
     apply_umask(partial)  # readable by the team: copied models may be 0600 (transformers 5 saves them so)
-    old = archive(release)
-    partial.rename(release)
+    old = publish(partial, release)
     if old:
         ctx.printer.message(f"previous release archived to {old}")
     summary["release_dir"] = str(release)
     return summary
 
 
-__all__ = ["ReleaseConfig", "run_release"]
+# ---------------------------------------------------------------------------- portable manifest
+#
+# The manifest names no folder of the machine that built the release: a path under the release
+# (or its build folder) becomes relative to the release's parent ("nexus-release-v1/..."), one
+# under the results folder's parent, the working directory or the Nexus source tree becomes
+# relative to it, and any other absolute path becomes its name, plus "@sha256:<hex>" for a file
+# (a teacher checkpoint, a document, a data file). Specs such as "builtin:rag=800" are unchanged.
+
+_ABSOLUTE = re.compile(r"(?<![\w.:/~-])/[^\s'\"`,;()\[\]{}<>|]*")
+
+
+def _roots(release: Path, partial: Path, results_dir: Path) -> list[tuple[Path, str]]:
+    release = release.absolute()
+    roots = [
+        (partial.absolute(), release.name),
+        (release.parent, ""),
+        (results_dir.absolute().parent, ""),
+        (Path.cwd(), ""),
+        (Path(__file__).resolve().parents[3], ""),  # the source tree (the default docs)
+    ]
+    return [(r, name) for r, name in roots if r != Path(r.anchor)]
+
+
+def _portable_path(text: str, roots: list[tuple[Path, str]]) -> str:
+    path = Path(text)
+    for root, name in roots:
+        for base in {root, root.resolve()}:
+            if path == base or path.is_relative_to(base):
+                rel = path.relative_to(base).as_posix()
+                joined = "/".join(p for p in (name, rel) if p and p != ".")
+                return joined or "."
+    if path.is_file():
+        return f"{path.name}@sha256:{sha256_file(path)}"
+    return path.name
+
+
+def _portable(value: Any, roots: list[tuple[Path, str]]) -> Any:
+    """``value`` with every absolute path in its strings made portable (see above)."""
+    if isinstance(value, dict):
+        return {_portable(k, roots): _portable(v, roots) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_portable(v, roots) for v in value]
+    if isinstance(value, str) and "/" in value:
+        return _ABSOLUTE.sub(lambda m: _portable_path(m.group(0), roots), value)
+    return value
+
+
+# ---------------------------------------------------------------------------- publishing
+#
+# The complete build in ``<release>.partial`` replaces the release without a moment where the
+# release path is missing:
+#
+# 1. the build is renamed to ``.<release>.swap`` (the slot; a build is never deleted from there);
+# 2. renameat2(RENAME_EXCHANGE) swaps the slot and the release in one step: the release path holds
+#    the new build and the slot the old release;
+# 3. the slot is archived as ``<release>.archive-<time>`` (as before: never deleted).
+#
+# Where the file system cannot exchange, step 2 is two renames (the release to ``.<release>.previous``,
+# the slot to the release), and a kill between them leaves the release path missing until the next
+# phase 5 (or ``settle``) puts the previous release back. ``settle`` finishes whatever a killed
+# publish left: a slot or previous copy becomes the release when there is none, else it is archived.
+
+
+def _slot(release: Path) -> Path:
+    return release.with_name(f".{release.name}.swap")
+
+
+def _previous(release: Path) -> Path:
+    return release.with_name(f".{release.name}.previous")
+
+
+def settle(release: Path, printer: StatusPrinter | None = None) -> None:
+    """Finish what a publish killed half-way left next to ``release`` (see above)."""
+    for leftover in (_previous(release), _slot(release)):
+        if not leftover.is_dir():
+            continue
+        if not release.exists():
+            os.rename(leftover, release)
+            fsync_dir(release.parent)
+        else:
+            moved = archive(leftover, like=release)
+            if printer is not None:
+                printer.message(f"release left by an interrupted run archived to {moved}")
+
+
+def publish(partial: Path, release: Path) -> Path | None:
+    """Put the complete build ``partial`` in place of ``release`` (see above); returns where the
+    previous release was archived, if there was one."""
+    settle(release)
+    if not release.exists():
+        os.rename(partial, release)
+        fsync_dir(release.parent)
+        return None
+    slot = _slot(release)
+    os.rename(partial, slot)
+    fsync_dir(release.parent)
+    if not _exchange(slot, release):
+        previous = _previous(release)
+        os.rename(release, previous)
+        os.rename(slot, release)
+        fsync_dir(release.parent)
+        return archive(previous, like=release)
+    fsync_dir(release.parent)
+    return archive(slot, like=release)
+
+
+__all__ = ["ReleaseConfig", "check_code_sandbox", "publish", "run_release", "settle"]
