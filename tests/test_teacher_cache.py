@@ -1,11 +1,78 @@
-"""The teacher top-k cache's key covers whole weight files, memoized (issue 14)."""
+"""The teacher top-k cache's figures: a key covering whole weight files, K + 1 bins that sum to
+one (issue 14)."""
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
+import pytest
+import tiny
+import torch
+import torch.nn.functional as F
+
 import nexus.trainer.cache as cache_mod
-from nexus.trainer.cache import teacher_fingerprint
+from nexus.data.formats import Example
+from nexus.data.packing import encode_examples, pack_documents
+from nexus.trainer.cache import build_teacher_cache, teacher_fingerprint
+from nexus.trainer.divergence import topk_kd_loss
+
+
+def _rows(tokenizer, n: int = 8, seq_len: int = 48, offset: int = 0):
+    examples = [
+        Example(kind="text", source=f"t:{i}", text=f"def g{i}(y):\n    return y - {i} * {i % 4}\n")
+        for i in range(offset, offset + n)
+    ]
+    return pack_documents(encode_examples(tokenizer, examples), seq_len, pad_id=tokenizer.pad_token_id)
+
+
+@pytest.fixture(scope="module")
+def models(tiny_tokenizer):
+    teacher = tiny.build_model("llama", tiny_tokenizer, num_layers=3, intermediate=96, seed=0).float()
+    student = tiny.build_model("llama", tiny_tokenizer, num_layers=2, intermediate=96, seed=1).float()
+    return teacher, student
+
+
+def _build(tmp_path, teacher, splits, *, k, temperature, name="c"):
+    return build_teacher_cache(
+        tmp_path / name,
+        teacher,
+        splits,
+        teacher_id="t",
+        data_key="d",
+        k=k,
+        temperature=temperature,
+        dtype=torch.float32,
+    )
+
+
+def test_cached_bins_sum_to_one_and_the_loss_uses_them(models, tiny_tokenizer, tmp_path):
+    teacher, student = models
+    rows = _rows(tiny_tokenizer)
+    cache = _build(tmp_path, teacher, {"train": rows}, k=8, temperature=1.0)
+    source = cache.source("train")
+    idx = np.arange(len(rows))
+    batch = rows.batch(idx)
+    target = source(batch, idx).target
+    bins = torch.cat([target.topk_logp.float(), target.tail_logp.float()[:, None]], -1)
+    total = bins.exp().sum(-1)
+    assert total.shape[0] == int(batch["loss_mask"].sum()) > 0
+    assert (total - 1).abs().max() < 1e-6  # float32 rounding of K + 1 terms
+    # the file itself: the stored tail is that of the stored float16 top-k
+    stored = np.load(cache.dir / "train_topk_logp.npy").astype(np.float32)
+    tail = np.load(cache.dir / "train_tail_logp.npy")
+    file_total = np.exp(stored).sum(-1) + np.exp(tail)
+    assert np.abs(file_total - 1).max() < 1e-6
+    # the loss on the cached batch is the KL against exactly those normalized bins
+    with torch.no_grad():
+        logits = student(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    logits = logits[batch["loss_mask"]]
+    loss = topk_kd_loss(logits, target.topk_logp, target.topk_idx, target.tail_logp)
+    s = F.log_softmax(logits.float(), -1)
+    s_top = s.gather(-1, target.topk_idx)
+    s_bins = torch.cat([s_top, torch.log1p(-s_top.exp().sum(-1, keepdim=True).clamp(max=1 - 1e-7))], -1)
+    want = (bins.exp() * (bins - s_bins)).sum(-1)
+    assert torch.allclose(loss, want, atol=1e-5)
 
 
 def _weights(root, size=5 << 20):

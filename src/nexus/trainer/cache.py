@@ -7,7 +7,7 @@ entry per *scored* token, rows in order (``offsets[r]:offsets[r+1]`` are row ``r
     {split}_offsets.npy     (R + 1,) int64
     {split}_topk_logp.npy   (N, K)   float16   teacher log-probs at temperature T, sorted descending
     {split}_topk_idx.npy    (N, K)   uint16 when the vocabulary fits, else int32
-    {split}_tail_logp.npy   (N,)     float32   log(1 - sum of the top-k probabilities)
+    {split}_tail_logp.npy   (N,)     float32   log(1 - sum of the float16 top-k probabilities)
     {split}_states_L{l}.npy (N, H)   float16   output of teacher layer l (only with anchoring)
     progress.json           rows done per split (the build resumes from here)
     meta.json               written last: the cache is complete when it exists
@@ -15,6 +15,10 @@ entry per *scored* token, rows in order (``offsets[r]:offsets[r+1]`` are row ``r
 The arrays are preallocated at their final size and filled block by block; ``progress.json`` is
 replaced atomically after each block is flushed, so a build killed at any moment resumes at the
 last recorded block and never trusts unflushed data.
+
+Consistency: the tail is computed from the *float16-rounded* top-k, and :class:`CachedTeacherSource`
+renormalizes the ``K + 1`` bins in float32 on load, so the teacher distribution the loss and the
+evaluation see sums to one.
 
 The teacher fingerprint hashes every weight file whole; the digests are memoized by (path, size,
 mtime) in ``<NEXUS_CACHE_DIR>/file_hashes.json`` so a multi-GB teacher is hashed once.
@@ -42,7 +46,8 @@ from nexus.utils import atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+# 2: the tail is computed from the float16 top-k (version 1 caches are rebuilt under a new key).
+CACHE_VERSION = 2
 
 
 def default_hash_memo() -> Path:
@@ -200,8 +205,18 @@ class CachedTeacherSource:
             )
         idx = torch.from_numpy(gather(self.topk_idx).astype(np.int64)).to(device)
         tail = torch.from_numpy(gather(self.tail)).to(device)
+        logp, tail = normalize_bins(logp, tail)
         states = {layer: torch.from_numpy(gather(a)).to(device) for layer, a in self.states.items()}
         return TeacherTargets(CachedTeacher(logp, idx, tail), states)
+
+
+def normalize_bins(topk_logp: torch.Tensor, tail_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``K + 1`` cached bins (``(N, K)`` top-k, ``(N,)`` tail log-probs) shifted in float32 so
+    their probabilities sum to one (the float16 rounding of the top-k, or an older cache's tail
+    computed before it, leaves them off by up to ~1e-3)."""
+    logp, tail = topk_logp.float(), tail_logp.float()
+    norm = torch.logaddexp(torch.logsumexp(logp, dim=-1), tail)  # (N,)
+    return logp - norm[:, None], tail - norm
 
 
 @torch.no_grad()
@@ -268,9 +283,11 @@ def build_teacher_cache(
                 e = min(b - a, c + 1024)
                 logp = F.log_softmax(t.logits(c, e).float() / temperature, dim=-1)
                 values, ids = logp.topk(k, dim=-1)
-                arrays["topk_logp"][a + c : a + e] = values.to(torch.float16).cpu().numpy()
+                values = values.to(torch.float16)  # the tail from what is stored: the bins sum to ~1
+                arrays["topk_logp"][a + c : a + e] = values.cpu().numpy()
                 arrays["topk_idx"][a + c : a + e] = ids.cpu().numpy().astype(arrays["topk_idx"].dtype)
-                arrays["tail_logp"][a + c : a + e] = _log1mexp(torch.logsumexp(values, -1)).cpu().numpy()
+                tail = _log1mexp(torch.logsumexp(values.float(), -1))
+                arrays["tail_logp"][a + c : a + e] = tail.cpu().numpy()
             for layer in layers:
                 arrays[f"states_L{layer}"][a:b] = targets.states[layer].to(torch.float16).cpu().numpy()
             for array in arrays.values():
