@@ -1,5 +1,5 @@
-"""The teacher top-k cache's figures: a key covering whole weight files, K + 1 bins that sum to
-one (issue 14)."""
+"""The teacher top-k cache's figures: held-out KL at the same temperature as a live teacher, a
+key covering whole weight files, K + 1 bins that sum to one (issue 14)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from nexus.data.formats import Example
 from nexus.data.packing import encode_examples, pack_documents
 from nexus.trainer.cache import build_teacher_cache, teacher_fingerprint
 from nexus.trainer.divergence import topk_kd_loss
+from nexus.trainer.evaluate import evaluate_fidelity
+from nexus.trainer.teacher import LiveTeacherSource
 
 
 def _rows(tokenizer, n: int = 8, seq_len: int = 48, offset: int = 0):
@@ -44,6 +46,25 @@ def _build(tmp_path, teacher, splits, *, k, temperature, name="c"):
         temperature=temperature,
         dtype=torch.float32,
     )
+
+
+def test_cached_heldout_kl_at_t2_matches_the_live_teacher_kl(models, tiny_tokenizer, tmp_path):
+    """Same teacher, same rows: the cached evaluation of a T=2 cache reports the live KL at T=1
+    (k = the whole vocabulary, so the K + 1 bins are the full distribution)."""
+    teacher, student = models
+    train, heldout = _rows(tiny_tokenizer), _rows(tiny_tokenizer, offset=50)
+    vocab = teacher.get_output_embeddings().weight.shape[0]
+    cache = _build(tmp_path, teacher, {"train": train, "heldout": heldout}, k=vocab, temperature=2.0)
+    live = evaluate_fidelity(student, LiveTeacherSource(teacher), heldout, batch_size=3)
+    cached = evaluate_fidelity(student, cache.source("train").heldout(), heldout, batch_size=3)
+    assert cached["tokens"] == live["tokens"] > 0
+    assert cached["kd_topk"] == pytest.approx(live["kd"], rel=1e-2)  # float16 top-k
+    assert cached["top1_agreement"] == pytest.approx(live["top1_agreement"])
+    # the train split keeps the training temperature (the KD loss compares it at T=2)
+    assert cache.meta["split_temperature"] == {"train": 2.0, "heldout": 1.0}
+    # a source at T != 1 (here the train split) is compared at its T and labelled so
+    on_train = evaluate_fidelity(student, cache.source("train"), train, batch_size=3)
+    assert "kd_topk" not in on_train and on_train["kd_topk_T2"] >= 0
 
 
 def test_cached_bins_sum_to_one_and_the_loss_uses_them(models, tiny_tokenizer, tmp_path):

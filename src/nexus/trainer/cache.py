@@ -5,7 +5,7 @@ anchored layers), per split (``train``, ``heldout``), one memory-mapped ``.npy``
 entry per *scored* token, rows in order (``offsets[r]:offsets[r+1]`` are row ``r``'s tokens)::
 
     {split}_offsets.npy     (R + 1,) int64
-    {split}_topk_logp.npy   (N, K)   float16   teacher log-probs at temperature T, sorted descending
+    {split}_topk_logp.npy   (N, K)   float16   teacher log-probs, sorted descending
     {split}_topk_idx.npy    (N, K)   uint16 when the vocabulary fits, else int32
     {split}_tail_logp.npy   (N,)     float32   log(1 - sum of the float16 top-k probabilities)
     {split}_states_L{l}.npy (N, H)   float16   output of teacher layer l (only with anchoring)
@@ -15,6 +15,11 @@ entry per *scored* token, rows in order (``offsets[r]:offsets[r+1]`` are row ``r
 The arrays are preallocated at their final size and filled block by block; ``progress.json`` is
 replaced atomically after each block is flushed, so a build killed at any moment resumes at the
 last recorded block and never trusts unflushed data.
+
+Temperatures: the ``train`` split holds the teacher at the training temperature ``T`` (the KD
+loss compares it with the student at ``T``); every other split (``heldout``) holds it at T=1, so
+the held-out KL of a cached teacher is the same quantity as a live teacher's (KL at T=1 on the
+``K + 1`` bins). ``meta.json`` records each split's temperature (``split_temperature``).
 
 Consistency: the tail is computed from the *float16-rounded* top-k, and :class:`CachedTeacherSource`
 renormalizes the ``K + 1`` bins in float32 on load, so the teacher distribution the loss and the
@@ -46,7 +51,8 @@ from nexus.utils import atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
-# 2: the tail is computed from the float16 top-k (version 1 caches are rebuilt under a new key).
+# 2: the tail is computed from the float16 top-k, held-out splits are stored at T=1 and the
+# teacher fingerprint covers whole weight files (version 1 caches are rebuilt under a new key).
 CACHE_VERSION = 2
 
 
@@ -184,7 +190,10 @@ class CachedTeacherSource:
         self.topk_logp = cache._load(f"{split}_topk_logp.npy")
         self.topk_idx = cache._load(f"{split}_topk_idx.npy")
         self.tail = cache._load(f"{split}_tail_logp.npy")
-        self.layers = list(cache.meta.get("layers", []))
+        meta = cache.meta
+        # the temperature of this split's log-probs (caches without the field: every split at T)
+        self.temperature = float(meta.get("split_temperature", {}).get(split, meta["temperature"]))
+        self.layers = list(meta.get("layers", []))
         self.states = {layer: cache._load(f"{split}_states_L{layer}.npy") for layer in self.layers}
 
     def heldout(self) -> CachedTeacherSource:
@@ -238,7 +247,8 @@ def build_teacher_cache(
     """Fill ``directory`` (resuming a partial build); returns the complete cache.
 
     ``teacher``: a causal LM (cast to ``dtype`` for the forward); ``progress(done_rows, total_rows)``
-    is called after each block.
+    is called after each block. The ``train`` split is stored at ``temperature``, every other split
+    at T=1 (see the module docstring).
     """
     directory = Path(directory)
     cache = TeacherCache(directory)
@@ -255,6 +265,7 @@ def build_teacher_cache(
     done = json.loads(progress_file.read_text()) if progress_file.is_file() else {}
     total_rows = sum(len(r) for r in splits.values())
     finished = sum(min(done.get(s, 0), len(r)) for s, r in splits.items())
+    split_temperature = {s: (float(temperature) if s == "train" else 1.0) for s in splits}
     for split, rows in splits.items():
         offsets = _row_offsets(rows)
         n_tok = int(offsets[-1])
@@ -281,7 +292,7 @@ def build_teacher_cache(
             t = targets.target
             for c in range(0, b - a, 1024):
                 e = min(b - a, c + 1024)
-                logp = F.log_softmax(t.logits(c, e).float() / temperature, dim=-1)
+                logp = F.log_softmax(t.logits(c, e).float() / split_temperature[split], dim=-1)
                 values, ids = logp.topk(k, dim=-1)
                 values = values.to(torch.float16)  # the tail from what is stored: the bins sum to ~1
                 arrays["topk_logp"][a + c : a + e] = values.cpu().numpy()
@@ -308,6 +319,7 @@ def build_teacher_cache(
             "data": data_key,
             "k": k,
             "temperature": temperature,
+            "split_temperature": split_temperature,
             "layers": layers,
             "vocab_size": vocab,
             "splits": {s: int(_row_offsets(r)[-1]) for s, r in splits.items()},

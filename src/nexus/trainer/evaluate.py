@@ -38,8 +38,12 @@ def score_batch(
     precision: str,
     device: torch.device,
     chunk_size: int,
+    temperature: float = 1.0,
 ) -> dict[str, float]:
-    """Summed KL(teacher || student), CE and top-1 agreements of one batch, and its token count."""
+    """Summed KL(teacher || student), CE and top-1 agreements of one batch, and its token count.
+
+    ``temperature``: that of a cached teacher's log-probs; the student is compared at the same one
+    (1 for a live teacher and for the held-out split of a cache)."""
     head = student.get_output_embeddings()
     with autocast(precision, device):
         out = base_model(student)(
@@ -58,7 +62,8 @@ def score_batch(
             continue
         if cached:
             t = targets.target
-            s_logp, t_logp = topk_bins(logp, t.topk_logp[c:e], t.topk_idx[c:e], t.tail_logp[c:e])
+            s_at = logp if temperature == 1.0 else F.log_softmax(logits / temperature, -1)
+            s_logp, t_logp = topk_bins(s_at, t.topk_logp[c:e], t.topk_idx[c:e], t.tail_logp[c:e])
             sums["kl"] += float(forward_kl_terms(t_logp, s_logp).sum())
             teacher_top1 = t.topk_idx[c:e, 0].long()
         else:
@@ -85,8 +90,12 @@ def evaluate_fidelity(
     """Mean per-token KL(teacher || student) at T=1, CE on the data and top-1 agreement.
 
     With a cached teacher the KL is the top-k (K + 1 bins) one and is reported as
-    ``kd_topk``; with a live teacher it is the full-vocabulary KL (``kd``). ``scorer``
-    replaces :func:`score_batch` (same keyword arguments), e.g. to run it inside an FSDP root.
+    ``kd_topk``; with a live teacher it is the full-vocabulary KL (``kd``). A cache's held-out
+    split holds the teacher at T=1 (:mod:`nexus.trainer.cache`), so ``kd_topk`` is the live ``kd``
+    coarsened to the teacher's top-k bins (equal to it as k reaches the vocabulary). A cached
+    source at another temperature ``T`` (a train split, an older cache) is compared with the
+    student at ``T`` and reported as ``kd_topk_T<T>`` instead. ``scorer`` replaces
+    :func:`score_batch` (same keyword arguments), e.g. to run it inside an FSDP root.
     """
     device = torch.device(device)
     was_training = student.training
@@ -94,20 +103,25 @@ def evaluate_fidelity(
     n = len(rows) if max_rows is None else min(len(rows), max_rows)
     sums = {"kl": 0.0, "ce": 0.0, "agree": 0.0, "tokens": 0}
     cached = teacher is not None and not isinstance(teacher, LiveTeacherSource)
+    temperature = float(getattr(teacher, "temperature", 1.0)) if cached else 1.0
+    extra = {"temperature": temperature} if temperature != 1.0 else {}
     score = scorer or functools.partial(score_batch, student)
     for start in range(0, n, batch_size):
         idx = np.arange(start, min(n, start + batch_size))
         batch = {k: v.to(device) for k, v in rows.batch(idx).items()}
         with autocast(precision, device):
             targets = teacher(batch, idx) if teacher is not None else None
-        part = score(batch, targets, cached=cached, precision=precision, device=device, chunk_size=chunk_size)
+        part = score(
+            batch, targets, cached=cached, precision=precision, device=device, chunk_size=chunk_size, **extra
+        )
         for key in sums:
             sums[key] += part[key]
     student.train(was_training)
     tokens = max(1, sums["tokens"])
     result = {"ce": sums["ce"] / tokens, "tokens": sums["tokens"]}
     if teacher is not None:
-        result["kd_topk" if cached else "kd"] = sums["kl"] / tokens
+        key = ("kd_topk" if temperature == 1.0 else f"kd_topk_T{temperature:g}") if cached else "kd"
+        result[key] = sums["kl"] / tokens
         result["top1_agreement"] = sums["agree"] / tokens
     return result
 
