@@ -230,8 +230,12 @@ def build_corpus(
     cache_dir: str | Path | None = None,
     teacher=None,
     teacher_id: str | None = None,
+    teacher_tokenizer=None,
 ) -> Corpus:
-    """Tokenize and pack ``sources`` (train + held-out), reusing ``cache_dir/<key>/`` when present."""
+    """Tokenize and pack ``sources`` (train + held-out), reusing ``cache_dir/<key>/`` when present.
+
+    ``teacher_tokenizer`` (default ``tokenizer``): the teacher's, for teacher-written rows
+    (built-in chat answers) when the student's tokenizer differs."""
     if not sources:
         raise NexusError("no training data given")
     if loss_on not in ("all", "response"):
@@ -254,7 +258,7 @@ def build_corpus(
             return cached
     examples: list[Example] = []
     for source in sources:
-        examples += load_source(source, teacher=teacher, tokenizer=tokenizer, seed=seed)
+        examples += load_source(source, teacher=teacher, tokenizer=teacher_tokenizer or tokenizer, seed=seed)
     if max_examples is not None:
         examples = examples[:max_examples]
     if not examples:

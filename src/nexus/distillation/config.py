@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from nexus.config import config_hash, to_dict
 from nexus.trainer.settings import TrainSettings, phase_default
 
 
@@ -28,7 +29,15 @@ class DistillConfig(TrainSettings):
         default="default", metadata=_help("teacher model spec (default, HF dir, GGUF, hub name)")
     )
     student: str | None = field(
-        default=None, metadata=_help("student model spec (same vocabulary as the teacher)")
+        default=None,
+        metadata=_help("student model spec (the teacher's vocabulary, or any with --cross-tokenizer)"),
+    )
+    cross_tokenizer: Literal["none", "uld", "align"] = field(
+        default="none",
+        metadata=_help(
+            "teacher and student tokenizers differ: 'uld' (sorted-probability L1, ULD) or 'align' "
+            "(KL on character-aligned positions over the shared vocabulary)"
+        ),
     )
     plan: str | None = field(
         default=None, metadata=_help("student_plan.json from `nexus profile` (keep_layers, anchor_pairs)")
@@ -99,3 +108,17 @@ class DistillConfig(TrainSettings):
             raise ValueError("anchor_pairs entries must be [student_layer, teacher_layer]")
         if self.student and self.plan:
             raise ValueError("give --student or --plan, not both")
+        if self.cross_tokenizer != "none" and not self.student:
+            raise ValueError("--cross-tokenizer needs --student (a model with its own tokenizer)")
+        if self.cross_tokenizer != "none" and self.cache_teacher:
+            raise ValueError("--cross-tokenizer runs the live teacher: drop --cache-teacher")
+        if self.cross_tokenizer != "none" and self.anchor_weight > 0:
+            raise ValueError("--cross-tokenizer does not support activation anchoring (--anchor-weight 0)")
+
+    def result_hash(self) -> str:
+        # 'none' leaves the hash of configs written before the field existed unchanged
+        if self.cross_tokenizer == "none":
+            items = {k: v for k, v in to_dict(self).items() if k not in self.non_result_fields}
+            del items["cross_tokenizer"]
+            return config_hash(items)
+        return super().result_hash()

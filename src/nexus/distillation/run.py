@@ -45,6 +45,7 @@ def run_distill(
     from nexus.models import build_student, decoder_layers, load_model, load_tokenizer
     from nexus.trainer.anchoring import ActivationAnchoringLoss
     from nexus.trainer.cache import cache_key, prepare_teacher_cache, teacher_fingerprint
+    from nexus.trainer.cross_tokenizer import CrossTokenizerKD
     from nexus.trainer.loop import Trainer
     from nexus.trainer.parallel import DistContext, resolve_parallelism
     from nexus.trainer.teacher import LiveTeacherSource
@@ -70,9 +71,12 @@ def run_distill(
 
     keep: list[int] | None = None
     plan_pairs: list[list[int]] = []
+    student_tokenizer = tokenizer
     if config.student:
         student, s_resolved = load_model(config.student)
-        check_same_vocab(teacher, tokenizer, student, load_tokenizer(s_resolved), config.student)
+        student_tokenizer = load_tokenizer(s_resolved)
+        if config.cross_tokenizer == "none":
+            check_same_vocab(teacher, tokenizer, student, student_tokenizer, config.student)
         student_desc = f"{config.student}"
     else:
         if config.plan:
@@ -109,7 +113,7 @@ def run_distill(
         dist.barrier()
     corpus = build_corpus(
         config.data,
-        tokenizer,
+        student_tokenizer,
         seq_len=config.seq_len,
         loss_on=config.loss_on,
         heldout_fraction=config.heldout_fraction,
@@ -118,6 +122,7 @@ def run_distill(
         cache_dir=config.data_cache_dir or out.parent / "data_cache",
         teacher=teacher,
         teacher_id=teacher_id,
+        teacher_tokenizer=tokenizer,
     )
     if dist.is_main:
         dist.barrier()
@@ -131,6 +136,7 @@ def run_distill(
 
     # -- setup teacher: the top-k cache (built once) or the live model --------------------
     cache_info = None
+    cross_kd = None
     if (
         config.cache_teacher
         or config.teacher_cache_dir
@@ -161,6 +167,21 @@ def run_distill(
             return {"teacher_cache": cache_info}
         teacher_source = cache.source("train")
         del teacher
+    elif config.cross_tokenizer != "none":
+        if cache_only:
+            raise NexusError("cache_only needs cache_teacher (--cache-teacher)")
+        # The teacher reads its own tokenisation of each row's text, in the extra_loss hook.
+        cross_kd = CrossTokenizerKD(
+            config.cross_tokenizer,
+            student=student,
+            teacher=teacher,
+            student_tokenizer=student_tokenizer,
+            teacher_tokenizer=tokenizer,
+            kd_weight=config.kd_weight,
+            temperature=config.temperature,
+            teacher_dtype=teacher_dtype,
+        )
+        teacher_source = None
     else:
         if cache_only:
             raise NexusError("cache_only needs cache_teacher (--cache-teacher)")
@@ -170,7 +191,7 @@ def run_distill(
     # -- fit ---------------------------------------------------------------------------
     trainer = Trainer(
         student,
-        tokenizer=tokenizer,
+        tokenizer=student_tokenizer,
         train=corpus.train,
         heldout=corpus.heldout,
         teacher=teacher_source,
@@ -185,6 +206,7 @@ def run_distill(
         printer=printer,
         phase=2,
         dist=dist,
+        extra_loss=cross_kd,
     )
     summary = trainer.fit()
 
@@ -198,6 +220,7 @@ def run_distill(
             "anchor_pairs": anchoring.pairs if anchoring is not None else None,
             "precision": precision,
             "teacher_cache": cache_info,
+            "cross_tokenizer": config.cross_tokenizer,
             "out": str(out),
             "world_size": dist.world,
         }

@@ -57,6 +57,6 @@ def check_same_vocab(teacher, teacher_tok, student, student_tok, student_spec: s
     s_vocab = student.get_output_embeddings().weight.shape[0]
     if t_vocab != s_vocab or teacher_tok.get_vocab() != student_tok.get_vocab():
         raise NexusError(
-            f"teacher and student {student_spec} have different vocabularies ({t_vocab} vs {s_vocab} tokens or "
-            "different token ids); cross-tokenizer distillation is not supported: pick a student of the teacher's family"
+            f"teacher and student tokenizers differ ({t_vocab} vs {s_vocab} tokens, student {student_spec}); "
+            "use --cross-tokenizer uld|align"
         )

@@ -14,7 +14,8 @@ save -- and takes everything else from here:
 * :mod:`~nexus.trainer.divergence` (KL / JSD / top-k bins / agreement),
   :mod:`~nexus.trainer.fused` (the chunked LM-head loss), :mod:`~nexus.trainer.anchoring`
   (:class:`ActivationAnchoringLoss`) -- the losses; :mod:`~nexus.trainer.evaluate` scores
-  held-out rows with the same divergence functions;
+  held-out rows with the same divergence functions; :mod:`~nexus.trainer.cross_tokenizer`
+  (ULD and offset-aligned KD for a student with another tokenizer, as an ``extra_loss`` hook);
 * :mod:`~nexus.trainer.parallel` (process group, DDP / FSDP2), :mod:`~nexus.trainer.checkpoint`
   (atomic checkpoint directories), :mod:`~nexus.trainer.metrics` (metrics.jsonl + TensorBoard);
 * :mod:`~nexus.trainer.finetune` -- the config base and setup shared by phases 3 and 4.

@@ -149,6 +149,8 @@ def chunk_loss_and_grad(
             g_ce[torch.arange(len(labels), device=labels.device), labels] -= ce_weight
             grad = g_ce if grad is None else grad.add_(g_ce)
     total = kd_weight * kd + ce_weight * ce
+    if need_grad and grad is None:  # no term here (the loss is elsewhere, e.g. cross-tokenizer KD)
+        grad = torch.zeros_like(logits, dtype=torch.float32)
     return total, kd, ce, grad if need_grad else None
 
 
