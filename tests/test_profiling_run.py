@@ -81,17 +81,15 @@ def probe_files(tmp_path):
             for a in range(1, 6)
         )
     )
-    piqa = tmp_path / "piqa.jsonl"
-    piqa.write_text(
+    # (PIQA rows would be refused: evaluation-only, see test_profiling_probes.py)
+    commonsense = tmp_path / "commonsense.jsonl"
+    commonsense.write_text(
         "".join(
-            json.dumps(
-                {"goal": f"To open jar {i}", "sol1": "twist the lid", "sol2": "paint the lid", "label": i % 2}
-            )
-            + "\n"
+            json.dumps({"prompt": f"How do I open jar {i}?", "response": "Twist the lid."}) + "\n"
             for i in range(4)
         )
     )
-    return {"code": code, "math": math, "piqa": piqa}
+    return {"code": code, "math": math, "commonsense": commonsense}
 
 
 def test_run_profile_writes_outputs_and_plan(tmp_path, tiny_llama_dir, probe_files):
@@ -102,7 +100,7 @@ def test_run_profile_writes_outputs_and_plan(tmp_path, tiny_llama_dir, probe_fil
         probes=[
             f"code={probe_files['code']}",
             str(probe_files["math"]),
-            f"commonsense={probe_files['piqa']}",
+            f"commonsense={probe_files['commonsense']}",
         ],
         num_probes=3,
         plan=PlanConfig(keep_layers=3, critical_per_capability=1),
@@ -121,7 +119,7 @@ def test_run_profile_writes_outputs_and_plan(tmp_path, tiny_llama_dir, probe_fil
     profile = load_profile(out / "tiny.json")
     assert list(profile["capabilities"]) == ["code", "math", "commonsense"]
     assert profile["layers"] == [0, 1, 2, 3]
-    assert profile["capabilities"]["commonsense"]["accuracy"] is not None
+    assert profile["capabilities"]["commonsense"]["accuracy"] is None  # no multiple choice
     assert profile["capabilities"]["code"]["accuracy"] is None
     assert all(c["num_probes"] == 3 for c in profile["capabilities"].values())
     assert len(profile["model"]["identity"]) == 64

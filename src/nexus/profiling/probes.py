@@ -5,8 +5,8 @@ A capability (``code``, ``math``, ``chat``, or any name) is a list of probe exam
 * ``text``: every token after the first is scored (plain language modelling);
 * ``chat``: prompt + response rendered through the model's chat template, only the response
   tokens scored (``nexus.data.encode_chat``);
-* ``code`` (HumanEval rows): the prompt as plain text, the canonical solution scored;
-* ``choice`` (PIQA rows): each choice is scored as a continuation of
+* ``code`` (HumanEval-format rows): the prompt as plain text, the canonical solution scored;
+* ``choice`` (PIQA-format rows): each choice is scored as a continuation of
   ``"Question: {goal}\\nAnswer:"`` (lm-eval's PIQA prompt); the item is right when the
   correct choice has the highest summed log-likelihood.
 
@@ -14,6 +14,12 @@ Probes come from JSONL files in the native formats ``nexus.data`` reads, or, wit
 a capability, from the built-in offline corpus (``nexus.data.builtin``). They are chosen with a
 fixed seed: the rows are shuffled with ``seed`` and ``[offset, offset + n)`` is taken, so two
 offsets give disjoint samples.
+
+Phase 1 chooses the student's layers on the probes, so no probe is a row the benchmark scores
+(that would be tuning on the test set): files of the evaluation-only sets (PIQA, HumanEval rows,
+:data:`nexus.data.splits.EVAL_ONLY`) are refused, the evaluation split of GSM8K / Code Alpaca /
+Self-Instruct files is left out (only training-split rows are probes), and built-in probes that
+are questions of the built-in benchmark suite (possible for math with the suite's seed) are skipped.
 """
 
 from __future__ import annotations
@@ -130,7 +136,7 @@ def collect_examples(
     pools: dict[str, list[Example]] = {}
     sources: dict[str, list[str]] = {}
     for name, path in parse_probe_specs(probe_specs):
-        examples = load_examples(path, domain=name)
+        examples = training_rows(load_examples(path, domain=name), path)
         if name is not None and name not in names:
             names.append(name)
         for example in examples:
@@ -176,15 +182,46 @@ def collect_examples(
     return chosen, sources
 
 
+def training_rows(examples: list[Example], path: Path) -> list[Example]:
+    """The rows of a probe file that may choose layers: refused when they are an evaluation-only
+    set, without the evaluation split otherwise (see the module docstring)."""
+    from nexus.data.splits import EVAL_ONLY, without_eval_rows
+
+    reserved = sorted({e.format for e in examples if e.format in EVAL_ONLY})
+    if reserved:
+        raise NexusError(
+            f"{path}: {', '.join(reserved)} rows are evaluation-only (the benchmark scores them); probes "
+            "choose the student's layers, so they must be training rows: give another file"
+        )
+    kept, dropped = without_eval_rows(examples)
+    if dropped:
+        log.info("%s: %d evaluation-split rows left out of the probes", path, dropped)
+    return kept
+
+
+def _benchmark_questions(cap: str) -> set[str]:
+    """The built-in benchmark suite's questions for the built-in capability ``cap``."""
+    from nexus.benchmark.tasks import _builtin_rows
+
+    key = {"code": "prompt", "math": "question", "chat": "goal"}[cap]
+    return {" ".join(row[key].split()) for _, row in _builtin_rows(cap)}
+
+
 def _builtin(cap: str, n: int, seed: int, offset: int, builtin_chat) -> list[Example]:
     from nexus.data import builtin
 
+    held_out = _benchmark_questions(cap)
+
+    def clean(examples: list[Example]) -> list[Example]:
+        return [e for e in examples if " ".join((e.prompt or e.text).split()) not in held_out]
+
+    enough = offset + n + len(held_out)  # the generators' first rows do not depend on the count
     if cap == "code":
-        examples = builtin.python_source_snippets(offset + n, seed)[offset:]
+        examples = clean(builtin.python_source_snippets(enough, seed))[offset : offset + n]
     elif cap == "math":
-        examples = builtin.arithmetic_word_problems(offset + n, seed)[offset:]
+        examples = clean(builtin.arithmetic_word_problems(enough, seed))[offset : offset + n]
     else:
-        examples = builtin.chat_prompt_examples(None, seed)[offset : offset + n]
+        examples = clean(builtin.chat_prompt_examples(None, seed))[offset : offset + n]
         if builtin_chat is None:
             raise NexusError("built-in chat probes need a model to answer them")
         examples = builtin_chat(examples)
