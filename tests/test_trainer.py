@@ -90,3 +90,9 @@ def test_a_few_steps_lower_heldout_kd_below_step_zero(pair, tiny_tokenizer, tmp_
     assert math.isfinite(after) and after < 0.8 * before, (before, after)
     assert summary["status"] == "Completed" and summary["step"] == 12
     assert not (tmp_path / "out" / "summary.json").exists()  # the recipe writes it, once
+
+
+@pytest.mark.parametrize("kd, ce, message", [(0.0, 0.0, "no loss to train on"), (-1.0, 1.0, "non-negative")])
+def test_settings_refuse_loss_weights_that_leave_nothing_to_train(kd, ce, message):
+    with pytest.raises(ValueError, match=message):
+        TrainSettings(kd_weight=kd, ce_weight=ce)

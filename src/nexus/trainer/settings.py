@@ -143,6 +143,8 @@ class TrainSettings:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if min(self.kd_weight, self.ce_weight) < 0:
             raise ValueError("loss weights must be non-negative")
+        if self.kd_weight == 0 and self.ce_weight == 0:
+            raise ValueError("kd_weight and ce_weight are both 0: there is no loss to train on")
 
     def result_hash(self) -> str:
         """Hash of the fields that change the trained weights (a resume refuses a mismatch)."""
