@@ -57,12 +57,28 @@ def test_beta_entropy_hand_computed():
     balance, sharp = beta_entropy_terms(logits)
     assert balance.item() == pytest.approx(0.0, abs=1e-6)
     assert sharp.item() == pytest.approx(h_tok / LN2)
-    # collapse: both tokens (3/4, 1/4): balance = 1 - H(3/4,1/4)/ln2
+    # collapse: both tokens (3/4, 1/4) pick e0: top-1 load f = (1, 0), balance = 1 - H(f)/ln2 = 1
     logits = torch.tensor([[LN3, 0.0], [LN3, 0.0]])
     balance, _ = beta_entropy_terms(logits)
-    assert balance.item() == pytest.approx(1 - h_tok / LN2)
+    assert balance.item() == pytest.approx(1.0)
     loss = beta_entropy_loss(logits, beta_entropy=0.5, beta_sharpness=0.2)
-    assert loss.item() == pytest.approx(0.5 * (1 - h_tok / LN2) + 0.2 * h_tok / LN2)
+    assert loss.item() == pytest.approx(0.5 * 1.0 + 0.2 * h_tok / LN2)
+    # top-2 of 2 experts: every token uses both, f = (1/2, 1/2): balanced
+    balance, _ = beta_entropy_terms(logits, top_k=2)
+    assert balance.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_beta_entropy_sees_collapse_of_undecided_tokens():
+    """Issue 17: p̄ nearly uniform while every token's top-1 is expert 0 is a collapse; the old
+    entropy of p̄ called it balanced (3e-5), the top-k load entropy calls it 1."""
+    logits = torch.tensor([[0.02, 0.0, 0.0]] * 6 + [[0.01, 0.0, 0.005]] * 2)
+    probs = logits.softmax(-1)
+    assert 1 - float(-(probs.mean(0) * probs.mean(0).log()).sum()) / LN3 < 1e-3  # p̄ looks uniform
+    balance, _ = beta_entropy_terms(logits)
+    assert balance.item() == pytest.approx(1.0)
+    # three tokens per expert, one each: perfectly spread top-1 load -> 0
+    spread = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert beta_entropy_terms(spread)[0].item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_beta_entropy_bounds_and_gradient_pushes_towards_balance():

@@ -13,8 +13,8 @@ slots given to expert e, ``H(q) = -Σ_e q_e log q_e``.
   1 at perfect balance, up to E when one expert takes everything.
 * :func:`router_z_loss` (ST-MoE): ``mean_t (logsumexp_e z_t,e)^2``; keeps router logits small.
 * :func:`beta_entropy_terms`: the guide's ``beta_entropy`` regularizer, in two parts:
-  ``balance = 1 - H(p̄) / log E`` (0 when the batch uses all experts equally, 1 when it uses
-  one) and ``sharpness = mean_t H(p_t) / log E`` (0 when each token picks one expert
+  ``balance = 1 - H(f) / log E`` (0 when the batch's top-k slots are spread equally over the
+  experts, 1 when one expert takes them all; gradient through ``p̄``, see the function) and ``sharpness = mean_t H(p_t) / log E`` (0 when each token picks one expert
   decisively). The loss is ``beta_entropy * balance + beta_sharpness * sharpness``: minimizing
   it *rewards* batch-level entropy (no collapse) while, optionally, asking each token to commit.
 * :func:`router_domain_loss`: warm-up CE that routes tokens of domain d to expert d.
@@ -59,11 +59,7 @@ def load_balancing_loss(router_logits, top_k: int, token_mask: torch.Tensor | No
         z = _masked(logits, token_mask)  # (T, E)
         probs = z.softmax(dim=-1)
         n_experts = probs.shape[-1]
-        chosen = probs.topk(top_k, dim=-1).indices  # (T, k)
-        counts = torch.zeros(n_experts, device=z.device).scatter_add_(
-            0, chosen.reshape(-1), torch.ones(chosen.numel(), device=z.device)
-        )
-        fraction = counts / max(chosen.numel(), 1)  # f_e, sums to 1
+        fraction = topk_load(probs, top_k)  # f_e, sums to 1
         total = total + n_experts * (fraction * probs.mean(dim=0)).sum()
     return total / len(layers)
 
@@ -83,25 +79,51 @@ def entropy(probs: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return -(probs * torch.log(probs.clamp_min(1e-30))).sum(dim=dim)
 
 
+def topk_load(probs: torch.Tensor, top_k: int) -> torch.Tensor:
+    """(E,) share of the T·k top-k slots each expert gets (no gradient)."""
+    chosen = probs.topk(top_k, dim=-1).indices
+    counts = torch.zeros(probs.shape[-1], device=probs.device).scatter_add_(
+        0, chosen.reshape(-1), torch.ones(chosen.numel(), device=probs.device)
+    )
+    return counts / max(chosen.numel(), 1)
+
+
 def beta_entropy_terms(
-    router_logits, token_mask: torch.Tensor | None = None
+    router_logits, token_mask: torch.Tensor | None = None, top_k: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(balance, sharpness)`` averaged over layers, both in [0, 1] (see the module docstring)."""
+    """``(balance, sharpness)`` averaged over layers, both in [0, 1] (see the module docstring).
+
+    ``balance = 1 - H(f)/log E`` is the entropy of the *actual* top-k load ``f`` (what collapse
+    is), not of the mean probabilities ``p̄``: ``p̄`` can be uniform while every token's top-1 is
+    the same expert (all tokens undecided, e.g. ``p_t = (0.34, 0.33, 0.33)``), so an entropy
+    bonus on ``p̄`` is satisfied by a collapsed router. ``f`` has no gradient, so the term is
+    differentiated through ``p̄`` with ``f``'s entropy gradient (straight-through):
+    ``d balance / d p̄_e = (log f_e + 1) / log E`` (``f_e`` floored at one slot), which lowers the
+    probabilities of overloaded experts and raises those of idle ones.
+    """
     layers = _layers(router_logits)
     balance, sharpness = 0.0, 0.0
     for logits in layers:
         probs = _masked(logits, token_mask).softmax(dim=-1)  # (T, E)
         log_e = math.log(probs.shape[-1])
-        balance = balance + 1.0 - entropy(probs.mean(dim=0)) / log_e
+        load = topk_load(probs, top_k)
+        mean = probs.mean(dim=0)
+        floor = 1.0 / max(probs.shape[0] * top_k, 1)
+        surrogate = (torch.log(load.clamp_min(floor)) * (mean - mean.detach())).sum()
+        balance = balance + 1.0 - entropy(load) / log_e + surrogate / log_e
         sharpness = sharpness + entropy(probs).mean() / log_e
     return balance / len(layers), sharpness / len(layers)
 
 
 def beta_entropy_loss(
-    router_logits, beta_entropy: float, beta_sharpness: float = 0.0, token_mask: torch.Tensor | None = None
+    router_logits,
+    beta_entropy: float,
+    beta_sharpness: float = 0.0,
+    token_mask: torch.Tensor | None = None,
+    top_k: int = 1,
 ) -> torch.Tensor:
-    """``beta_entropy * (1 - H(p̄)/log E) + beta_sharpness * mean_t H(p_t)/log E``."""
-    balance, sharpness = beta_entropy_terms(router_logits, token_mask)
+    """``beta_entropy * (1 - H(f)/log E) + beta_sharpness * mean_t H(p_t)/log E``."""
+    balance, sharpness = beta_entropy_terms(router_logits, token_mask, top_k)
     return beta_entropy * balance + beta_sharpness * sharpness
 
 

@@ -7,7 +7,7 @@ it reads ``router_logits`` (one ``(B*T, E)`` tensor per MoE layer, asked for wit
     lb_weight * load_balancing + z_weight * z_loss + beta_entropy * balance
     + beta_sharpness * sharpness + [step < domain_warmup_steps] * domain_weight * domain_CE
 
-plus each term as a metric (and the mean normalized router entropy), all over real tokens
+plus each term as a metric (and ``router_entropy``, the normalized entropy of the top-k load), all over real tokens
 (packing padding excluded).
 """
 
@@ -71,7 +71,7 @@ class RouterObjective:
         mask = token_mask(batch, self.pad_id)
         lb = load_balancing_loss(logits, self.top_k, mask)
         z = router_z_loss(logits, mask)
-        balance, sharp = beta_entropy_terms(logits, mask)
+        balance, sharp = beta_entropy_terms(logits, mask, self.top_k)
         loss = c.lb_weight * lb + c.z_weight * z + c.beta_entropy * balance + c.beta_sharpness * sharp
         metrics = {
             "router_lb": float(lb.detach()),

@@ -92,6 +92,8 @@ def calibration_batches(rows, tokenizer, total_tokens: int, batch_size: int = 4)
 
 def convert_student(dense, cfg, data, tokenizer, layers: list[int]):
     """The MoE model of ``dense`` per ``cfg`` (see the module docstring, step 1)."""
+    from torch import nn
+
     from nexus.models import decoder_layers
     from nexus.router.experts import (
         align_groups_to_domains,
@@ -106,6 +108,25 @@ def convert_student(dense, cfg, data, tokenizer, layers: list[int]):
     split = cfg.mode == "split"
     use_data = split and (cfg.partition == "coactivation" or cfg.router_init == "fit")
     groups, routers = None, None
+    if not split and cfg.router_init == "fit" and cfg.num_experts >= len(DOMAINS):
+        # copy: every expert is the dense MLP, so any routing gives the dense output at step 0;
+        # the routers start as domain classifiers (expert i <- domain i) so each copy then
+        # trains on its own domain and the load follows the domain mix instead of one direction
+        x, _, doms = collect_mlp_activations(
+            dense,
+            calibration_batches(data.train, tokenizer, cfg.calibration_tokens),
+            layers,
+            max_tokens=cfg.calibration_tokens,
+        )
+        known = doms >= 0
+        if known.any():
+            target = nn.functional.one_hot(doms[known], cfg.num_experts).float()
+            routers = {i: fit_router(x[i][known], target) for i in layers}
+            log.info(
+                "domain routers for %d copied layers from %d calibration tokens",
+                len(layers),
+                int(known.sum()),
+            )
     if use_data:
         x, acts, doms = collect_mlp_activations(
             dense,
@@ -127,7 +148,8 @@ def convert_student(dense, cfg, data, tokenizer, layers: list[int]):
                 # the MLP output is E x (scaled) expert outputs, so the per-token ranking is the same
                 routers[i] = fit_router(x[i], expert_output_norms(blocks[i].mlp, acts[i], groups[i]))
         log.info("grouped MLP neurons of %d layers on %d calibration tokens", len(layers), len(doms))
-    named = cfg.partition == "coactivation" and split or cfg.domain_warmup_steps > 0
+    named = (split and cfg.partition == "coactivation") or (not split and routers is not None)
+    named = named or cfg.domain_warmup_steps > 0
     return dense_to_moe(
         dense,
         num_experts=cfg.num_experts,
