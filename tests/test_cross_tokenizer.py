@@ -279,3 +279,62 @@ def test_empty_plan_gives_zero_loss_with_a_graph(toks, models):
     out = SimpleNamespace(last_hidden_state=student.model(input_ids=ids).last_hidden_state)
     loss, metrics = kd(out, batch, 0)
     assert float(loss) == 0.0 and metrics["xkd_positions"] == 0.0 and loss.requires_grad
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("xtok-prompts") / "prompts.jsonl"
+    rows = [{"prompt": f"Greet person {i}.", "response": f"Hello, friend number {i}!"} for i in range(8)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_seq_kd_rows_are_the_teachers_answers_in_the_students_tokens(
+    toks, models, prompts_file, tmp_path, monkeypatch
+):
+    from transformers import AutoModelForCausalLM
+
+    from nexus.data.builtin import teacher_answers
+    from nexus.data.corpus import build_corpus, load_source
+
+    monkeypatch.setenv("NEXUS_CACHE_DIR", str(tmp_path / "answers"))
+    s_tok, t_tok = toks
+    teacher = AutoModelForCausalLM.from_pretrained(models[1])
+    corpus = build_corpus(
+        [str(prompts_file)],
+        s_tok,
+        seq_len=64,
+        heldout_fraction=0.0,
+        teacher=teacher,
+        teacher_tokenizer=t_tok,
+        seq_kd=True,
+    )
+    plain = build_corpus([str(prompts_file)], s_tok, seq_len=64, heldout_fraction=0.0)
+    assert corpus.key != plain.key
+    text = "".join(
+        s_tok.decode(corpus.train.batch(list(range(len(corpus.train))))["input_ids"][r])
+        for r in range(len(corpus.train))
+    )
+    prompts = load_source(str(prompts_file))
+    answers = [e.response for e in teacher_answers(teacher, t_tok, prompts, cache=False)]
+    assert sum(bool(a.strip()) for a in answers) > len(answers) // 2
+    # naive: every non-empty teacher answer is in the packed text, and no original response is
+    for a in answers:  # (as the student's tokenizer spells them: <unk> for what it cannot)
+        assert s_tok.decode(s_tok.encode(a.strip(), add_special_tokens=False)) in text
+    assert "Hello, friend number 3!" not in text and "Hello, friend number 3!" in "".join(
+        s_tok.decode(plain.train.batch(list(range(len(plain.train))))["input_ids"][r])
+        for r in range(len(plain.train))
+    )
+
+
+def test_seq_kd_baseline_trains_a_student_with_another_tokenizer(models, prompts_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXUS_CACHE_DIR", str(tmp_path / "answers"))
+    student, teacher = models
+    out = tmp_path / "seqkd"
+    cfg = _cfg(teacher, student, prompts_file, out, seq_kd=True, kd_weight=0.0, ce_weight=1.0)
+    summary = run_distill(cfg, results_dir=tmp_path / "r")
+    assert summary["seq_kd"] is True and summary["cross_tokenizer"] == "none"
+    train = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in train if x["split"] == "train"]
+    assert len(train) == 3 and all(x["ce"] > 0 and "xkd" not in x for x in train)
+    assert DistillConfig(student="s").result_hash() != DistillConfig(student="s", seq_kd=True).result_hash()

@@ -191,20 +191,21 @@ def corpus_key(
     heldout_fraction: float,
     seed: int,
     max_examples: int | None,
+    seq_kd: bool = False,
 ) -> str:
-    blob = json.dumps(
-        {
-            "version": CACHE_VERSION,
-            "sources": [source_fingerprint(s, teacher_id) for s in sources],
-            "tokenizer": tokenizer_id,
-            "seq_len": seq_len,
-            "loss_on": loss_on,
-            "heldout_fraction": heldout_fraction,
-            "seed": seed,
-            "max_examples": max_examples,
-        },
-        sort_keys=True,
-    )
+    fields = {
+        "version": CACHE_VERSION,
+        "sources": [source_fingerprint(s, teacher_id) for s in sources],
+        "tokenizer": tokenizer_id,
+        "seq_len": seq_len,
+        "loss_on": loss_on,
+        "heldout_fraction": heldout_fraction,
+        "seed": seed,
+        "max_examples": max_examples,
+    }
+    if seq_kd:  # the responses are this teacher's
+        fields["seq_kd_teacher"] = teacher_id
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -231,11 +232,14 @@ def build_corpus(
     teacher=None,
     teacher_id: str | None = None,
     teacher_tokenizer=None,
+    seq_kd: bool = False,
 ) -> Corpus:
     """Tokenize and pack ``sources`` (train + held-out), reusing ``cache_dir/<key>/`` when present.
 
     ``teacher_tokenizer`` (default ``tokenizer``): the teacher's, for teacher-written rows
-    (built-in chat answers) when the student's tokenizer differs."""
+    (built-in chat answers) when the student's tokenizer differs. ``seq_kd``: sequence-level KD
+    data -- every prompt -> response row gets the teacher's greedy answer as its response; rows
+    without a single prompt (plain text, multi-turn messages) are left out."""
     if not sources:
         raise NexusError("no training data given")
     if loss_on not in ("all", "response"):
@@ -249,6 +253,7 @@ def build_corpus(
         heldout_fraction=heldout_fraction,
         seed=seed,
         max_examples=max_examples,
+        seq_kd=seq_kd,
     )
     directory = Path(cache_dir) / key if cache_dir is not None else None
     if directory is not None:
@@ -261,6 +266,8 @@ def build_corpus(
         examples += load_source(source, teacher=teacher, tokenizer=teacher_tokenizer or tokenizer, seed=seed)
     if max_examples is not None:
         examples = examples[:max_examples]
+    if seq_kd:
+        examples = _teacher_written(examples, teacher, teacher_tokenizer or tokenizer)
     if not examples:
         raise NexusError(f"the dataset is empty: {', '.join(sources)} gave no examples")
     docs = encode_examples(tokenizer, examples, loss_on=loss_on)
@@ -273,6 +280,25 @@ def build_corpus(
         _save(corpus, directory, len(examples))
         return _load_cached(directory) or corpus
     return corpus
+
+
+def _teacher_written(examples: list[Example], teacher, tokenizer) -> list[Example]:
+    """The prompt -> response rows, each response replaced by the teacher's greedy answer."""
+    from dataclasses import replace
+
+    from nexus.data.builtin import teacher_answers
+
+    if teacher is None:
+        raise NexusError("sequence-level KD (--seq-kd) needs the teacher to answer the prompts")
+    rows = [replace(e) for e in examples if e.kind == "chat" and e.prompt and not e.messages]
+    if not rows:
+        raise NexusError("--seq-kd needs prompt -> response rows (the data has none)")
+    log.info(
+        "seq-kd: the teacher answers %d prompts (%d other rows left out)",
+        len(rows),
+        len(examples) - len(rows),
+    )
+    return teacher_answers(teacher, tokenizer, rows)
 
 
 def _save(corpus: Corpus, directory: Path, n_examples: int) -> None:

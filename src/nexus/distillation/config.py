@@ -45,6 +45,13 @@ class DistillConfig(TrainSettings):
     student_layers: int = field(
         default=20, metadata=_help("without --student/--plan: keep this many evenly spread teacher layers")
     )
+    seq_kd: bool = field(
+        default=False,
+        metadata=_help(
+            "sequence-level KD data: prompt -> response rows get the teacher's greedy answers, other "
+            "rows are dropped (with --kd-weight 0 --ce-weight 1: the baseline for --cross-tokenizer)"
+        ),
+    )
     # data
     data: list[str] = field(
         default_factory=lambda: ["builtin"],
@@ -116,9 +123,9 @@ class DistillConfig(TrainSettings):
             raise ValueError("--cross-tokenizer does not support activation anchoring (--anchor-weight 0)")
 
     def result_hash(self) -> str:
-        # 'none' leaves the hash of configs written before the field existed unchanged
-        if self.cross_tokenizer == "none":
-            items = {k: v for k, v in to_dict(self).items() if k not in self.non_result_fields}
-            del items["cross_tokenizer"]
-            return config_hash(items)
-        return super().result_hash()
+        # their defaults leave the hash of configs written before these fields existed unchanged
+        items = {k: v for k, v in to_dict(self).items() if k not in self.non_result_fields}
+        for name, default in (("cross_tokenizer", "none"), ("seq_kd", False)):
+            if items[name] == default:
+                del items[name]
+        return config_hash(items)

@@ -18,6 +18,7 @@ from nexus.distillation.student import (
     default_anchor_pairs,
     evenly_spread_layers,
     read_plan,
+    same_vocab,
 )
 from nexus.errors import NexusError
 from nexus.monitor import Flags, StatusPrinter
@@ -72,11 +73,17 @@ def run_distill(
     keep: list[int] | None = None
     plan_pairs: list[list[int]] = []
     student_tokenizer = tokenizer
+    # Without teacher logits (--kd-weight 0, no anchoring: e.g. sequence-level KD) the student may
+    # have any tokenizer; the teacher then only writes the data.
+    ce_only_other_vocab = False
     if config.student:
         student, s_resolved = load_model(config.student)
         student_tokenizer = load_tokenizer(s_resolved)
         if config.cross_tokenizer == "none":
-            check_same_vocab(teacher, tokenizer, student, student_tokenizer, config.student)
+            if config.kd_weight > 0 or config.anchor_weight > 0:
+                check_same_vocab(teacher, tokenizer, student, student_tokenizer, config.student)
+            else:
+                ce_only_other_vocab = not same_vocab(teacher, tokenizer, student, student_tokenizer)
         student_desc = f"{config.student}"
     else:
         if config.plan:
@@ -123,6 +130,7 @@ def run_distill(
         teacher=teacher,
         teacher_id=teacher_id,
         teacher_tokenizer=tokenizer,
+        seq_kd=config.seq_kd,
     )
     if dist.is_main:
         dist.barrier()
@@ -182,6 +190,9 @@ def run_distill(
             teacher_dtype=teacher_dtype,
         )
         teacher_source = None
+    elif ce_only_other_vocab:
+        teacher_source = None
+        del teacher
     else:
         if cache_only:
             raise NexusError("cache_only needs cache_teacher (--cache-teacher)")
@@ -221,6 +232,7 @@ def run_distill(
             "precision": precision,
             "teacher_cache": cache_info,
             "cross_tokenizer": config.cross_tokenizer,
+            "seq_kd": config.seq_kd,
             "out": str(out),
             "world_size": dist.world,
         }

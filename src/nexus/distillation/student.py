@@ -52,10 +52,16 @@ def default_anchor_pairs(
     return [[s, round((s + 1) * teacher_layers / student_layers) - 1] for s in chosen]
 
 
-def check_same_vocab(teacher, teacher_tok, student, student_tok, student_spec: str) -> None:
+def same_vocab(teacher, teacher_tok, student, student_tok) -> bool:
     t_vocab = teacher.get_output_embeddings().weight.shape[0]
     s_vocab = student.get_output_embeddings().weight.shape[0]
-    if t_vocab != s_vocab or teacher_tok.get_vocab() != student_tok.get_vocab():
+    return t_vocab == s_vocab and teacher_tok.get_vocab() == student_tok.get_vocab()
+
+
+def check_same_vocab(teacher, teacher_tok, student, student_tok, student_spec: str) -> None:
+    if not same_vocab(teacher, teacher_tok, student, student_tok):
+        t_vocab = teacher.get_output_embeddings().weight.shape[0]
+        s_vocab = student.get_output_embeddings().weight.shape[0]
         raise NexusError(
             f"teacher and student tokenizers differ ({t_vocab} vs {s_vocab} tokens, student {student_spec}); "
             "use --cross-tokenizer uld|align"
