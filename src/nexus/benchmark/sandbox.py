@@ -1,5 +1,8 @@
 """Run untrusted generated code (HumanEval-style checks) in a separate, confined process.
 
+One file on purpose (over 500 lines): it is a security boundary, and the launcher, the probe of
+what the kernel allows and the in-process guard must be reviewed together.
+
 Never ``exec`` in the benchmark's own process. Each program runs in a fresh interpreter, in a
 temporary working directory (deleted afterwards; ``HOME`` and ``TMPDIR`` point into it).
 

@@ -1,5 +1,8 @@
 """Benchmark tasks: what the models are asked, and the reference each answer is scored against.
 
+(Over 500 lines: the spec, the readers of every source and the evaluation-split selection form
+one path from a task name to its items; splitting them would scatter that path.)
+
 A task is a :class:`TaskSpec` (kind, data source, prompt template, scoring options) and its
 :class:`TaskItem` list. Three kinds, one scoring rule each, shared by both models:
 
