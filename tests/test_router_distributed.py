@@ -38,7 +38,7 @@ def _train_rows(out: Path) -> list[dict]:
     return [r for r in rows if r["split"] == "train"]
 
 
-@pytest.mark.slow  # 40-120 s on the shared 2-core machine (three process start-ups)
+# Runs in `make test` (about 20 s on an idle 2-core machine): the issue-14 check of router losses under DDP.
 def test_router_losses_do_not_scale_with_the_number_of_processes(tiny_llama_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     single = tmp_path / "one" / "router"
