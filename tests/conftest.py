@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import tiny  # noqa: E402  (tests/ is on sys.path through pytest's rootdir insertion)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_reachable_by_other_users():
+    """Tests that run code as an unprivileged account (uid 65534, through setpriv, when the suite
+    runs as root) import this checkout's ``src/`` and ``.venv``. A fresh clone in a private folder
+    (``mktemp -d`` makes it 0700) is out of that account's reach, so as root grant search
+    permission (o+x: enter, not list) on such ancestors for the session, and restore their modes."""
+    changed = []
+    if os.geteuid() == 0:
+        for folder in [REPO, *REPO.parents]:
+            mode = stat.S_IMODE(folder.stat().st_mode)
+            if not mode & stat.S_IXOTH:
+                os.chmod(folder, mode | stat.S_IXOTH)
+                changed.append((folder, mode))
+    yield
+    for folder, mode in changed:
+        os.chmod(folder, mode)
 
 
 @pytest.fixture(scope="session")
