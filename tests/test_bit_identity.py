@@ -134,6 +134,7 @@ def run_phases(root: Path) -> dict:
                 student=str(student),
                 data=[str(mix)],
                 precision="fp32",
+                mode="split",  # the mode the reference was recorded with (the default became copy)
                 domain_warmup_steps=2,
                 calibration_tokens=256,
                 out=str(out),

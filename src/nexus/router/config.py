@@ -30,7 +30,10 @@ class RouterConfig(FineTuneConfig):
     )
     top_k: int = field(default=1, metadata=_help("experts used per token"))
     mode: Literal["split", "copy"] = field(
-        default="split", metadata=_help("split: experts of 1/E width; copy: sparse upcycling")
+        default="copy",
+        metadata=_help(
+            "copy: sparse upcycling, exactly the dense student at step 0; split: experts of 1/E width"
+        ),
     )
     partition: Literal["coactivation", "even"] = field(
         default="coactivation", metadata=_help("split neurons by 'coactivation' or 'even'")
