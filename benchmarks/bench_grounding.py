@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_grounding.py --set dev --model default --layout all   # layouts
 
 Sets (``--set``, default ``heldout``; the documents and questions are in
-``benchmarks/grounding_sets.py``): ``heldout`` is three made-up domains that no training row and
+``nexus.benchmark.grounding_sets``): ``heldout`` is three made-up domains that no training row and
 no tuning decision touched (villages, libraries, shops: 30 answerable who / when / how-many /
 what / how-to questions and 18 whose answer the documents leave out); ``dev`` is profiles of the
 training generator's kinds under another seed (the set the context layout was chosen on);
@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nexus.benchmark import grounding
+from nexus.benchmark.grounding import has_key, score, summarize  # noqa: F401  (this script's API)
+from nexus.benchmark.grounding_sets import TYPES, EvalSet, Question, dev_set, heldout_set
 
-from grounding_sets import TYPES, EvalSet, Question, dev_set, heldout_set  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # (question, key facts: an answer that names any of them is grounded)
 NEXUS_QUESTIONS = [
@@ -55,90 +54,8 @@ def nexus_docs_set() -> EvalSet:
     return EvalSet("nexus-docs", [], questions)
 
 
-def has_key(text: str, keys) -> bool:
-    """Whether ``text`` names one of ``keys`` (numbers as whole numbers: "53" is not in "1953")."""
-    low = " ".join(text.lower().split())
-    for key in keys:
-        key = " ".join(key.lower().split())
-        if key.isdigit():
-            if re.search(rf"(?<![\d.]){key}(?!\d)", low.replace(",", "")):
-                return True
-        elif key in low:
-            return True
-    return False
-
-
-def score(question: Question, answer: str) -> bool:
-    from nexus.data.grounded import is_abstention
-
-    if question.qtype == "absent":
-        return is_abstention(answer)
-    return has_key(answer, question.answers) and not is_abstention(answer)
-
-
 def build_set_index(eval_set: EvalSet, where: Path) -> Path:
-    from nexus.knowledge.index import IndexConfig, build_index
-
-    docs = where / "docs"
-    docs.mkdir(parents=True)
-    for name, text in eval_set.documents:
-        (docs / name).write_text(text, encoding="utf-8")
-    sources = [docs] if eval_set.documents else [ROOT / "docs", ROOT / "README.md"]
-    build_index(sources, where / "index", IndexConfig())
-    return where / "index"
-
-
-def evaluate(
-    model, tokenizer, tower, eval_set: EvalSet, layout: str, k: int, max_new_tokens: int, show: bool
-):
-    from nexus.data.grounded import is_abstention
-    from nexus.inference.session import ChatOptions, ChatSession
-
-    records = []
-    for q in eval_set.questions:
-        options = ChatOptions(max_new_tokens=max_new_tokens, k=k, layout=layout)
-        result = ChatSession(model, tokenizer, tower=tower, options=options).respond(q.text)
-        in_context = q.qtype != "absent" and any(has_key(c.text, q.answers) for c in result.retrieved)
-        record = {
-            "domain": q.domain,
-            "type": q.qtype,
-            "question": q.text,
-            "answer": result.text,
-            "right": score(q, result.text),
-            "declined": is_abstention(result.text),
-            "in_context": in_context,
-            "tokens": result.new_tokens,
-            "seconds": result.seconds,
-        }
-        records.append(record)
-        if show:
-            mark = (
-                "right"
-                if record["right"]
-                else ("wrong" if in_context or q.qtype == "absent" else "not retrieved")
-            )
-            print(f"  [{mark}] ({q.qtype}) {q.text}\n    {' '.join(result.text.split())[:200]}", flush=True)
-    return records
-
-
-def summarize(records: list[dict]) -> dict:
-    answerable = [r for r in records if r["type"] != "absent"]
-    absent = [r for r in records if r["type"] == "absent"]
-
-    def share(rows, key):
-        return sum(r[key] for r in rows) / len(rows) if rows else float("nan")
-
-    per_type = {t: share([r for r in answerable if r["type"] == t], "right") for t in TYPES}
-    return {
-        "answerable": share(answerable, "right"),
-        "per_type": per_type,
-        "n_answerable": len(answerable),
-        "declined_absent": share(absent, "declined"),
-        "n_absent": len(absent),
-        "declined_answerable": share(answerable, "declined"),
-        "in_context": share(answerable, "in_context"),
-        "tok_s": sum(r["tokens"] for r in records) / max(sum(r["seconds"] for r in records), 1e-9),
-    }
+    return grounding.build_set_index(eval_set, where, fallback_docs=[ROOT / "docs", ROOT / "README.md"])
 
 
 def table(rows: list[tuple[str, str, int, dict]]) -> str:
@@ -206,8 +123,15 @@ def main() -> None:
                 for k in ks:
                     print(f"{spec} / {layout} / k={k} on {eval_set.name}:", flush=True)
                     t0 = time.perf_counter()
-                    records = evaluate(
-                        model, tokenizer, tower, eval_set, layout, k, args.max_new_tokens, not args.quiet
+                    records = grounding.evaluate(
+                        model,
+                        tokenizer,
+                        tower,
+                        eval_set.questions,
+                        layout,
+                        k,
+                        args.max_new_tokens,
+                        not args.quiet,
                     )
                     summary = summarize(records)
                     rows.append((spec, layout, k, summary))

@@ -1,20 +1,15 @@
-"""The grounding evaluation sets (benchmarks/grounding_sets.py): the held-out domains share no
+"""The grounding evaluation sets (nexus.benchmark.grounding_sets): the held-out domains share no
 name with the grounded training rows, every answerable question's answer is in its document and
 every absent one's is not, and the scoring counts the right things."""
 
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import grounding_sets as sets  # noqa: E402
-
-from nexus.data import grounded  # noqa: E402
+from nexus.benchmark import grounding_sets as sets
+from nexus.data import grounded
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +66,7 @@ def test_sets_are_deterministic_and_dev_is_not_heldout(heldout):
 
 
 def test_scoring():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from bench_grounding import has_key, score
+    from nexus.benchmark.grounding import has_key, score
 
     number = sets.Question("shops", "how-many", "How many?", ("53",))
     assert score(number, "It employs 53 people.") and not score(number, "It was built in 1953.")

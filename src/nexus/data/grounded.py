@@ -362,7 +362,7 @@ def grounded_qa_examples(n: int, seed: int = 0, root: str | Path | None = None) 
 # (the profile leaves that fact out, or the entity is not in the context) is answered with
 # ABSTAIN_ANSWER. The other chunks are profiles of the same kind, so the answer has to come from
 # the right one. The names are built from their own syllables and first names: the held-out
-# evaluation (benchmarks/grounding_sets.py) uses other syllables, names and kinds of entities
+# evaluation (nexus.benchmark.grounding_sets) uses other syllables, names and kinds of entities
 # (villages, libraries, shops), and tests/test_data_grounded.py checks that no name is shared.
 
 ABSTAIN_ANSWER = "I don't know. The documents do not say."

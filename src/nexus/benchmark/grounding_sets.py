@@ -1,4 +1,5 @@
-"""Evaluation sets for benchmarks/bench_grounding.py: made-up documents and questions about them.
+"""Evaluation sets for grounded answers (:mod:`nexus.benchmark.grounding`, used by
+``benchmarks/bench_grounding.py`` and the retention report): made-up documents and questions.
 
 * ``heldout``: three domains that no training row mentions (island villages, lending libraries,
   family shops), written with their own syllables, person names, prose and question phrasings,
