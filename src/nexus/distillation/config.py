@@ -2,7 +2,8 @@
 
 The optimiser, schedule, loss, precision, parallelism and bookkeeping fields are those of
 :class:`nexus.trainer.settings.TrainSettings` (phase-2 defaults: 200 steps, lr 2e-4, 20 warm-up
-steps); this class adds the models, the data, anchoring and the teacher cache.
+steps); this class adds the models, the data, anchoring, the teacher cache and on-policy batches
+(``lmbda``, :mod:`nexus.trainer.onpolicy`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import ClassVar, Literal
 
 from nexus.config import config_hash, to_dict
 from nexus.trainer.settings import TrainSettings, phase_default
+
+ONPOLICY_FIELDS = ("lmbda", "onpolicy_max_new_tokens", "onpolicy_temperature", "onpolicy_prompt_tokens")
 
 
 def _help(text: str) -> dict:
@@ -90,6 +93,24 @@ class DistillConfig(TrainSettings):
             "flag": "--teacher-cache",
         },
     )
+    # on-policy distillation (GKD): a share of the steps trains on the student's own completions
+    lmbda: float = field(
+        default=0.0,
+        metadata=_help(
+            "share of steps trained on the student's own sampled completions, scored by the live teacher "
+            "(on-policy KD, GKD's lambda; 0 = off, 1 = every step)"
+        ),
+    )
+    onpolicy_max_new_tokens: int = field(
+        default=128, metadata=_help("on-policy: tokens the student generates per prompt (at most)")
+    )
+    onpolicy_temperature: float = field(
+        default=1.0, metadata=_help("on-policy: the student's sampling temperature (0 = greedy)")
+    )
+    onpolicy_prompt_tokens: int = field(
+        default=32,
+        metadata=_help("on-policy: plain-text rows are prompted with their first N tokens (at most half)"),
+    )
     out: str | None = field(default=None, metadata=_help("output directory (default: <results>/distill)"))
 
     non_result_fields: ClassVar[frozenset[str]] = TrainSettings.non_result_fields | {
@@ -121,11 +142,38 @@ class DistillConfig(TrainSettings):
             raise ValueError("--cross-tokenizer runs the live teacher: drop --cache-teacher")
         if self.cross_tokenizer != "none" and self.anchor_weight > 0:
             raise ValueError("--cross-tokenizer does not support activation anchoring (--anchor-weight 0)")
+        self._check_onpolicy()
+
+    def _check_onpolicy(self) -> None:
+        if not 0.0 <= self.lmbda <= 1.0:
+            raise ValueError(f"lmbda must be in [0, 1], got {self.lmbda}")
+        if self.onpolicy_max_new_tokens < 1:
+            raise ValueError(
+                f"onpolicy_max_new_tokens must be at least 1, got {self.onpolicy_max_new_tokens}"
+            )
+        if self.onpolicy_temperature < 0:
+            raise ValueError(f"onpolicy_temperature must be >= 0, got {self.onpolicy_temperature}")
+        if self.onpolicy_prompt_tokens < 1:
+            raise ValueError(f"onpolicy_prompt_tokens must be at least 1, got {self.onpolicy_prompt_tokens}")
+        if self.lmbda > 0:
+            if self.onpolicy_max_new_tokens >= self.seq_len:
+                raise ValueError(
+                    f"onpolicy_max_new_tokens ({self.onpolicy_max_new_tokens}) must be below seq_len ({self.seq_len})"
+                )
+            if self.cache_teacher:
+                raise ValueError("--lmbda > 0 scores new text with the live teacher: drop --cache-teacher")
+            if self.cross_tokenizer != "none":
+                raise ValueError("--lmbda > 0 does not support --cross-tokenizer")
+            if self.kd_weight <= 0:
+                raise ValueError("--lmbda > 0 is KD on the student's samples: --kd-weight must be > 0")
 
     def result_hash(self) -> str:
         # their defaults leave the hash of configs written before these fields existed unchanged
         items = {k: v for k, v in to_dict(self).items() if k not in self.non_result_fields}
         for name, default in (("cross_tokenizer", "none"), ("seq_kd", False)):
             if items[name] == default:
+                del items[name]
+        if items["lmbda"] == 0:  # off-policy: the on-policy knobs change nothing
+            for name in ONPOLICY_FIELDS:
                 del items[name]
         return config_hash(items)

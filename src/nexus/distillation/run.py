@@ -1,7 +1,7 @@
 """``run_distill``: phase 2's recipe, top to bottom.
 
 setup models (teacher, student, anchoring) -> setup data -> setup teacher (live, or the top-k
-cache) -> :meth:`Trainer.fit <nexus.trainer.loop.Trainer.fit>` (resumes) -> OUT/summary.json.
+cache) -> on-policy prompts (``lmbda > 0``) -> :meth:`Trainer.fit <nexus.trainer.loop.Trainer.fit>` (resumes) -> OUT/summary.json.
 """
 
 from __future__ import annotations
@@ -58,7 +58,12 @@ def run_distill(
     precision = resolve_precision(config.precision, device)
     dist = DistContext.from_env(device)
     # A bad parallel setup fails here, before any model is loaded (the trainer resolves it again).
-    resolve_parallelism(config.distributed, config.teacher_sharding, dist.world)
+    par = resolve_parallelism(config.distributed, config.teacher_sharding, dist.world)
+    if config.lmbda > 0 and par.fsdp:
+        raise NexusError(
+            "on-policy distillation (--lmbda > 0) does not run with an FSDP-sharded student: use DDP "
+            "(--distributed ddp) or one process"
+        )
     torch.manual_seed(config.seed)
 
     # -- setup models ------------------------------------------------------------------
@@ -199,6 +204,8 @@ def run_distill(
         # Cast here (on the CPU), place in the trainer: whole on this process's device, or sharded.
         teacher_source = LiveTeacherSource(teacher, layers=teacher_layers, dtype=teacher_dtype)
 
+    onpolicy = _onpolicy_batches(config, corpus.train, student, student_tokenizer, precision)
+
     # -- fit ---------------------------------------------------------------------------
     trainer = Trainer(
         student,
@@ -218,8 +225,17 @@ def run_distill(
         phase=2,
         dist=dist,
         extra_loss=cross_kd,
+        onpolicy=onpolicy,
     )
     summary = trainer.fit()
+    if onpolicy is not None:
+        summary["onpolicy"] = {
+            "lmbda": config.lmbda,
+            "steps": onpolicy.count_onpolicy(summary["step"]),
+            "prompts": len(onpolicy.prompts),
+            "max_new_tokens": config.onpolicy_max_new_tokens,
+            "temperature": config.onpolicy_temperature,
+        }
 
     # -- save --------------------------------------------------------------------------
     summary.update(
@@ -240,3 +256,34 @@ def run_distill(
     if dist.is_main:
         atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def _onpolicy_batches(config: DistillConfig, train, student, tokenizer, precision: str):
+    """The on-policy batch builder of a run with ``lmbda > 0`` (None otherwise): prompts cut
+    from the training rows, the student's pad and end-of-sequence ids."""
+    if config.lmbda <= 0:
+        return None
+    from nexus.trainer.onpolicy import OnPolicyBatches, OnPolicySettings, prompts_from_rows
+
+    prompts = prompts_from_rows(
+        train,
+        tokenizer,
+        prompt_tokens=config.onpolicy_prompt_tokens,
+        max_prompt_len=config.seq_len - config.onpolicy_max_new_tokens,
+    )
+    eos = student.generation_config.eos_token_id if student.generation_config is not None else None
+    eos_ids = {*([eos] if isinstance(eos, int) else eos or []), tokenizer.eos_token_id} - {None}
+    pad = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    log.info("on-policy: lmbda %.2f, %d prompts from the training rows", config.lmbda, len(prompts))
+    return OnPolicyBatches(
+        prompts,
+        OnPolicySettings(
+            lmbda=config.lmbda,
+            max_new_tokens=config.onpolicy_max_new_tokens,
+            temperature=config.onpolicy_temperature,
+            seed=config.seed,
+        ),
+        pad_id=pad,
+        eos_ids=sorted(eos_ids),
+        precision=precision,
+    )

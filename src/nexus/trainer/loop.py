@@ -77,6 +77,7 @@ from nexus.trainer import parallel
 from nexus.trainer.anchoring import ActivationAnchoringLoss
 from nexus.trainer.evaluate import evaluate_fidelity, score_batch
 from nexus.trainer.metrics import MetricsLog
+from nexus.trainer.onpolicy import OnPolicyBatches
 from nexus.trainer.parallel import DistContext
 from nexus.trainer.settings import TrainSettings
 from nexus.trainer.step import ExtraLossFn, StudentLoss, build_optimizer, global_batch_rows
@@ -110,6 +111,7 @@ class Trainer:
         printer: StatusPrinter | None = None,
         phase: int = 2,
         dist: DistContext | None = None,
+        onpolicy: OnPolicyBatches | None = None,
     ):
         self.s = settings
         self.device = pick_device(settings.device)
@@ -123,6 +125,7 @@ class Trainer:
         self.tokenizer = tokenizer
         self.train_rows, self.heldout = train, heldout
         self.teacher = teacher
+        self.onpolicy = onpolicy  # a fraction of steps trains on the student's own completions
         self.out_dir = Path(out_dir)
         self.run_config = run_config
         self.result_hash = result_hash
@@ -136,6 +139,15 @@ class Trainer:
         self.global_batch = settings.micro_batch_size * settings.grad_accum * self.dist.world
         if len(train) < 1:
             raise NexusError("the dataset is empty: no training rows")
+        if onpolicy is not None and not isinstance(teacher, LiveTeacherSource):
+            raise NexusError(
+                "on-policy distillation (lmbda > 0) needs the live teacher to score the completions"
+            )
+        if onpolicy is not None and self.par.fsdp:
+            raise NexusError(
+                "on-policy distillation (lmbda > 0) does not run with an FSDP-sharded student: use DDP "
+                "(--distributed ddp) or one process"
+            )
         compute_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self.module = StudentLoss(
             self.student,
@@ -312,19 +324,51 @@ class Trainer:
         )
 
     # -- one optimizer step --------------------------------------------------------------
+    def _onpolicy_batches(self) -> tuple[list[tuple[np.ndarray, dict]], float, int, dict[str, float]]:
+        """This process's micro-batches of student completions; the global count of scored
+        (generated) tokens as the normalizer, the global token count, metrics."""
+        s, d, op = self.s, self.dist, self.onpolicy
+        prompts = op.step_prompts(self.step, self.global_batch)
+        t0 = time.perf_counter()
+        batches = []
+        counts = torch.zeros(2, dtype=torch.float64)  # generated tokens, all tokens
+        for micro in range(s.grad_accum):
+            slot = micro * d.world + d.rank
+            idx = prompts[slot * s.micro_batch_size : (slot + 1) * s.micro_batch_size]
+            completions = op.generate(self.student, idx, device=self.device, seed_words=(self.step, slot))
+            batch = op.batch(idx, completions)
+            counts += torch.tensor(
+                [float(batch["loss_mask"].sum()), float(sum(len(op.prompts[int(i)]) for i in idx))]
+            )
+            batches.append((idx, {k: v.to(self.device) for k, v in batch.items()}))
+        gen_seconds = time.perf_counter() - t0
+        d.all_reduce(counts)
+        generated, tokens = int(counts[0]), int(counts[0] + counts[1])
+        metrics = {"completion_tokens": generated / self.global_batch, "generate_s": gen_seconds}
+        return batches, float(max(1, generated)), tokens, metrics
+
     def _train_step(self) -> tuple[float | None, dict[str, float], int]:
         s, d = self.s, self.dist
-        rows = global_batch_rows(self.step, self.global_batch, len(self.train_rows), s.seed)
-        normalizer = max(1, self.train_rows.scored_tokens(rows))
+        onpolicy = self.onpolicy is not None and self.onpolicy.is_onpolicy(self.step)
+        if onpolicy:
+            batches, normalizer, tokens, step_metrics = self._onpolicy_batches()
+        else:
+            rows = global_batch_rows(self.step, self.global_batch, len(self.train_rows), s.seed)
+            normalizer = max(1, self.train_rows.scored_tokens(rows))
+            tokens = int(rows.size * self.train_rows.seq_len)
+            step_metrics = {}
         model = self.ddp or self.module
         self.module.train()
         self.module.step = self.step  # extra_loss sees the step being taken
         sums: dict[str, torch.Tensor] = {}
         loss_sum = torch.zeros((), dtype=torch.float64)
         for micro in range(s.grad_accum):
-            offset = (micro * d.world + d.rank) * s.micro_batch_size
-            idx = rows[offset : offset + s.micro_batch_size]
-            batch = {k: v.to(self.device) for k, v in self.train_rows.batch(idx).items()}
+            if onpolicy:
+                idx, batch = batches[micro]
+            else:
+                offset = (micro * d.world + d.rank) * s.micro_batch_size
+                idx = rows[offset : offset + s.micro_batch_size]
+                batch = {k: v.to(self.device) for k, v in self.train_rows.batch(idx).items()}
             sync = micro == s.grad_accum - 1
             ctx = model.no_sync() if (self.ddp is not None and not sync) else contextlib.nullcontext()
             with ctx:
@@ -361,7 +405,9 @@ class Trainer:
         if grad_norm is not None:
             metrics["grad_norm"] = grad_norm
         metrics["lr"] = self.scheduler.get_last_lr()[0]
-        tokens = int(rows.size * self.train_rows.seq_len)
+        if self.onpolicy is not None:
+            metrics["onpolicy"] = float(onpolicy)
+            metrics.update(step_metrics)
         return (total if finite else None), metrics, tokens
 
     # -- evaluation ----------------------------------------------------------------------
