@@ -200,3 +200,41 @@ def test_bf16_decoding_copy_follows_the_trained_weights(tiny_llama_dir, tiny_tok
         c.tolist() for c in fresh().generate(model, idx, device=cpu, seed_words=(0, 0))
     ]
     assert [c.tolist() for c in after] != [c.tolist() for c in before]
+
+
+@pytest.mark.slow  # ~1 min on the shared 2-core machine (three process start-ups)
+def test_ddp_two_processes_match_one_process_on_policy(tiny_llama_dir, data_file, tmp_path):
+    """Each global micro-batch slot samples with its own seed, so two DDP processes generate what
+    one process with gradient accumulation does; the losses then agree as in off-policy DDP."""
+    import os
+    import subprocess
+    import sys
+
+    from test_distill_distributed import _args, _losses
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    extra = [
+        "--lmbda",
+        "1",
+        "--onpolicy-max-new-tokens",
+        "12",
+        "--set",
+        "max_steps=3",
+        "--set",
+        "save_every=3",
+    ]
+    single, double = tmp_path / "one" / "distill", tmp_path / "two" / "distill"
+    subprocess.run([sys.executable, "-m", "nexus", *_args(tiny_llama_dir, data_file, single, 2, 2), *extra],
+                   env=env, check=True, capture_output=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "nexus",
+         *_args(tiny_llama_dir, data_file, double, 2, 1), *extra],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    one, two = _losses(single), _losses(double)
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two, strict=True):
+        assert abs(a - b) <= 1e-5 * abs(a), (one, two)
+    rows = [json.loads(x) for x in (double / "metrics.jsonl").read_text().splitlines()]
+    assert [r["onpolicy"] for r in rows if r["split"] == "train"] == [1.0] * 3
