@@ -79,3 +79,21 @@ def test_help_shows_field_help_and_phase_default(capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "--warmup-steps WARMUP_STEPS linear warm-up steps (default: 20)" in out
     assert "--kd {forward_kl,reverse_kl,jsd}" in out and "--teacher-cache TEACHER_CACHE" in out
+
+
+def test_extends_merges_a_preset_over_its_base_and_refuses_cycles(tmp_path):
+    from nexus.config import read_yaml
+    from nexus.errors import NexusError
+
+    small = read_yaml(CONFIGS / "small.yaml")
+    default = read_yaml(CONFIGS / "default.yaml")
+    assert small["profile"]["plan"]["keep_layers"] == 15
+    assert small["profile"]["num_probes"] == default["profile"]["num_probes"]  # merged, not replaced
+    assert small["distill"] == default["distill"] and "extends" not in small
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\nx: 1\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\ny: 2\n")
+    with pytest.raises(NexusError, match="cycle"):
+        read_yaml(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(NexusError, match="not found"):
+        read_yaml(tmp_path / "c.yaml")

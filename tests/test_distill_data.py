@@ -90,7 +90,14 @@ def test_corpus_cache_is_reused_and_keyed_by_content(tiny_tokenizer, tmp_path):
 
 
 def test_builtin_spec_and_text_files(tiny_tokenizer, tmp_path):
-    assert parse_builtin("builtin:code=3,chat=0") == {"code": 3, "math": 400, "chat": 0, "rag": 0}
+    assert parse_builtin("builtin:code=3,chat=0") == {
+        "code": 3,
+        "math": 400,
+        "chat": 0,
+        "rag": 0,
+        "general": 0,
+        "docs": 0,
+    }
     assert parse_builtin("builtin:rag=5")["rag"] == 5
     with pytest.raises(NexusError, match="bad builtin"):
         parse_builtin("builtin:poems=3")
@@ -117,3 +124,41 @@ def test_rows_with_an_empty_response_are_skipped_with_one_warning(tiny_tokenizer
     data.write_text(json.dumps({"prompt": "p", "response": ""}) + "\n")
     with pytest.raises(NexusError, match="every row has an empty response"):
         build_corpus([str(data)], tiny_tokenizer, seq_len=16, heldout_fraction=0.0)
+
+
+def test_general_prompts_are_distinct_seeded_and_bounded():
+    from nexus.data.general import general_prompts
+
+    a, b = general_prompts(300, seed=0), general_prompts(300, seed=1)
+    assert len(set(a)) == 300 and a != b and general_prompts(300, seed=0) == a
+    with pytest.raises(ValueError, match="distinct prompts"):
+        general_prompts(10**6)
+
+
+def test_code_snippets_extend_past_one_per_file_and_keep_the_first_pass():
+    from nexus.data.builtin import python_source_snippets
+
+    first = python_source_snippets(50)
+    more = python_source_snippets(400)
+    assert [e.source for e in more[:50]] == [e.source for e in first]
+    files = [e.source.rsplit(":", 1)[0] for e in more]
+    assert len(set(e.source for e in more)) == 400 and len(set(files)) < 400  # files repeat, snippets do not
+
+
+def test_builtin_docs_and_general_rows(tiny_llama_dir, tiny_tokenizer, tmp_path, monkeypatch):
+    from nexus.data.corpus import load_source, source_fingerprint
+    from nexus.models.loading import load_model
+
+    monkeypatch.setenv("NEXUS_CACHE_DIR", str(tmp_path / "cache"))
+    docs = load_source("builtin:code=0,math=0,chat=0,docs=5")
+    assert len(docs) == 5 and all(e.kind == "text" and len(e.text) >= 200 for e in docs)
+    with pytest.raises(NexusError, match="needs the teacher"):
+        load_source("builtin:code=0,math=0,chat=0,general=3")
+    teacher, _ = load_model(str(tiny_llama_dir))
+    rows = load_source("builtin:code=0,math=0,chat=0,general=3", teacher=teacher, tokenizer=tiny_tokenizer)
+    again = load_source("builtin:code=0,math=0,chat=0,general=3", teacher=teacher, tokenizer=tiny_tokenizer)
+    assert len(rows) == 3 and all(r.response for r in rows)
+    assert [r.response for r in rows] == [r.response for r in again]  # seeded sampling, cached
+    # unused extra counts leave the fingerprint of older specs unchanged
+    assert "general" not in source_fingerprint("builtin:code=3")
+    assert "general_sampling" in source_fingerprint("builtin:general=3")

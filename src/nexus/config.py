@@ -33,8 +33,12 @@ from nexus.utils import atomic_write_text
 T = TypeVar("T")
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file, bad syntax or a non-mapping is a NexusError."""
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping; a missing file, bad syntax or a non-mapping is a NexusError.
+
+    ``extends: FILE`` (a path relative to this file, e.g. ``default.yaml``) starts from that
+    file's mapping and merges this one over it, section by section, so a preset states only
+    what it changes."""
     path = Path(path)
     if not path.is_file():
         raise NexusError(f"config file not found: {path}")
@@ -51,7 +55,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise NexusError(
             f"config file {path} must hold a mapping of keys to values, not {type(data).__name__}"
         )
-    return data
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise NexusError(f"{path}: 'extends' must name a YAML file, not {base!r}")
+    parent = (path.parent / base).resolve()
+    if parent in _seen or parent == path.resolve():
+        raise NexusError(f"{path}: 'extends: {base}' makes a cycle")
+    return deep_merge(read_yaml(parent, (*_seen, path.resolve())), data)
 
 
 def _type_name(tp: Any) -> str:

@@ -160,28 +160,47 @@ def arithmetic_word_problems(n: int, seed: int = 0) -> list[Example]:
 def python_source_snippets(
     n: int, seed: int = 0, max_chars: int = 1500, root: str | Path | None = None
 ) -> list[Example]:
-    """``n`` top-level functions/classes from the Python standard library on this machine."""
+    """``n`` top-level functions/classes from the Python standard library on this machine: the
+    first qualifying one of each file (in ``seed`` order), then the second of each, and so on, so
+    the sample stays spread over files and a larger ``n`` extends a smaller one."""
     root = Path(root or sysconfig.get_paths()["stdlib"])
     files = sorted(p for p in root.glob("*.py") if not p.name.startswith("_"))
     rng = random.Random(seed)
     rng.shuffle(files)
+    per_file: dict[Path, list[Example]] = {}
+
+    def snippets(path: Path) -> list[Example]:
+        if path not in per_file:
+            found: list[Example] = []
+            try:
+                source = path.read_text(encoding="utf-8")
+                tree = ast.parse(source)
+            except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+                tree, source = None, ""
+            lines = source.splitlines()
+            for node in tree.body if tree is not None else ():
+                if not isinstance(node, ast.FunctionDef | ast.ClassDef) or node.end_lineno is None:
+                    continue
+                snippet = "\n".join(lines[node.lineno - 1 : node.end_lineno])
+                if 200 <= len(snippet) <= max_chars:
+                    found.append(Example("text", f"{path}:{node.lineno}", "code", text=snippet))
+            per_file[path] = found
+        return per_file[path]
+
     examples: list[Example] = []
-    for path in files:
-        if len(examples) >= n:
-            break
-        try:
-            source = path.read_text(encoding="utf-8")
-            tree = ast.parse(source)
-        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        lines = source.splitlines()
-        for node in tree.body:
-            if not isinstance(node, ast.FunctionDef | ast.ClassDef) or node.end_lineno is None:
-                continue
-            snippet = "\n".join(lines[node.lineno - 1 : node.end_lineno])
-            if 200 <= len(snippet) <= max_chars:
-                examples.append(Example("text", f"{path}:{node.lineno}", "code", text=snippet))
-                break  # one snippet per file keeps the sample diverse
+    depth = 0
+    while len(examples) < n:
+        added = 0
+        for path in files:
+            if len(examples) >= n:
+                break
+            found = snippets(path)
+            if depth < len(found):
+                examples.append(found[depth])
+                added += 1
+        if not added:
+            break  # every file is exhausted
+        depth += 1
     return examples
 
 
@@ -193,9 +212,12 @@ def chat_prompt_examples(n: int | None = None, seed: int = 0) -> list[Example]:
     return [Example("chat", f"builtin:chat:{i}", "chat", prompt=p) for i, p in enumerate(chosen)]
 
 
-def _answers_cache_file(model, examples: list[Example], max_new_tokens: int) -> Path:
-    """Where a model's greedy answers to these prompts are cached: keyed by the model's identity
-    (its path, size and a slice of its embedding weights), the prompts and the length cap."""
+def _answers_cache_file(
+    model, examples: list[Example], max_new_tokens: int, sampling: dict | None = None
+) -> Path:
+    """Where a model's answers to these prompts are cached: keyed by the model's identity
+    (its path, size and a slice of its embedding weights), the prompts, the length cap and the
+    sampling settings (none: greedy)."""
     import hashlib
     import os
 
@@ -206,6 +228,8 @@ def _answers_cache_file(model, examples: list[Example], max_new_tokens: int) -> 
     digest.update(embedding.detach().flatten()[:4096].float().cpu().numpy().tobytes())
     digest.update(json.dumps([ex.prompt for ex in examples]).encode())
     digest.update(str(max_new_tokens).encode())
+    if sampling is not None:
+        digest.update(json.dumps(sampling, sort_keys=True).encode())
     root = Path(os.environ.get("NEXUS_CACHE_DIR", Path.home() / ".cache" / "nexus"))
     return root / "teacher_answers" / f"{digest.hexdigest()[:24]}.json"
 
@@ -218,18 +242,25 @@ def teacher_answers(
     max_new_tokens: int = 96,
     batch_size: int = 8,
     cache: bool = True,
+    sampling: dict | None = None,
 ) -> list[Example]:
-    """Fill each example's ``response`` with the model's greedy answer (left-padded batches).
+    """Fill each example's ``response`` with the model's answer (left-padded, KV-cached batches):
+    greedy, or sampled with ``sampling`` = ``{"temperature": T, "top_k": K, "top_p": P, "seed": S}``
+    (:class:`nexus.inference.sampling.TopKSampler`; the batch starting at example ``b`` draws from
+    a generator seeded with ``S + b``, so the answers are reproducible and the caller's RNG state
+    is left untouched).
 
-    Greedy answers are deterministic, so they are cached on disk (``$NEXUS_CACHE_DIR`` or
-    ``~/.cache/nexus``) and every phase that asks the same model the same prompts reuses them.
+    Answers are cached on disk (``$NEXUS_CACHE_DIR`` or ``~/.cache/nexus``) and every phase that
+    asks the same model the same prompts with the same settings reuses them.
     """
     import torch
+    from transformers import LogitsProcessorList
 
     from nexus.data.templates import render_prompt
+    from nexus.inference.sampling import TopKSampler
     from nexus.utils import atomic_write_json
 
-    cache_file = _answers_cache_file(model, examples, max_new_tokens) if cache else None
+    cache_file = _answers_cache_file(model, examples, max_new_tokens, sampling) if cache else None
     if cache_file is not None and cache_file.is_file():
         try:
             answers = json.loads(cache_file.read_text())
@@ -249,11 +280,23 @@ def teacher_answers(
             enc = tokenizer(
                 texts, return_tensors="pt", padding=True, add_special_tokens=not tokenizer.chat_template
             )
+            processors = LogitsProcessorList()
+            if sampling is not None:
+                generator = torch.Generator().manual_seed(sampling["seed"] + start)
+                processors.append(
+                    TopKSampler(
+                        sampling["temperature"],
+                        top_k=sampling["top_k"],
+                        top_p=sampling["top_p"],
+                        generator=generator,
+                    )
+                )
             with torch.inference_mode():
                 out = model.generate(
                     **enc,
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
+                    logits_processor=processors,
                     pad_token_id=tokenizer.pad_token_id,
                 )
             for ex, ids in zip(batch, out[:, enc["input_ids"].shape[1] :], strict=True):

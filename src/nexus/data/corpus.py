@@ -4,8 +4,10 @@ A source is one of:
 
 * ``builtin`` -- the offline default corpus of :mod:`nexus.data.builtin` (stdlib Python code,
   generated math with worked answers, and the teacher's own greedy answers to built-in chat
-  prompts); ``builtin:code=200,math=400,chat=60`` sets the counts, and ``rag=N`` adds N
-  retrieval-grounded answers in the chat's RAG layout (:mod:`nexus.data.grounded`, none by default);
+  prompts); ``builtin:code=200,math=400,chat=60`` sets the counts, ``rag=N`` adds N
+  retrieval-grounded answers in the chat's RAG layout (:mod:`nexus.data.grounded`), ``general=N``
+  the teacher's sampled answers to N diverse everyday prompts and ``docs=N`` N blocks of the
+  interpreter's reference docs (:mod:`nexus.data.general`; these three are 0 unless set);
 * a file: JSONL / JSON / ``.gz`` in any format :func:`nexus.data.load_examples` reads, or a
   ``.txt`` / ``.md`` text file (blank-line separated blocks);
 * a directory: every such file in it, sorted;
@@ -40,7 +42,16 @@ from nexus.utils import atomic_write_json, make_temp_dir
 log = logging.getLogger(__name__)
 
 DATA_SUFFIXES = (".jsonl", ".json", ".gz", ".txt", ".md")
-BUILTIN_DEFAULTS = {"code": 200, "math": 400, "chat": 60, "rag": 0}
+BUILTIN_DEFAULTS = {"code": 200, "math": 400, "chat": 60, "rag": 0, "general": 0, "docs": 0}
+# How the teacher writes the ``general`` rows: sampled (diverse text from its own distribution),
+# long enough for a paragraph; batched because generation is the cost of these rows.
+GENERAL_SAMPLING = {
+    "temperature": 0.8,
+    "top_k": 50,
+    "top_p": 0.95,
+    "max_new_tokens": 192,
+    "batch_size": 64,
+}
 CACHE_VERSION = 2  # 2: evaluation-split rows are dropped (nexus.data.splits)
 
 
@@ -52,7 +63,8 @@ def parse_builtin(source: str) -> dict[str, int]:
         key, sep, value = part.partition("=")
         if not sep or key not in counts or not value.isdigit():
             raise NexusError(
-                f"bad builtin data spec {source!r}: expected e.g. builtin:code=200,math=400,chat=60,rag=600"
+                f"bad builtin data spec {source!r}: expected e.g. "
+                "builtin:code=200,math=400,chat=60,rag=600,general=800,docs=300"
             )
         counts[key] = int(value)
     return counts
@@ -86,7 +98,13 @@ def _file_fingerprint(path: Path) -> str:
 def source_fingerprint(source: str, teacher_id: str | None = None) -> str:
     """Identity of a source's content (files) or definition (builtin, with the teacher answering)."""
     if source.startswith("builtin"):
-        return f"{source}|{json.dumps(parse_builtin(source), sort_keys=True)}|teacher={teacher_id}"
+        counts = parse_builtin(source)
+        for extra in ("general", "docs"):  # absent when unused: older corpus keys stay valid
+            if not counts[extra]:
+                del counts[extra]
+        if counts.get("general"):
+            counts["general_sampling"] = GENERAL_SAMPLING
+        return f"{source}|{json.dumps(counts, sort_keys=True)}|teacher={teacher_id}"
     if source.startswith("hf:"):
         return source
     return "|".join(f"{p}:{_file_fingerprint(p)}" for p in _source_files(source))
@@ -126,7 +144,7 @@ def load_source(
     ``builtin`` needs the teacher for chat, unless ``chat_answers`` is False (prompts only, as the
     benchmark's overlap check reads them)."""
     if source.startswith("builtin"):
-        from nexus.data import builtin
+        from nexus.data import builtin, general
 
         counts = parse_builtin(source)
         examples = builtin.python_source_snippets(counts["code"], seed)
@@ -138,6 +156,13 @@ def load_source(
                 raise NexusError("the built-in chat data needs the teacher to answer its prompts")
             chats = builtin.chat_prompt_examples(counts["chat"], seed)
             examples += builtin.teacher_answers(teacher, tokenizer, chats)
+        if counts["general"] and not chat_answers:
+            examples += general.general_prompt_examples(counts["general"], seed)
+        elif counts["general"]:
+            if teacher is None or tokenizer is None:
+                raise NexusError("the built-in general data needs the teacher to answer its prompts")
+            examples += _general_answers(counts["general"], teacher, tokenizer, seed)
+        examples += general.pydoc_blocks(counts["docs"], seed)
         if counts["rag"]:
             from nexus.data.grounded import grounded_qa_examples
 
@@ -153,6 +178,37 @@ def load_source(
     if dropped:
         log.info("%s: %d evaluation-split rows left out (nexus.data.splits)", source, dropped)
     return kept
+
+
+def _general_answers(n: int, teacher, tokenizer, seed: int) -> list[Example]:
+    """The teacher's sampled answers to ``n`` general prompts, timed in the log (the cost of them).
+
+    A float32 teacher on the CPU generates from a bfloat16 copy: decoding is about twice as fast
+    and these rows are data, not targets (the KD targets come from the teacher itself)."""
+    import copy
+    import time
+
+    import torch
+
+    from nexus.data.builtin import teacher_answers
+    from nexus.data.general import general_prompt_examples
+
+    opts = dict(GENERAL_SAMPLING)
+    max_new, batch = opts.pop("max_new_tokens"), opts.pop("batch_size")
+    start = time.perf_counter()
+    param = next(teacher.parameters())
+    if param.device.type == "cpu" and param.dtype == torch.float32:
+        teacher = copy.deepcopy(teacher).to(torch.bfloat16)
+    rows = teacher_answers(
+        teacher,
+        tokenizer,
+        general_prompt_examples(n, seed),
+        max_new_tokens=max_new,
+        batch_size=batch,
+        sampling={**opts, "seed": seed},
+    )
+    log.info("builtin general: %d teacher answers ready in %.0f s", n, time.perf_counter() - start)
+    return rows
 
 
 @dataclass
