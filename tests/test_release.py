@@ -43,7 +43,7 @@ def test_run_release_writes_model_index_manifest_and_card(tiny_llama_dir, tmp_pa
         index={"chunk_tokens": 48, "chunk_overlap": 12},
         benchmark={"tasks": ["builtin"], "limit": 1, "max_new_tokens": 4, "batch_size": 2, "precision": "fp32",
                    "fidelity_items": 2, "bootstrap_samples": 50},
-        profile_student=False,
+        profile_student=False, retention={"enabled": False},  # tests/test_retention.py covers it
     )  # fmt: skip
     pipeline = PipelineConfig(distill={"data": ["builtin"]})
     ctx = SimpleNamespace(
@@ -94,6 +94,7 @@ def test_run_release_profiles_the_student_through_the_given_profiler(tiny_llama_
     cfg = ReleaseConfig(
         teacher=str(tiny_llama_dir), release_dir=str(tmp_path / "rel"), docs=[str(RAG_DOC)],
         index={"chunk_tokens": 48, "chunk_overlap": 12}, benchmark={"enabled": False},
+        retention={"enabled": False},
     )  # fmt: skip
     ctx = SimpleNamespace(
         config=PipelineConfig(), results_dir=results, flags=Flags(tmp_path / "flags"),
@@ -141,7 +142,7 @@ def test_release_manifest_names_no_path_of_the_build_machine(tiny_llama_dir, tmp
         index={"chunk_tokens": 48, "chunk_overlap": 12},
         benchmark={"tasks": ["builtin-math"], "limit": 1, "max_new_tokens": 2, "batch_size": 1, "precision": "fp32",
                    "fidelity_items": 1, "bootstrap_samples": 20},
-        profile_student=False,
+        profile_student=False, retention={"enabled": False},  # tests/test_retention.py covers it
     )  # fmt: skip
     pipeline = PipelineConfig(distill={"data": ["builtin:rag=8", str(data_file)]})
     ctx = SimpleNamespace(

@@ -21,11 +21,13 @@ from nexus.errors import NexusError
 # Subcommand modules, in the order `nexus --help` lists them.
 COMMAND_MODULES = (
     "nexus.pipeline.cli",  # run
+    "nexus.multimodal.cli",  # multimodal run / teacher
     "nexus.profiling.cli",  # profile
     "nexus.distillation.cli",  # distill
     "nexus.training.cli",  # train
     "nexus.router.cli",  # router
     "nexus.benchmark.cli",  # benchmark
+    "nexus.retention.cli",  # retention
     "nexus.knowledge.cli",  # index
     "nexus.inference.cli",  # chat
     "nexus.models.cli",  # models

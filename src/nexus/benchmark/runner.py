@@ -182,11 +182,13 @@ def fidelity_texts(tasks: list[Task], n: int) -> list[str]:
     return out
 
 
-def measure_fidelity(teacher, student, texts: list[str], cfg: BenchmarkConfig) -> Fidelity:
+def fidelity_batches(teacher, student, texts: list[str], cfg: BenchmarkConfig):
+    """Batches of ``texts`` through both models: ``(teacher logits or None, student logits, mask,
+    input_ids)``, all on the student's device; ``teacher=None`` runs the student alone (the
+    retention report's bits per byte of the teacher itself)."""
     import torch
 
-    total = Fidelity(0.0, 0.0, 0)
-    tok = teacher.tokenizer
+    tok = student.tokenizer
     for start in range(0, len(texts), cfg.batch_size):
         enc = tok(
             texts[start : start + cfg.batch_size],
@@ -196,16 +198,24 @@ def measure_fidelity(teacher, student, texts: list[str], cfg: BenchmarkConfig) -
             max_length=cfg.fidelity_max_length,
             add_special_tokens=False,
         )
+        t = None
         with torch.inference_mode():
-            t = teacher.model(
-                input_ids=enc["input_ids"].to(teacher.device),
-                attention_mask=enc["attention_mask"].to(teacher.device),
-            ).logits
+            if teacher is not None:
+                t = teacher.model(
+                    input_ids=enc["input_ids"].to(teacher.device),
+                    attention_mask=enc["attention_mask"].to(teacher.device),
+                ).logits.to(student.device)
             s = student.model(
                 input_ids=enc["input_ids"].to(student.device),
                 attention_mask=enc["attention_mask"].to(student.device),
             ).logits
-        total = total.merge(fidelity_metrics(t, s.to(t.device), enc["attention_mask"].to(t.device).bool()))
+        yield t, s, enc["attention_mask"].to(student.device).bool(), enc["input_ids"].to(student.device)
+
+
+def measure_fidelity(teacher, student, texts: list[str], cfg: BenchmarkConfig) -> Fidelity:
+    total = Fidelity(0.0, 0.0, 0)
+    for t, s, mask, _ in fidelity_batches(teacher, student, texts, cfg):
+        total = total.merge(fidelity_metrics(t, s, mask))
     return total
 
 

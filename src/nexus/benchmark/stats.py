@@ -88,3 +88,47 @@ def near_chance(correct: Sequence[bool], chance: float) -> bool:
     if n == 0:
         return True
     return k / n < chance + NEAR_CHANCE_MARGIN or binomial_tail(k, n, chance) >= 0.05
+
+
+# -- intervals and paired tests for one model's scores (the retention report) -----------------
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n``: unlike the normal approximation
+    it stays inside [0, 1] and is not zero-width at 0 or n successes, which small cells hit."""
+    from scipy.stats import norm
+
+    if n <= 0:
+        return (0.0, 1.0)
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of per-row values (KL, bits per byte): rows are the
+    independent units, tokens within a row are not."""
+    from scipy.stats import t
+
+    x = np.asarray(values, dtype=np.float64)
+    mean = float(x.mean()) if len(x) else float("nan")
+    if len(x) < 2:
+        return (mean, mean)
+    half = float(t.ppf(0.5 + confidence / 2, len(x) - 1)) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return (mean - half, mean + half)
+
+
+def paired_t_p(before: Sequence[float], after: Sequence[float]) -> float:
+    """Two-sided p-value of the paired t-test on per-row values (1.0 when every difference is 0)."""
+    from scipy.stats import ttest_rel
+
+    _check_paired(before, after)
+    diff = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
+    if len(diff) < 2 or not np.any(diff):
+        return 1.0
+    if np.all(diff == diff[0]):  # a constant shift: no spread, the t statistic is infinite
+        return 0.0
+    return float(ttest_rel(after, before).pvalue)

@@ -23,6 +23,14 @@ The hash is the first 8 bytes of ``sha256("nexus-eval-split-v1\\0" + format + "\
 divided by 2**64. It depends on the row's text only, not on its position, so a user's own
 download of the same set (any row order, JSONL or JSON, or the same rows from the hub) splits the
 same way, and duplicated rows always land on the same side.
+
+**Tune / untuned parts of the evaluation rows.** Evaluation rows still steer decisions (which
+layers to keep, which recipe to ship) when those are chosen by their scores. So the evaluation
+rows of PIQA are cut once more, by :func:`tuning_side`: the *untuned* part (about 1/4: the same
+hash under the salt ``nexus-untuned-split-v1``, below 1/4; 357 of the 1338 shared PIQA rows) is
+where **no decision may be tuned on these rows**: no plan criterion, recipe, loss weight or
+default is chosen by its score there. It is only reported (``nexus retention``'s "PIQA untuned"
+column), beside the *tune* part (the other ~3/4) that choices may be made on.
 """
 
 from __future__ import annotations
@@ -38,13 +46,23 @@ SPLIT_SALT = "nexus-eval-split-v1"
 EVAL_FRACTION = {"gsm8k": 0.10, "alpaca": 0.10, "self_instruct": 0.20}
 EVAL_ONLY = ("piqa", "humaneval")  # whole sets reserved for evaluation
 SPLITS = ("eval", "train", "all")
+# The untuned part of the evaluation rows (see the module docstring): no decision is tuned on it.
+UNTUNED_SALT = "nexus-untuned-split-v1"
+UNTUNED_FRACTION = 0.25
+TUNING_SIDES = ("tune", "untuned")
 
 
-def split_key(example: Example) -> float:
+def split_key(example: Example, salt: str = SPLIT_SALT) -> float:
     """The row's position in [0, 1) under the stable hash (see the module docstring)."""
     prompt = " ".join(example.prompt.split())
-    digest = hashlib.sha256(f"{SPLIT_SALT}\0{example.format}\0{prompt}".encode()).digest()
+    digest = hashlib.sha256(f"{salt}\0{example.format}\0{prompt}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def tuning_side(example: Example) -> str:
+    """``"untuned"`` for the ~1/4 of evaluation rows on which no decision may be tuned (a hash
+    of the row's prompt, e.g. PIQA's goal, under :data:`UNTUNED_SALT`), else ``"tune"``."""
+    return "untuned" if split_key(example, UNTUNED_SALT) < UNTUNED_FRACTION else "tune"
 
 
 def split_of(example: Example) -> str | None:

@@ -16,8 +16,7 @@ from nexus.distillation.config import DistillConfig
 from nexus.distillation.student import (
     check_same_vocab,
     default_anchor_pairs,
-    evenly_spread_layers,
-    read_plan,
+    pruned_student,
     same_vocab,
 )
 from nexus.errors import NexusError
@@ -43,7 +42,7 @@ def run_distill(
     """
     from nexus.data.corpus import build_corpus
     from nexus.hardware import pick_device, resolve_precision
-    from nexus.models import build_student, decoder_layers, load_model, load_tokenizer
+    from nexus.models import decoder_layers, load_model, load_tokenizer
     from nexus.trainer.anchoring import ActivationAnchoringLoss
     from nexus.trainer.cache import cache_key, prepare_teacher_cache, teacher_fingerprint
     from nexus.trainer.cross_tokenizer import CrossTokenizerKD
@@ -91,14 +90,15 @@ def run_distill(
                 ce_only_other_vocab = not same_vocab(teacher, tokenizer, student, student_tokenizer)
         student_desc = f"{config.student}"
     else:
-        if config.plan:
-            plan = read_plan(config.plan)
-            keep, plan_pairs = plan["keep_layers"], plan["anchor_pairs"]
-            student_desc = f"plan {config.plan}: {len(keep)} of {n_teacher} layers"
-        else:
-            keep = evenly_spread_layers(n_teacher, config.student_layers)
-            student_desc = f"{len(keep)} of {n_teacher} teacher layers, evenly spread"
-        student = build_student(teacher, keep, teacher_name=config.teacher)
+        pruned = pruned_student(
+            teacher, teacher_name=config.teacher, plan=config.plan, student_layers=config.student_layers
+        )
+        student, keep, plan_pairs, student_desc = (
+            pruned.model,
+            pruned.keep_layers,
+            pruned.anchor_pairs,
+            pruned.description,
+        )
     student.float()
     n_student = len(decoder_layers(student))
 

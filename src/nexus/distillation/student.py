@@ -7,6 +7,7 @@ The student is the teacher depth-pruned to ``keep_layers`` (from ``nexus profile
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,39 @@ def read_plan(path: str | Path) -> dict[str, Any]:
     if not all(isinstance(p, list | tuple) and len(p) == 2 for p in pairs):
         raise NexusError(f"{path}: 'anchor_pairs' must be a list of [student_layer, teacher_layer]")
     return {"keep_layers": plan["keep_layers"], "anchor_pairs": [list(map(int, p)) for p in pairs]}
+
+
+@dataclass
+class PrunedStudent:
+    """Phase 2's initial student before any training: the teacher cut to ``keep_layers``."""
+
+    model: Any
+    keep_layers: list[int]
+    anchor_pairs: list[list[int]]  # the plan's [student_layer, teacher_layer] pairs ([] without a plan)
+    description: str
+
+
+def pruned_student(
+    teacher, *, teacher_name: str, plan: str | Path | None = None, student_layers: int | None = None
+) -> PrunedStudent:
+    """The teacher cut to the plan's ``keep_layers`` (``plan``, a ``student_plan.json``), else to
+    ``student_layers`` evenly spread: phase 2's starting point, and the retention report's
+    "untrained plan student" (one function, so the two cannot drift apart)."""
+    from nexus.models import build_student, decoder_layers
+
+    n_teacher = len(decoder_layers(teacher))
+    pairs: list[list[int]] = []
+    if plan:
+        read = read_plan(plan)
+        keep, pairs = read["keep_layers"], read["anchor_pairs"]
+        description = f"plan {plan}: {len(keep)} of {n_teacher} layers"
+    elif student_layers is not None:
+        keep = evenly_spread_layers(n_teacher, student_layers)
+        description = f"{len(keep)} of {n_teacher} teacher layers, evenly spread"
+    else:
+        raise NexusError("a pruned student needs a plan or a number of layers")
+    model = build_student(teacher, keep, teacher_name=teacher_name)
+    return PrunedStudent(model, keep, pairs, description)
 
 
 def default_anchor_pairs(

@@ -65,7 +65,11 @@ def package_versions() -> dict[str, str]:
 
 
 def model_card(
-    cfg: ReleaseConfig, manifest: dict[str, Any], bench: dict[str, Any], align: dict[str, Any]
+    cfg: ReleaseConfig,
+    manifest: dict[str, Any],
+    bench: dict[str, Any],
+    align: dict[str, Any],
+    retention: dict[str, Any] | None = None,
 ) -> str:
     from nexus.benchmark.report import render_summary_table
 
@@ -118,6 +122,22 @@ def model_card(
             ]
     else:
         lines += ["Not benchmarked (disabled in the release config).", ""]
+    lines += ["## Retention", ""]
+    retention = retention or {}
+    if retention.get("markdown"):
+        lines += [
+            "How much of the teacher the student keeps after each phase (also `results/retention.md`; "
+            "rebuild with `nexus retention <results_dir>`).",
+            "",
+            retention["markdown"].strip(),
+            "",
+        ]
+        if retention.get("plot"):
+            lines += [f"![retention per measure and phase]({retention['plot']})", ""]
+    elif retention.get("error"):
+        lines += [f"Not built: {retention['error']}", ""]
+    else:
+        lines += ["Not measured (release.retention.enabled: false).", ""]
     lines += ["## Structural alignment (NIWT)", ""]
     if align:
         lines += [

@@ -40,12 +40,38 @@ class ReleaseConfig:
     benchmark: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "benchmark settings (BenchmarkConfig)"}
     )
+    retention: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "retention report settings (RetentionConfig; 'enabled: false' skips it): the "
+            "model card's Retention section and results/retention.md"
+        },
+    )
     profile_student: bool = field(
         default=True, metadata={"help": "profile the student for structural alignment"}
     )
     student_profile: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "overrides of the student's profile config (ProfileConfig)"}
     )
+
+    def __post_init__(self) -> None:
+        retention_config(self)  # a bad retention section fails before phase 1, not after training
+
+    @property
+    def retention_enabled(self) -> bool:
+        return self.retention.get("enabled", True) is not False
+
+
+def retention_config(cfg: ReleaseConfig):
+    """The release's :class:`~nexus.retention.config.RetentionConfig` (its row limits are the
+    defaults unless the section sets them), or None when the section says ``enabled: false``."""
+    if not cfg.retention_enabled:
+        return None
+    from nexus.config import from_dict
+    from nexus.retention.config import RetentionConfig
+
+    settings = {k: v for k, v in cfg.retention.items() if k != "enabled"}
+    return from_dict(RetentionConfig, {"teacher": cfg.teacher, **settings}, "release.retention")
 
 
 PHASE_MODELS = ("router", "train", "distill")  # newest first
@@ -81,4 +107,8 @@ def choose_student(choice: str, results_dir: Path) -> tuple[str, str]:
                 f"nats/token -> {key}"
             )
             return str(results_dir / key / "model"), reason
+    if router_file.is_file() and "router" not in existing:
+        kept = json.loads(router_file.read_text()).get("kept_dense")
+        if kept:  # a family without an MoE counterpart (see nexus.router.experts.dense_only_reason)
+            return str(results_dir / existing[0] / "model"), f"{kept} -> {existing[0]}"
     return str(results_dir / existing[0] / "model"), f"the newest phase output ({existing[0]})"

@@ -164,6 +164,30 @@ def _benchmark(cfg: ReleaseConfig, model_dir: Path, ctx: RunContext) -> dict[str
     return run_benchmark(bench_cfg, results_dir=ctx.results_dir, flags=ctx.flags, printer=ctx.printer)
 
 
+def _retention(cfg: ReleaseConfig, ctx: RunContext, released: Path, partial: Path) -> dict[str, Any]:
+    """The retention report (``results/retention.md``, ``.json``, ``.png``; the plot is copied
+    into the release for the card). A failing measure fills its own cells; a report that cannot
+    be built at all does not stop the release: the card says why."""
+    from nexus.release.config import retention_config
+
+    if not cfg.retention_enabled:
+        return {}
+    try:
+        from nexus.retention.run import REPORT_PNG, run_retention
+
+        report = run_retention(
+            ctx.results_dir, retention_config(cfg), title=None, released=released, say=ctx.printer.message
+        )
+    except Exception as exc:  # the release is worth more than one of its reports
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+        log.warning("retention report failed: %s", first)
+        return {"error": first if isinstance(exc, NexusError) else f"{type(exc).__name__}: {first}"}
+    if "plot" in report["paths"]:
+        shutil.copy2(report["paths"]["plot"], partial / REPORT_PNG)
+        report["plot"] = REPORT_PNG
+    return report
+
+
 def check_code_sandbox(cfg: ReleaseConfig) -> None:
     """Refuse now what the benchmark would refuse at the end of the run: code tasks on a machine
     without user/mount/network/PID namespaces, unless ``allow_unsandboxed_code`` is set (the
@@ -242,6 +266,8 @@ def run_release(cfg: ReleaseConfig, ctx: RunContext, *, profiler: Profiler | Non
             report=bench.get("console"),
         )
 
+    retention = _retention(cfg, ctx, source, partial)
+
     docs = [_find_doc(d) for d in cfg.docs]
     index_cfg = from_dict(IndexConfig, cfg.index, "release.index")
     index = build_index(docs, partial, index_cfg)
@@ -280,10 +306,11 @@ def run_release(cfg: ReleaseConfig, ctx: RunContext, *, profiler: Profiler | Non
         "phases": phases,
         "alignment": align or None,
         "benchmark": {k: v for k, v in bench.items() if k != "console"} or None,
+        "retention": retention.get("table") or retention.get("error"),
     }
     manifest = _portable(manifest, _roots(release, partial, ctx.results_dir))
     atomic_write_json(partial / MANIFEST, manifest)
-    atomic_write_text(partial / "README.md", model_card(cfg, manifest, bench, align))
+    atomic_write_text(partial / "README.md", model_card(cfg, manifest, bench, align, retention))
 
     apply_umask(partial)  # readable by the team: copied models may be 0600 (transformers 5 saves them so)
     old = publish(partial, release)
