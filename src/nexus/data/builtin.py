@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import random
 import sysconfig
+import time
 from pathlib import Path
 
 from nexus.data.formats import Example
+
+log = logging.getLogger(__name__)
 
 CHAT_PROMPTS = (
     "Explain in two sentences why the sky looks blue.",
@@ -273,6 +277,7 @@ def teacher_answers(
 
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
+    began, written = time.perf_counter(), 0
     try:
         for start in range(0, len(examples), batch_size):
             batch = examples[start : start + batch_size]
@@ -299,8 +304,19 @@ def teacher_answers(
                     logits_processor=processors,
                     pad_token_id=tokenizer.pad_token_id,
                 )
-            for ex, ids in zip(batch, out[:, enc["input_ids"].shape[1] :], strict=True):
+            new = out[:, enc["input_ids"].shape[1] :]
+            for ex, ids in zip(batch, new, strict=True):
                 ex.response = tokenizer.decode(ids, skip_special_tokens=True).strip()
+            written += int((new != tokenizer.pad_token_id).sum())
+            if len(examples) > batch_size:  # minutes of work: say how far it is
+                elapsed = time.perf_counter() - began
+                log.info(
+                    "teacher answers: %d/%d prompts, %d tokens, %.0f tokens/s",
+                    start + len(batch),
+                    len(examples),
+                    written,
+                    written / max(elapsed, 1e-9),
+                )
     finally:
         tokenizer.padding_side = padding_side
     if cache_file is not None:
