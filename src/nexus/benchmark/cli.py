@@ -45,6 +45,10 @@ def register(subparsers) -> None:
         help="comma-separated sources the student was trained on, for the 13-gram overlap check "
         "(default: read from the student's nexus_manifest.json or phase config.yaml)",
     )
+    parser.add_argument(
+        "--image-data",
+        help="vision-language student: a JSONL / folder of image rows to score (default: synthetic held-out pictures)",
+    )
     parser.add_argument("--config", help="YAML file with a 'benchmark' section")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
@@ -62,6 +66,10 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from nexus.multimodal.chat import is_vision_language
+
+    if args.student and is_vision_language(args.student):
+        return _run_vision(args)
     from nexus.benchmark.runner import BenchmarkConfig, run_benchmark
     from nexus.config import deep_merge, load_config, parse_overrides
     from nexus.monitor import StatusPrinter
@@ -101,6 +109,23 @@ def _run(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()  # weight-loading bars would garble the status line
     printer = StatusPrinter(min_interval=1.0)
     summary = run_benchmark(cfg, results_dir=Path(args.out), printer=printer)
+    print(summary["console"])
+    print(f"\nWrote {summary['report_md']} and {summary['results_json']}")
+    return 0
+
+
+def _run_vision(args: argparse.Namespace) -> int:
+    """A vision-language student: image questions instead of the text suite."""
+    from nexus.multimodal.benchmark import run_vision_benchmark
+
+    summary = run_vision_benchmark(
+        student=args.student,
+        teacher=args.teacher,
+        limit=args.limit,
+        data=args.image_data,
+        out=Path(args.out),
+        seed=args.seed or 0,
+    )
     print(summary["console"])
     print(f"\nWrote {summary['report_md']} and {summary['results_json']}")
     return 0

@@ -43,7 +43,7 @@ def run_distill(
     from nexus.data.corpus import build_corpus
     from nexus.hardware import pick_device, resolve_precision
     from nexus.models import decoder_layers, load_model, load_tokenizer
-    from nexus.trainer.anchoring import ActivationAnchoringLoss
+    from nexus.trainer.anchoring import ActivationAnchoringLoss, check_anchor_pairs
     from nexus.trainer.cache import cache_key, prepare_teacher_cache, teacher_fingerprint
     from nexus.trainer.cross_tokenizer import CrossTokenizerKD
     from nexus.trainer.loop import Trainer
@@ -105,11 +105,7 @@ def run_distill(
     anchoring = None
     if config.anchor_weight > 0:
         pairs = config.anchor_pairs or plan_pairs or default_anchor_pairs(n_student, n_teacher, keep)
-        for s_layer, t_layer in pairs:
-            if not (0 <= s_layer < n_student and 0 <= t_layer < n_teacher):
-                raise NexusError(
-                    f"anchor pair [{s_layer}, {t_layer}] is out of range (student 0..{n_student - 1}, teacher 0..{n_teacher - 1})"
-                )
+        check_anchor_pairs(pairs, n_student, n_teacher)
         torch.manual_seed(config.seed)
         anchoring = ActivationAnchoringLoss(
             pairs,

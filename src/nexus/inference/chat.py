@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from nexus.errors import NexusError
-from nexus.inference.session import HELP, ChatOptions, ChatSession, QuitChat, TurnResult
+from nexus.inference.session import ChatOptions, ChatSession, QuitChat, TurnResult
 
 log = logging.getLogger(__name__)
 PROMPT = ">>> "
@@ -32,6 +32,10 @@ class ChatConfig:
         },
     )
     prompt: str | None = field(default=None, metadata={"help": "answer this once and exit"})
+    image: str | None = field(
+        default=None,
+        metadata={"help": "a picture for a vision-language model's first message (/image PATH later)"},
+    )
     knowledge: str | None = field(
         default=None, metadata={"help": "knowledge index directory (default: the model's own)"}
     )
@@ -164,7 +168,7 @@ def chat_loop(
     if interactive:
         with contextlib.suppress(ImportError):
             import readline  # noqa: F401  (line editing and history for input())
-        print(f"chat ready. {HELP}", file=info)
+        print(f"chat ready. {session.command('/help')}", file=info)
     while True:
         try:
             line = _read_line(stdin, interactive)
@@ -197,7 +201,15 @@ def run_chat(
 ) -> int:
     """Answer ``config.prompt`` once, or chat over ``stdin`` (a terminal or a pipe)."""
     stdin, out, info = stdin or sys.stdin, out or sys.stdout, info or sys.stderr
-    session = open_session(config, info=info)
+    from nexus.inference.loading import resolve_chat_model
+    from nexus.multimodal.chat import is_vision_language, open_vision_session
+
+    if config.model_path and is_vision_language(resolve_chat_model(config.model_path)):
+        session = open_vision_session(config, info=info)
+    elif config.image:
+        raise NexusError("--image needs a vision-language model (an image-text-to-text checkpoint)")
+    else:
+        session = open_session(config, info=info)
     if config.prompt is not None:
         _answer(session, config.prompt, out, info, config.verbose)
         return 0

@@ -10,13 +10,15 @@ def register(subparsers) -> None:
         "chat",
         help="interactive chat with a model (RAG from its knowledge index; assisted generation)",
         description=(
-            "Chat with a model in the terminal. Commands: /reset, /rag on|off, /k N, /sources, /cite on|off, /help, /quit. "
+            "Chat with a model in the terminal. Commands: /reset, /rag on|off, /k N, /sources, /cite on|off, /help, /quit; "
+            "/image PATH for a vision-language model. "
             "With no --model_path the newest nexus-release-v* in the current directory is used."
         ),
     )
     parser.add_argument("--model_path", "--model-path", "--model", dest="model_path", metavar="SPEC",
                         help="release dir, HF dir, training checkpoint, GGUF file or 'default'")  # fmt: skip
     parser.add_argument("--prompt", help="answer this once and exit")
+    parser.add_argument("--image", help="a picture for a vision-language model (in the chat: /image PATH)")
     parser.add_argument(
         "--knowledge", metavar="DIR", help="knowledge index directory (default: the model's own)"
     )
@@ -58,6 +60,7 @@ def _chat(args: argparse.Namespace) -> int:
     values = {
         "model_path": args.model_path,
         "prompt": args.prompt,
+        "image": args.image,
         "knowledge": args.knowledge,
         "rag": args.rag,
         "k": args.k,

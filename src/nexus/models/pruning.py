@@ -24,9 +24,12 @@ _PER_LAYER_FIELDS = ("layer_types", "sliding_window_pattern_list", "no_rope_laye
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The model's stack of decoder blocks (``model.model.layers`` for Llama/Qwen2/Mistral/...)."""
+    """The model's stack of decoder blocks (``model.model.layers`` for Llama/Qwen2/Mistral/...;
+    the language tower's, ``model.model.language_model.layers``, for a vision-language model)."""
     base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
     layers = getattr(base, "layers", None)
+    if layers is None:
+        layers = getattr(getattr(base, "language_model", None), "layers", None)
     if not isinstance(layers, nn.ModuleList):
         raise NexusError(
             f"unsupported architecture {type(model).__name__}: no decoder layer stack at "
@@ -67,13 +70,15 @@ def build_student(
     keep = validate_keep_layers(keep_layers, n_teacher)
 
     config = copy.deepcopy(teacher.config)
-    config.num_hidden_layers = len(keep)
+    # A vision-language model's layer count is its language tower's (text_config); its own for an LM.
+    text_config = config.get_text_config()
+    text_config.num_hidden_layers = len(keep)
     for name in _PER_LAYER_FIELDS:
-        values = getattr(config, name, None)
+        values = getattr(text_config, name, None)
         if isinstance(values, list | tuple) and len(values) == n_teacher:
-            setattr(config, name, [values[i] for i in keep])
-    if isinstance(getattr(config, "max_window_layers", None), int):  # Qwen2: SWA from this layer on
-        config.max_window_layers = sum(1 for i in keep if i < config.max_window_layers)
+            setattr(text_config, name, [values[i] for i in keep])
+    if isinstance(getattr(text_config, "max_window_layers", None), int):  # Qwen2: SWA from this layer on
+        text_config.max_window_layers = sum(1 for i in keep if i < text_config.max_window_layers)
     config.nexus_student = {
         "teacher": teacher_name or getattr(teacher.config, "_name_or_path", None) or "unknown",
         "teacher_num_layers": n_teacher,
@@ -81,7 +86,7 @@ def build_student(
     }
 
     new_index = {old: new for new, old in enumerate(keep)}
-    prefix = f"{teacher.base_model_prefix}.layers."
+    prefix = next(name for name, module in teacher.named_modules() if module is teacher_layers) + "."
 
     def rename(key: str) -> str | None:
         if not key.startswith(prefix):

@@ -138,3 +138,37 @@ def split_rows(
     held = sorted(order[:n_held])
     train = sorted(order[n_held:])
     return [examples[i] for i in train], [examples[i] for i in held]
+
+
+USER_HELDOUT_FRACTION = 0.1
+
+
+def _user_split(source: str, seed: int) -> tuple[list[VisionExample], list[VisionExample]]:
+    rows = load_image_rows(source)
+    return split_rows(rows, USER_HELDOUT_FRACTION, seed)
+
+
+def accuracy_examples(settings) -> list[VisionExample]:
+    """The held-out questions accuracy is measured on (``settings``: a phase config with
+    ``data``, ``image_size``, ``eval_rows`` and ``seed``): the synthetic ``heldout`` split, or the
+    held-out tenth of a user's rows. No phase trains on them."""
+    if settings.data == SYNTHETIC:
+        return synthetic_examples("heldout", settings.eval_rows, seed=settings.seed, size=settings.image_size)
+    held = _user_split(settings.data, settings.seed)[1]
+    if not held:
+        raise NexusError(f"{settings.data}: too few rows to hold any out for evaluation (need 2 or more)")
+    return held[: settings.eval_rows]
+
+
+def training_examples(settings) -> tuple[list[VisionExample], list[VisionExample]]:
+    """(training rows, held-out rows for KD/agreement during training): the synthetic ``train``
+    and ``dev`` splits, or a user's rows less their held-out tenth."""
+    if settings.data == SYNTHETIC:
+        return (
+            synthetic_examples("train", settings.train_rows, seed=settings.seed, size=settings.image_size),
+            synthetic_examples("dev", settings.heldout_rows, seed=settings.seed, size=settings.image_size),
+        )
+    train, held = _user_split(settings.data, settings.seed)
+    if not train:
+        raise NexusError(f"{settings.data}: no rows left to train on after holding out the evaluation rows")
+    return train[: settings.train_rows], held[: settings.heldout_rows]

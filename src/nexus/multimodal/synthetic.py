@@ -70,7 +70,9 @@ class VisionExample:
     """One image-text row: ``images`` (PIL RGB images, in the order their ``<image>`` slots are
     filled), ``prompt`` and ``response``. ``choices``/``label`` make it a multiple-choice item,
     ``capability`` groups it for profiling and reports, ``image_names`` name the pictures in
-    reports (a file name, or ``synthetic/<split>/<index>``)."""
+    reports (a file name, or ``synthetic/<split>/<index>``). A synthetic row's ``attributes``
+    are every capability's answer its picture determines (a colour question's single shape also
+    has a shape and a count of 1), the labels of the default teacher's vision pre-training."""
 
     images: list[Any]
     prompt: str
@@ -80,6 +82,7 @@ class VisionExample:
     label: int = -1
     image_names: list[str] = field(default_factory=list)
     source: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)  # what a synthetic picture shows
 
 
 def _rng(seed: int, split: str, index: int) -> random.Random:
@@ -118,13 +121,15 @@ def _place(rng: random.Random, size: int, r: float, taken: list[tuple[float, flo
 
 
 def render(capability: str, answer: str, rng: random.Random, size: int):
-    """The picture for one question whose answer is ``answer``."""
+    """The picture for one question whose answer is ``answer``, and the attributes it shows."""
     from PIL import ImageDraw, ImageFont
 
     image = _background(rng, size)
     draw = ImageDraw.Draw(image)
     colour = COLOURS[answer] if capability == "colour" else COLOURS[rng.choice(list(COLOURS))]
     shape = answer if capability == "shape" else rng.choice(SHAPES)
+    colour_name = next(name for name, rgb in COLOURS.items() if rgb == colour)
+    attributes = {"colour": colour_name, "shape": shape, "count": "1", capability: answer}
     if capability in ("colour", "shape"):
         r = size * rng.uniform(0.18, 0.3)
         _draw_shape(draw, shape, *_place(rng, size, r, []), r, colour)
@@ -152,11 +157,12 @@ def render(capability: str, answer: str, rng: random.Random, size: int):
         y = rng.uniform(0, max(0, size - (bottom - top))) - top
         ink = tuple(int(c * 0.6) for c in colour)
         draw.text((x, y), word, font=font, fill=ink)
+        attributes = {"text": answer}
     else:
         raise NexusError(
             f"unknown synthetic capability '{capability}' (choose from {', '.join(CAPABILITIES)})"
         )
-    return image
+    return image, attributes
 
 
 def synthetic_example(
@@ -169,7 +175,7 @@ def synthetic_example(
     capability = capabilities[index % len(capabilities)]
     values = _VALUES[capability]
     answer = rng.choice(values)
-    image = render(capability, answer, rng, size)
+    image, attributes = render(capability, answer, rng, size)
     distractors = rng.sample([v for v in values if v != answer], N_CHOICES - 1)
     choices = [answer, *distractors]
     rng.shuffle(choices)
@@ -182,6 +188,7 @@ def synthetic_example(
         label=choices.index(answer),
         image_names=[f"synthetic/{split}/{index}.png"],
         source=f"synthetic:{split}:{index}",
+        attributes=attributes,
     )
 
 

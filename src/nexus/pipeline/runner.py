@@ -73,6 +73,7 @@ class PipelineContext:
     printer: StatusPrinter
     gpu: GpuTemperature
     source: str  # where the config came from, for messages and the manifest
+    script: str = "./run_nexus_master.sh"  # what the user runs again to resume, for messages
 
 
 @dataclass
@@ -159,6 +160,7 @@ def run_pipeline(
     start: str | None = None,
     fresh: bool = False,
     stream=None,
+    script: str = "./run_nexus_master.sh",
 ) -> int:
     results = Path(config.results_dir)
     printer = StatusPrinter(
@@ -174,7 +176,7 @@ def run_pipeline(
         flags.clear_stale_stop(printer.message)
         os.environ[PIPELINE_START_ENV] = str(time.time())
         gpu = GpuTemperature().start()
-        ctx = PipelineContext(config, results, flags, printer, gpu, source)
+        ctx = PipelineContext(config, results, flags, printer, gpu, source, script)
         # Validate every selected phase's config before spending hours on the first one.
         phase_configs = {phase.key: phase.build_config(ctx) for phase in selected}
         for phase in selected:
@@ -214,7 +216,7 @@ def run_pipeline(
         except KeyboardInterrupt:
             printer.finish()
             _mark(results, "Stopped", "aborted by a second Ctrl-C")
-            log.error("nexus: aborted; run ./run_nexus_master.sh again to resume")
+            log.error("nexus: aborted; run %s again to resume", script)
             return 130
         finally:
             gpu.stop()
@@ -268,7 +270,7 @@ def _run_phase(phase: Phase, phase_config: Any, digest: str, ctx: PipelineContex
     if ctx.flags.stop_requested() or status.get("status") == "Stopped" or summary.get("stopped"):
         ctx.printer.message(
             f"[Phase {phase.number}: {phase.name}] stopped after {format_duration(seconds)}; "
-            "run ./run_nexus_master.sh again to resume from the newest checkpoint"
+            f"run {ctx.script} again to resume from the newest checkpoint"
         )
         ctx.flags.clear_stop()
         return 130

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -42,13 +42,15 @@ class Batch:
 
     input_ids, attention_mask, score_mask: (B, T); ``score_mask[b, t]`` marks token ``t`` as
     scored (predicted from position ``t - 1``). ``index``: (B,) positions in the probe set's
-    ``sequences`` list.
+    ``sequences`` list. ``extra``: further model inputs (a vision-language probe's
+    ``pixel_values``, its rows' images concatenated in row order).
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     score_mask: torch.Tensor
     index: torch.Tensor
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def make_batches(sequences: Sequence, *, batch_tokens: int, pad_id: int, device: torch.device) -> list[Batch]:
@@ -74,7 +76,9 @@ def make_batches(sequences: Sequence, *, batch_tokens: int, pad_id: int, device:
             ids[row, :n] = torch.tensor(seq.input_ids)
             attn[row, :n] = 1
             score[row, :n] = torch.tensor(seq.score_mask)
-        batches.append(Batch(ids.to(device), attn.to(device), score.to(device), torch.tensor(group)))
+        inputs = [getattr(sequences[i], "inputs", None) or {} for i in group]
+        extra = {k: torch.cat([x[k] for x in inputs]).to(device) for k in inputs[0]}
+        batches.append(Batch(ids.to(device), attn.to(device), score.to(device), torch.tensor(group), extra))
     return batches
 
 
@@ -180,7 +184,10 @@ class LayerRunner:
         self.model = model
         self.layers = decoder_layers(model)
         self.base = getattr(model, model.base_model_prefix)
-        self.norm = getattr(self.base, "norm", None)
+        # a vision-language model's final norm is its language tower's
+        self.norm = getattr(self.base, "norm", None) or getattr(
+            getattr(self.base, "language_model", None), "norm", None
+        )
         self.head = model.get_output_embeddings()
         if self.norm is None or self.head is None:
             raise NexusError(
@@ -209,7 +216,9 @@ class LayerRunner:
 
         handles.append(self.layers[-1].register_forward_hook(post))
         try:
-            self.base(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            self.base(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **batch.extra
+            )
         finally:
             for handle in handles:
                 handle.remove()
@@ -293,7 +302,9 @@ def naive_sequence_logprobs(
         perturbed(layers, index, perturbation, batch_seed) if index is not None else contextlib.nullcontext()
     )
     with ctx:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        logits = model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False, **batch.extra
+        ).logits
     logprobs = logits[:, :-1].float().log_softmax(-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
     mask = batch.score_mask[:, 1:]
     return (logprobs * mask).sum(1), mask.sum(1)

@@ -51,6 +51,7 @@ class EncodedProbe:
     score_mask: list[bool]
     example: int  # index of the probe example in its set
     choice: int = -1  # choice index for multiple-choice items, -1 otherwise
+    inputs: dict | None = None  # further model inputs (an image probe's pixel_values), or None
 
 
 @dataclass

@@ -9,6 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nexus.errors import NexusError
+
+
+def check_anchor_pairs(pairs: Sequence[Sequence[int]], n_student: int, n_teacher: int) -> None:
+    """Every ``[student_layer, teacher_layer]`` pair indexes both stacks (a NexusError if not)."""
+    for s_layer, t_layer in pairs:
+        if not (0 <= s_layer < n_student and 0 <= t_layer < n_teacher):
+            raise NexusError(
+                f"anchor pair [{s_layer}, {t_layer}] is out of range (student 0..{n_student - 1}, teacher 0..{n_teacher - 1})"
+            )
+
 
 class ActivationAnchoringLoss(nn.Module):
     """Pull the student's hidden states toward the teacher's at critical layer pairs.

@@ -25,7 +25,7 @@ from torch import nn
 from nexus.data.packing import PackedRows
 from nexus.hardware import autocast
 from nexus.trainer.divergence import forward_kl_terms, top1_matches, topk_bins
-from nexus.trainer.teacher import LiveTeacherSource, TeacherTargets, base_model
+from nexus.trainer.teacher import LiveTeacherSource, TeacherTargets, base_model, model_inputs
 
 
 @torch.no_grad()
@@ -46,9 +46,7 @@ def score_batch(
     (1 for a live teacher and for the held-out split of a cache)."""
     head = student.get_output_embeddings()
     with autocast(precision, device):
-        out = base_model(student)(
-            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
-        )
+        out = base_model(student)(**model_inputs(batch), use_cache=False)
     mask = batch["loss_mask"]
     hidden = out.last_hidden_state[mask]
     labels = batch["labels"][mask]

@@ -26,7 +26,7 @@ from nexus.errors import NexusError
 from nexus.trainer.anchoring import ActivationAnchoringLoss
 from nexus.trainer.fused import fused_lm_head_loss
 from nexus.trainer.settings import TrainSettings
-from nexus.trainer.teacher import LayerCapture, TeacherTargets, base_model
+from nexus.trainer.teacher import LayerCapture, TeacherTargets, base_model, model_inputs
 
 # (model_output, batch, step) -> (per-micro-batch loss, {"name": value} metrics)
 ExtraLossFn = Callable[[Any, dict[str, torch.Tensor], int], tuple[torch.Tensor, dict[str, float]]]
@@ -135,12 +135,7 @@ class StudentLoss(nn.Module):
         if within is not None:
             return within(self.student)
         s = self.settings
-        out = base_model(self.student)(
-            input_ids=batch["input_ids"],
-            position_ids=batch["position_ids"],
-            use_cache=False,
-            **self.model_kwargs,
-        )
+        out = base_model(self.student)(**model_inputs(batch), use_cache=False, **self.model_kwargs)
         mask = batch["loss_mask"]
         hidden = out.last_hidden_state[mask]  # (N, H)
         head = self.student.get_output_embeddings()

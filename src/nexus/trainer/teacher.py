@@ -66,6 +66,27 @@ def base_model(model: nn.Module) -> nn.Module:
     return getattr(model, model.base_model_prefix)
 
 
+# Forward inputs a batch may carry: packed text rows have the first two; image-text rows
+# (nexus.multimodal.rows.VisionRows) add the processor's outputs. Anything else in a batch
+# (labels, loss_mask, domain_ids, ...) is a target or bookkeeping, never a model input.
+MODEL_INPUT_KEYS = (
+    "input_ids",
+    "position_ids",
+    "attention_mask",
+    "pixel_values",
+    "pixel_attention_mask",
+    "image_sizes",
+    "image_grid_thw",
+    "token_type_ids",
+)
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The forward's inputs of a batch (see :data:`MODEL_INPUT_KEYS`), so one engine serves text
+    and vision-language students."""
+    return {k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}
+
+
 class TeacherSource(Protocol):
     """``(batch, rows) -> TeacherTargets`` for the ``loss_mask`` positions of ``batch``
     (``rows``: the batch's row indices in its split, for sources that read by row)."""
@@ -104,9 +125,7 @@ class LiveTeacherSource:
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, torch.Tensor], rows: np.ndarray) -> TeacherTargets:
-        out = base_model(self.model)(
-            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
-        )
+        out = base_model(self.model)(**model_inputs(batch), use_cache=False)
         mask = batch["loss_mask"]
         states = {k: v[mask] for k, v in self.capture.pop().items()} if self.capture else {}
         return TeacherTargets(
