@@ -10,6 +10,14 @@ the same student (the teacher depth-pruned to ``--student-layers`` evenly spread
 Achieved FLOP/s counts ``2 * N_teacher + 6 * N_student`` per token (teacher term dropped with the
 cache; N without the embedding table, whose lookup costs no matmul, but with the LM head) against
 a bf16 matmul measured in the same run.
+
+On-policy KD (opt-in: ``--modes nexus-onpolicy,trl-onpolicy``): Nexus with ``lmbda = 1`` against
+TRL's ``DistillationTrainer`` (always on-policy), both forward KL in bf16, on the same built-in
+chat prompts in the same order, batch ``--batch``, each completion exactly ``--completion-len``
+tokens (EOS held back), so both do the same work: a step is generation + teacher scoring +
+the update. tokens/s counts prompt + completion tokens; the FLOP/s column counts the update only.
+
+    .venv/bin/python benchmarks/bench_distill.py --modes nexus-onpolicy,trl-onpolicy --steps 6
 """
 
 from __future__ import annotations
@@ -33,7 +41,10 @@ MODES = {
     "nexus-cached": "Nexus loop, bf16, cached top-k teacher (training only)",
     "trl-gkd-fkl": "TRL GKDTrainer lmbda=0 beta=0 (forward KL), bf16",
     "trl-gkd-jsd": "TRL GKDTrainer lmbda=0 beta=0.5 (JSD), bf16",
+    "nexus-onpolicy": "Nexus loop, bf16, lmbda=1: the student samples, the teacher scores (forward KL)",
+    "trl-onpolicy": "TRL DistillationTrainer (always on-policy) beta=0 (forward KL), bf16",
 }
+ONPOLICY = ("nexus-onpolicy", "trl-onpolicy")  # modes timed on --completion-len completions of chat prompts
 
 
 def _models(args):
@@ -78,6 +89,16 @@ def _rows(args, tokenizer, vocab: int):
     corpus = build_corpus(["builtin:code=120,math=300,chat=0"], tokenizer, seq_len=args.seq_len, heldout_fraction=0.0,
                           cache_dir=Path(args.work) / "data_cache")  # fmt: skip
     return corpus.train
+
+
+def _chat_prompts(args, tokenizer) -> list[str]:
+    """The built-in chat prompts in the chat template, as text: TRL tokenizes them itself and
+    Nexus gets the same tokenizer's ids, so both decode from exactly the same prompts."""
+    from nexus.data.builtin import CHAT_PROMPTS
+    from nexus.data.templates import render_prompt
+
+    n = (args.warmup + args.steps) * args.batch
+    return [render_prompt(tokenizer, CHAT_PROMPTS[i % len(CHAT_PROMPTS)]) for i in range(n)]
 
 
 def _params(model, with_teacher_head=True) -> int:
@@ -152,6 +173,24 @@ def _nexus(args, teacher, student, rows, device, mode: str) -> tuple[list[float]
 
     extra = {}
     work = Path(args.work) / mode
+    onpolicy = None
+    if mode == "nexus-onpolicy":
+        from nexus.trainer.onpolicy import OnPolicyBatches, OnPolicySettings
+
+        prompts = [
+            np.asarray(ids)
+            for ids in args.tokenizer_obj(_chat_prompts(args, args.tokenizer_obj))["input_ids"]
+        ]
+        onpolicy = OnPolicyBatches(prompts, OnPolicySettings(lmbda=1.0, max_new_tokens=args.completion_len,
+                                   temperature=1.0, seed=0), pad_id=args.tokenizer_obj.pad_token_id or 0,
+                                   eos_ids=[args.tokenizer_obj.eos_token_id], precision="bf16")  # fmt: skip
+        onpolicy.min_new_tokens = (
+            args.completion_len
+        )  # every completion is --completion-len long, as in TRL's
+        onpolicy.step_prompts = lambda step, gb: (
+            np.arange(step * gb, (step + 1) * gb) % len(prompts)
+        )  # TRL's order
+        extra["prompt_tokens_mean"] = round(float(np.mean([len(p) for p in prompts])), 1)
     if mode == "nexus-cached":
         shutil.rmtree(work / "teacher_cache", ignore_errors=True)  # every round times a full build
         t0 = time.perf_counter()
@@ -169,7 +208,7 @@ def _nexus(args, teacher, student, rows, device, mode: str) -> tuple[list[float]
     )  # fmt: skip
     loop = Trainer(student, tokenizer=None, train=rows, heldout=None, teacher=source, settings=settings,
                        out_dir=work / "out", run_config=settings, result_hash=mode,
-                       results_dir=work / "results")  # fmt: skip
+                       results_dir=work / "results", onpolicy=onpolicy)  # fmt: skip
     loop.save_checkpoint = lambda: None  # the benchmark measures steps, not disk
     loop._save_final = lambda: None
     times = []
@@ -189,7 +228,6 @@ def _nexus(args, teacher, student, rows, device, mode: str) -> tuple[list[float]
         live = LiveTeacherSource(teacher, dtype=torch.bfloat16)
         extra["heldout_kd"] = evaluate_fidelity(student, live, rows, max_rows=args.eval_rows, precision="bf16",
                                                 device=device)["kd"]  # fmt: skip
-    del np
     return times[args.warmup :], extra
 
 
@@ -228,6 +266,34 @@ def _trl(args, teacher, student, tokenizer, rows, device, beta: float) -> list[f
     return times[args.warmup :]
 
 
+def _trl_onpolicy(args, teacher, student, tokenizer, device) -> list[float]:
+    """TRL's DistillationTrainer on the same chat prompts, completions of exactly --completion-len."""
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import DistillationConfig, DistillationTrainer
+
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t0)
+
+    cfg = DistillationConfig(output_dir=str(Path(args.work) / "trl-onpolicy"), per_device_train_batch_size=args.batch,
+                             max_steps=args.warmup + args.steps, beta=0.0, temperature=1.0, bf16=True,
+                             use_cpu=device.type == "cpu", report_to=[], logging_steps=1000, save_strategy="no",
+                             max_completion_length=args.completion_len, shuffle_dataset=False, learning_rate=1e-4,
+                             generation_kwargs={"min_new_tokens": args.completion_len})  # fmt: skip
+    trainer = DistillationTrainer(model=student, teacher_model=teacher.to(torch.bfloat16), args=cfg,
+                                  train_dataset=Dataset.from_dict({"prompt": _chat_prompts(args, tokenizer)}),
+                                  processing_class=tokenizer, callbacks=[Timer()])  # fmt: skip
+    trainer.train()
+    return times[args.warmup :]
+
+
 def run_one(args) -> dict:
     import torch
 
@@ -242,14 +308,20 @@ def run_one(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     if args.only.startswith("naive"):
         times = _naive(args, teacher, student, rows, device, bf16=args.only == "naive-bf16")
+    elif args.only == "trl-onpolicy":
+        times = _trl_onpolicy(args, teacher, student, tokenizer, device)
     elif args.only.startswith("trl"):
         times = _trl(
             args, teacher, student, tokenizer, rows, device, 0.0 if args.only == "trl-gkd-fkl" else 0.5
         )
     else:
+        args.tokenizer_obj = tokenizer
         times, extra = _nexus(args, teacher, student, rows, device, args.only)
     median = statistics.median(times)
     tokens = args.batch * args.seq_len
+    if args.only in ONPOLICY:  # the trained sequences: prompt + completion
+        prompt = statistics.mean(len(ids) for ids in tokenizer(_chat_prompts(args, tokenizer))["input_ids"])
+        tokens = args.batch * (prompt + args.completion_len)
     n_t, n_s = _params(teacher), _params(student)
     flops_per_token = (0 if args.only == "nexus-cached" else 2 * n_t) + 6 * n_s
     result = {
@@ -270,6 +342,7 @@ RATIOS = [
     ("nexus-bf16", "trl-gkd-fkl", 2),
     ("nexus-bf16-jsd", "trl-gkd-jsd", 3),
     ("nexus-cached", "trl-gkd-fkl", 4),
+    ("nexus-onpolicy", "trl-onpolicy", 2),
 ]
 
 
@@ -302,11 +375,18 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--student-layers", type=int, default=10)
+    p.add_argument(
+        "--completion-len", type=int, default=128, help="on-policy modes: tokens generated per prompt"
+    )
     p.add_argument("--topk", type=int, default=512, help="cached top-k (the distill default)")
     p.add_argument(
         "--eval-rows", type=int, default=0, help="held-out KD after training (cached vs live quality)"
     )
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
+    p.add_argument(
+        "--modes",
+        default=",".join(m for m in MODES if m not in ONPOLICY),
+        help="comma-separated subset of: " + ", ".join(MODES),
+    )
     p.add_argument(
         "--random-teacher", choices=("1b", "135m"), help="random Llama teacher instead of 'default'"
     )
