@@ -231,10 +231,23 @@ def _nexus(args, teacher, student, rows, device, mode: str) -> tuple[list[float]
     return times[args.warmup :], extra
 
 
+def _step_timer(times: list[float]):
+    """A TRL (transformers) callback class appending each optimizer step's seconds to ``times``."""
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t0)
+
+    return Timer
+
+
 def _trl(args, teacher, student, tokenizer, rows, device, beta: float) -> list[float]:
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     n = (args.warmup + args.steps) * args.batch
@@ -244,13 +257,7 @@ def _trl(args, teacher, student, tokenizer, rows, device, beta: float) -> list[f
                             "labels": batch["input_ids"].tolist(),
                             "prompts": batch["input_ids"][:, :1].tolist()})  # fmt: skip
     times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            times.append(time.perf_counter() - self.t0)
+    Timer = _step_timer(times)
 
     cfg = GKDConfig(output_dir=str(Path(args.work) / f"trl-{beta}"), per_device_train_batch_size=args.batch,
                     max_steps=args.warmup + args.steps, lmbda=0.0, beta=beta, bf16=True, use_cpu=device.type == "cpu",
@@ -270,17 +277,10 @@ def _trl_onpolicy(args, teacher, student, tokenizer, device) -> list[float]:
     """TRL's DistillationTrainer on the same chat prompts, completions of exactly --completion-len."""
     import torch
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import DistillationConfig, DistillationTrainer
 
     times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, *a, **k):
-            self.t0 = time.perf_counter()
-
-        def on_step_end(self, *a, **k):
-            times.append(time.perf_counter() - self.t0)
+    Timer = _step_timer(times)
 
     cfg = DistillationConfig(output_dir=str(Path(args.work) / "trl-onpolicy"), per_device_train_batch_size=args.batch,
                              max_steps=args.warmup + args.steps, beta=0.0, temperature=1.0, bf16=True,
