@@ -175,6 +175,14 @@ def test_phase_configs_keep_their_keys_defaults_and_result_hashes():
     assert config_snapshot() == json.loads(REFERENCE.read_text())["configs"]
 
 
+def test_share_default_depth_resumes_with_the_hash_of_the_old_default():
+    """student_layers' default became the share 2/3; runs hash it resolved for their teacher, and
+    for the 30-layer default teacher that is the old default 20 and its recorded hash."""
+    from nexus.distillation.config import DistillConfig
+
+    assert DistillConfig().resolved(30).result_hash() == "fb31aaad389cffcd"
+
+
 def test_phases_are_bit_identical_to_the_pre_refactor_reference(tmp_path):
     reference = json.loads(REFERENCE.read_text())
     if reference["platform"] != platform_key():

@@ -27,6 +27,8 @@ def _flag_type(tp: Any) -> tuple[str, Any] | None:
     """(kind, detail) of a field annotation: scalar/choice/bool/list, or None (not a flag)."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         options = [t for t in typing.get_args(tp) if t is not type(None)]
+        if options == [int, float]:  # a count or a share (student depths): 12 or 0.5
+            return "scalar", int_or_float
         if len(options) != 1:
             return None
         tp = options[0]
@@ -40,6 +42,17 @@ def _flag_type(tp: Any) -> tuple[str, Any] | None:
     if origin is list and typing.get_args(tp) in ((str,), (int,), (float,)):
         return "list", typing.get_args(tp)[0]
     return None
+
+
+def int_or_float(text: str) -> int | float:
+    """``12`` -> 12, ``0.5`` -> 0.5: the one flag type whose value keeps its kind."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
 def _default(f: dataclasses.Field) -> Any:

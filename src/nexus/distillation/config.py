@@ -8,10 +8,12 @@ steps); this class adds the models, the data, anchoring, the teacher cache and o
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from nexus.config import config_hash, to_dict
+from nexus.models.depth import DEFAULT_SHARE, depth_in_layers, depth_problem
 from nexus.trainer.settings import TrainSettings, phase_default
 
 ONPOLICY_FIELDS = ("lmbda", "onpolicy_max_new_tokens", "onpolicy_temperature", "onpolicy_prompt_tokens")
@@ -45,8 +47,12 @@ class DistillConfig(TrainSettings):
     plan: str | None = field(
         default=None, metadata=_help("student_plan.json from `nexus profile` (keep_layers, anchor_pairs)")
     )
-    student_layers: int = field(
-        default=20, metadata=_help("without --student/--plan: keep this many evenly spread teacher layers")
+    student_layers: int | float = field(
+        default=DEFAULT_SHARE,
+        metadata=_help(
+            "without --student/--plan: keep this many evenly spread teacher layers (an integer), or this "
+            "share of them (a number in (0, 1]; default 2/3: 20 of SmolLM2's 30, 12 of Gemma 3's 18)"
+        ),
     )
     seq_kd: bool = field(
         default=False,
@@ -121,11 +127,13 @@ class DistillConfig(TrainSettings):
         *TrainSettings._at_least_one,
         "seq_len",
         "topk",
-        "student_layers",
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        problem = depth_problem(self.student_layers, "student_layers")
+        if problem:
+            raise ValueError(problem)
         if self.anchor_weight < 0:
             raise ValueError("loss weights must be non-negative")
         if self.kd_weight == 0 and self.ce_weight == 0 and self.anchor_weight == 0:
@@ -166,6 +174,14 @@ class DistillConfig(TrainSettings):
                 raise ValueError("--lmbda > 0 does not support --cross-tokenizer")
             if self.kd_weight <= 0:
                 raise ValueError("--lmbda > 0 is KD on the student's samples: --kd-weight must be > 0")
+
+    def resolved(self, teacher_layers: int) -> DistillConfig:
+        """This config with a share ``student_layers`` turned into the layer count it gives for a
+        teacher of ``teacher_layers`` layers: what the result hash is taken of, so the 2/3 default
+        on SmolLM2's 30 layers hashes as the ``20`` it replaced (resumes keep working)."""
+        if not isinstance(self.student_layers, float):
+            return self
+        return dataclasses.replace(self, student_layers=depth_in_layers(self.student_layers, teacher_layers))
 
     def result_hash(self) -> str:
         # their defaults leave the hash of configs written before these fields existed unchanged

@@ -42,7 +42,7 @@ def run_distill(
     """
     from nexus.data.corpus import build_corpus
     from nexus.hardware import pick_device, resolve_precision
-    from nexus.models import decoder_layers, load_model, load_tokenizer
+    from nexus.models import decoder_layers, load_model, load_tokenizer, student_save_dtype
     from nexus.trainer.anchoring import ActivationAnchoringLoss, check_anchor_pairs
     from nexus.trainer.cache import cache_key, prepare_teacher_cache, teacher_fingerprint
     from nexus.trainer.cross_tokenizer import CrossTokenizerKD
@@ -73,6 +73,7 @@ def run_distill(
     tokenizer = load_tokenizer(resolved)
     teacher_id = teacher_fingerprint(resolved.path) if Path(resolved.path).is_dir() else resolved.path
     n_teacher = len(decoder_layers(teacher))
+    config = config.resolved(n_teacher)  # a share student_layers -> its count (hashed as such)
 
     keep: list[int] | None = None
     plan_pairs: list[list[int]] = []
@@ -222,6 +223,7 @@ def run_distill(
         dist=dist,
         extra_loss=cross_kd,
         onpolicy=onpolicy,
+        save_dtype=student_save_dtype(resolved),
     )
     summary = trainer.fit()
     if onpolicy is not None:

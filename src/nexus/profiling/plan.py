@@ -20,6 +20,7 @@ from pathlib import Path
 
 from nexus.config import to_dict
 from nexus.errors import NexusError
+from nexus.models.depth import depth_in_layers
 from nexus.profiling.config import PlanConfig
 from nexus.utils import atomic_write_json
 
@@ -60,11 +61,11 @@ def target_num_layers(profile: dict, config: PlanConfig) -> int:
     model = profile["model"]
     n = model["num_layers"]
     if config.keep_layers is not None:
-        if config.keep_layers > n:
+        if isinstance(config.keep_layers, int) and config.keep_layers > n:
             raise NexusError(
                 f"plan target of {config.keep_layers} layers is larger than the teacher ({n} layers)"
             )
-        return config.keep_layers
+        return depth_in_layers(config.keep_layers, n, "plan.keep_layers")
     if config.param_budget is None:
         raise NexusError("a plan needs a target: keep_layers or param_budget")
     per_layer = model["layer_parameters"]

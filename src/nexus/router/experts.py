@@ -57,6 +57,25 @@ class ExpertLayout:
     down_scale: float
 
 
+# Why a family keeps its dense student in phase 4: no transformers MoE class computes what it does.
+_NO_MOE_COUNTERPART = {
+    "gemma3_text": "Gemma 3 keeps the dense student: no transformers MoE class has its sandwich norms "
+    "(before and after attention and MLP), scaled embeddings and sliding/full attention layers, so "
+    "no standard MoE could reproduce it exactly at initialization",
+}
+
+
+def dense_only_reason(model_type: str) -> str | None:
+    """One line saying why a ``model_type`` student stays dense, or None when it gets experts."""
+    if model_type in DEFAULT_MOE_ARCH:
+        return None
+    return _NO_MOE_COUNTERPART.get(model_type) or (
+        f"a '{model_type}' student keeps the dense model: Nexus builds experts only where a standard "
+        f"transformers MoE reproduces the dense family exactly ({', '.join(SUPPORTED_FAMILIES)}: Llama -> "
+        "Mixtral, Qwen2 -> Qwen2-MoE)"
+    )
+
+
 def check_moe_request(model_type: str, num_experts: int, top_k: int, arch: str = "auto") -> str:
     """Validate family / E / k and return the target MoE model_type."""
     if model_type not in DEFAULT_MOE_ARCH:

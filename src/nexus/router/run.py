@@ -212,6 +212,27 @@ def _write_reports(out: Path, before, after, layout, threshold: float) -> dict[s
     return report
 
 
+def _keep_dense(
+    config, out: Path, results_dir: Path, reason: str, printer: StatusPrinter | None
+) -> dict[str, Any]:
+    """A family with no MoE counterpart: no ``OUT/model``, the reason in ``OUT/summary.json`` (the
+    release then ships the dense student of phase 3 or 2 and says why)."""
+    from nexus.trainer.finetune import default_student
+
+    log.warning(reason)
+    if printer is not None:
+        printer.message(f"[Phase 4: Router] {reason}")
+    summary = {
+        "kept_dense": reason,
+        "student": default_student(config.student, results_dir),
+        "model_dir": None,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "summary.json", summary)
+    save_resolved(config, out)
+    return summary
+
+
 def run_router(
     config,
     *,
@@ -221,7 +242,8 @@ def run_router(
 ) -> dict[str, Any]:
     """Phase 4: experts + router from the student, trained with KD and router losses."""
     from nexus.hardware import pick_device
-    from nexus.router.experts import check_moe_request, moe_layout
+    from nexus.models import student_save_dtype
+    from nexus.router.experts import check_moe_request, dense_only_reason, moe_layout
     from nexus.router.objective import RouterObjective, routing_metrics
     from nexus.trainer.evaluate import evaluate_fidelity
     from nexus.trainer.finetune import build_data, default_student, load_pair
@@ -233,6 +255,9 @@ def run_router(
     out = Path(config.out) if config.out else results_dir / "router"
     device = pick_device(config.device)
     teacher, dense, tokenizer = load_pair(config, results_dir)
+    kept_dense = dense_only_reason(dense.config.model_type)
+    if kept_dense and dense.config.model_type not in MOE_MODEL_TYPES:
+        return _keep_dense(config, out, results_dir, kept_dense, printer)
     data = build_data(config, tokenizer, teacher)
     teacher_source = LiveTeacherSource(teacher)
     eval_rows = data.heldout if data.heldout is not None else data.train
@@ -288,6 +313,7 @@ def run_router(
         flags=flags,
         printer=printer,
         phase=4,
+        save_dtype=student_save_dtype(config.teacher),
     )
     summary = trainer.fit()
     after = _report(model, eval_rows, layout, tokenizer, device, config.eval_max_rows)

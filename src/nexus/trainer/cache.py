@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from nexus.data.packing import IGNORE_INDEX, PackedRows
 from nexus.errors import NexusError
 from nexus.trainer.divergence import _log1mexp
-from nexus.trainer.fused import CachedTeacher
+from nexus.trainer.fused import CachedTeacher, vocab_chunk
 from nexus.trainer.teacher import LiveTeacherSource, TeacherTargets
 from nexus.utils import atomic_write_json, sha256_file
 
@@ -290,8 +290,9 @@ def build_teacher_cache(
             targets = source(batch, idx)
             a, b = int(offsets[idx[0]]), int(offsets[idx[-1] + 1])
             t = targets.target
-            for c in range(0, b - a, 1024):
-                e = min(b - a, c + 1024)
+            chunk = vocab_chunk(1024, vocab)
+            for c in range(0, b - a, chunk):
+                e = min(b - a, c + chunk)
                 logp = F.log_softmax(t.logits(c, e).float() / split_temperature[split], dim=-1)
                 values, ids = logp.topk(k, dim=-1)
                 values = values.to(torch.float16)  # the tail from what is stored: the bins sum to ~1

@@ -25,6 +25,7 @@ from torch import nn
 from nexus.data.packing import PackedRows
 from nexus.hardware import autocast
 from nexus.trainer.divergence import forward_kl_terms, top1_matches, topk_bins
+from nexus.trainer.fused import vocab_chunk
 from nexus.trainer.teacher import LiveTeacherSource, TeacherTargets, base_model, model_inputs
 
 
@@ -45,6 +46,7 @@ def score_batch(
     ``temperature``: that of a cached teacher's log-probs; the student is compared at the same one
     (1 for a live teacher and for the held-out split of a cache)."""
     head = student.get_output_embeddings()
+    chunk_size = vocab_chunk(chunk_size, head.weight.shape[0])  # bounded (C, V) temporaries
     with autocast(precision, device):
         out = base_model(student)(**model_inputs(batch), use_cache=False)
     mask = batch["loss_mask"]

@@ -154,6 +154,17 @@ def chunk_loss_and_grad(
     return total, kd, ce, grad if need_grad else None
 
 
+# A chunk's (C, V) logits stay within this many elements (256 MiB in float32), whatever
+# chunk_size says: 1024 tokens of a 49k vocabulary (unchanged), 256 of Gemma 3's 262k, where a
+# 1024-token chunk would hold 1 GiB per logits-sized temporary (logits, teacher logits, gradient).
+LOGIT_CHUNK_ELEMENTS = 1 << 26
+
+
+def vocab_chunk(chunk_size: int, vocab: int) -> int:
+    """Tokens per chunk for a ``vocab``-wide head: ``chunk_size``, capped by LOGIT_CHUNK_ELEMENTS."""
+    return max(1, min(int(chunk_size), LOGIT_CHUNK_ELEMENTS // max(1, int(vocab))))
+
+
 _CPU_BLOCK_ELEMENTS = 1 << 18  # 1 MiB of float32 per temporary: a few of them fit a CPU core's L2
 _DEVICE_BLOCK_ELEMENTS = 1 << 25  # 128 MiB per temporary: large kernels, bounded memory
 
@@ -274,7 +285,7 @@ def fused_lm_head_loss(
         "beta": beta,
         "kd_weight": kd_weight,
         "ce_weight": ce_weight,
-        "chunk_size": max(1, int(chunk_size)),
+        "chunk_size": vocab_chunk(chunk_size, head_weight.shape[0]),
         "compute_dtype": compute_dtype,
         "row_block": max(1, int(row_block)) if row_block else None,
     }

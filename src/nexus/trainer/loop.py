@@ -47,6 +47,7 @@ parts live in :mod:`~nexus.trainer.step`, :mod:`~nexus.trainer.evaluate` and
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import random
@@ -112,8 +113,12 @@ class Trainer:
         phase: int = 2,
         dist: DistContext | None = None,
         onpolicy: OnPolicyBatches | None = None,
+        save_dtype: torch.dtype | None = None,
     ):
         self.s = settings
+        # OUT/model is written in this dtype (e.g. bfloat16 for a teacher that came in 16 bits or
+        # fewer, see nexus.models.student_save_dtype); checkpoints keep the float32 master weights.
+        self.save_dtype = save_dtype
         self.device = pick_device(settings.device)
         self.dist = dist or DistContext.from_env(self.device)
         self.precision = resolve_precision(settings.precision, self.device)
@@ -219,11 +224,21 @@ class Trainer:
         extra = {k.removeprefix(prefix): v for k, v in full.items() if k.startswith(prefix)}
         return student, extra, optim
 
-    def _save_student(self, directory: Path, state: dict[str, torch.Tensor] | None) -> None:
+    def _save_student(
+        self, directory: Path, state: dict[str, torch.Tensor] | None, dtype: torch.dtype | None = None
+    ) -> None:
+        if dtype is not None:
+            source = self.student.state_dict() if state is None else state
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in source.items()}
         if state is None:
             self.student.save_pretrained(directory, safe_serialization=True)
         else:
             self.student.save_pretrained(directory, state_dict=state, safe_serialization=True)
+        if dtype is not None:  # save_pretrained records the in-memory dtype (float32)
+            config_file = directory / "config.json"
+            config = json.loads(config_file.read_text())
+            config["dtype"] = str(dtype).removeprefix("torch.")
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory)
 
@@ -558,7 +573,7 @@ class Trainer:
 
             write_dir_atomically(
                 self.out_dir / "model",
-                lambda tmp: self._save_student(tmp, student_state),
+                lambda tmp: self._save_student(tmp, student_state, self.save_dtype),
                 what="the final model",
                 kept=kept,
             )

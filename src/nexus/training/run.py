@@ -29,6 +29,7 @@ def run_train(
     printer: StatusPrinter | None = None,
 ) -> dict[str, Any]:
     """Phase 3: fine-tune the student on domain-mixed instruction data; returns the summary."""
+    from nexus.models import student_save_dtype
     from nexus.trainer.finetune import build_data, load_pair
     from nexus.trainer.loop import Trainer
     from nexus.trainer.teacher import LiveTeacherSource
@@ -54,6 +55,7 @@ def run_train(
         flags=flags,
         printer=printer,
         phase=3,
+        save_dtype=student_save_dtype(config.teacher),
     )
     # fit -> save
     summary = trainer.fit()
