@@ -197,3 +197,15 @@ def test_bad_retention_section_fails_when_the_config_is_read():
     with pytest.raises((NexusError, ValueError), match="piqa_limit"):
         ReleaseConfig(retention={"piqa_limit": 0})
     assert ReleaseConfig(retention={"enabled": False, "piqa_limit": 0}).retention_enabled is False
+
+
+def test_cli_rebuilds_the_report_with_limits(results, shared_data, capsys):
+    args = ["retention", str(results), "--measures", "builtin-chat,piqa", "--limit", "builtin=2",
+            "--limit", "piqa_limit=4", "--precision", "fp32", "--data-dir", str(shared_data), "--no-plot"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| model |" in out and "built-in chat" in out and "retention.md" in out
+    rows = json.loads((results / "retention.json").read_text())["table"]["rows"]
+    assert rows[0]["cells"]["builtin-chat"]["n"] == 2 and rows[0]["cells"]["piqa"]["n"] == 4
+    assert rows[0]["cells"]["gsm8k"] == {"missing": "not measured"}
+    assert not (results / "retention.png").exists()

@@ -64,11 +64,12 @@ def _run(args: argparse.Namespace) -> int:
     for pair in args.limit:
         field, _, number = pair.partition("=")
         field = field if field.endswith("_limit") else f"{field}_limit"
-        if field not in limit_fields or not number:
+        if field not in limit_fields or not (number.isdigit() or number == "all"):
             raise NexusError(
-                f"--limit {pair}: expected FIELD=N with FIELD one of {', '.join(sorted(limit_fields))}"
+                f"--limit {pair}: expected FIELD=N (N rows or 'all') with FIELD one of "
+                + ", ".join(sorted(limit_fields))
             )
-        values[field] = None if number == "all" else number
+        values[field] = None if number == "all" else int(number)
     flags = {
         "measures": [m.strip() for m in args.measures.split(",") if m.strip()] if args.measures else None,
         "teacher": args.teacher,

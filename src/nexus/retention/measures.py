@@ -105,7 +105,8 @@ def score_heldout(teacher, student, texts: list[str], cfg: RetentionConfig) -> d
     batches = fidelity_batches(teacher, student, texts, bench_config(cfg))
     for t_logits, s_logits, mask, ids in batches:
         logp = F.log_softmax(s_logits[:, :-1].float(), dim=-1)
-        nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1) * mask[:, 1:]  # (B, T-1)
+        scored = mask[:, 1:] & mask[:, :-1]  # a real token predicted from a real one (either padding side)
+        nll = -logp.gather(-1, ids[:, 1:, None]).squeeze(-1) * scored  # (B, T-1)
         for row in range(ids.shape[0]):
             kept = ids[row][mask[row]].tolist()
             nbytes = len(tok.decode(kept).encode()) - len(tok.decode(kept[:1]).encode())

@@ -6,8 +6,8 @@ mean (held-out KL, top-1 agreement, bits per byte) with its Student-t interval o
 Changes between consecutive students (plan -> phase 2 -> phase 3 -> phase 4, skipping phases
 that did not run) on the rows both scored: exact McNemar for per-item right/wrong, the paired
 t-test for per-row values. "% of teacher": the student's figure over the teacher's, inverted for
-bits per byte (lower is better: 100% = as good as the teacher); none for KL, whose teacher value
-is 0 by definition.
+bits per byte (lower is better: 100% = as good as the teacher); for top-1 agreement the agreement
+itself (the teacher's own is 100%); none for KL, whose teacher value is 0 by definition.
 """
 
 from __future__ import annotations
@@ -108,7 +108,11 @@ def change(
 
 
 def percent_of_teacher(student: dict[str, Any], teacher: dict[str, Any], column: Column) -> float | None:
-    if "value" not in student or "value" not in teacher or column.key == "kl":
+    if "value" not in student or column.key == "kl":
+        return None
+    if column.key == "top1":  # the teacher agrees with itself on every token
+        return student["value"]
+    if "value" not in teacher:
         return None
     s, t = student["value"], teacher["value"]
     if column.lower_is_better:

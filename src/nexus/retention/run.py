@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus.errors import NexusError
-from nexus.retention.config import MEASURES, RetentionConfig
+from nexus.retention.config import RetentionConfig
 from nexus.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,13 @@ def discover_models(results_dir: Path, teacher: str) -> list[dict[str, Any]]:
         plan_row.update(status=f"not a pruned student (phase 2 started from {distill_cfg['student']})")
     elif plan.is_file():
         plan_row.update(status="measured", plan=str(plan))
+    elif distill_cfg.get("plan") and Path(distill_cfg["plan"]).is_file():  # phase 2 run on its own
+        plan_row.update(status="measured", plan=str(distill_cfg["plan"]), note="phase 2's --plan")
     elif distill_cfg.get("student_layers") and not distill_cfg.get("plan"):
         layers = int(distill_cfg["student_layers"])
         plan_row.update(status="measured", student_layers=layers, note=f"{layers} layers evenly spread")
     else:
-        plan_row.update(status="not available (no profile/student_plan.json)")
+        plan_row.update(status="not available (no profile/student_plan.json, no phase-2 plan)")
     rows.append(plan_row)
     for key, label in PHASES:
         model = results_dir / key / "model"
@@ -105,7 +107,8 @@ def discover_models(results_dir: Path, teacher: str) -> list[dict[str, Any]]:
             row["status"] = "not run"
         else:
             row["status"] = "measured"
-            if not (results_dir / key / "COMPLETE.json").is_file():
+            # the pipeline's completion marker, or the summary a phase run on its own writes last
+            if not any((results_dir / key / name).is_file() for name in ("COMPLETE.json", "summary.json")):
                 row["note"] = "partial: phase not complete"
         rows.append(row)
     return rows
@@ -273,13 +276,7 @@ def run_retention(
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, out)
             mine[measure] = out
-        if lm is not None and row["key"] != "teacher":
-            del lm
 
-    for measure in MEASURES:
-        if measure not in cfg.measures:
-            for key in results:
-                results[key][measure] = {"error": "not selected (measures)"}
     table = report.build_table(rows, results)
     markdown = report.render_markdown(table, title=title)
     paths = {"markdown": results_dir / REPORT_MD, "json": results_dir / REPORT_JSON}
