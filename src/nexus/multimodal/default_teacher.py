@@ -42,7 +42,7 @@ from nexus.utils import recover_dir, write_dir_atomically
 log = logging.getLogger(__name__)
 
 BUILD_FILE = "nexus_vlm_build.json"
-RECIPE_VERSION = 1  # bump when the build code changes what it produces
+RECIPE_VERSION = 2  # bump when the build code changes what it produces
 
 
 @dataclass(frozen=True)
@@ -116,9 +116,13 @@ class _ReadOut(nn.Module):
         self.vision = vision
         self.heads = nn.ModuleDict({c: nn.Linear(n_patches * hidden, len(VALUES[c])) for c in CAPABILITIES})
 
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What LLaVA's projector reads (the last encoder layer, ``vision_feature_layer=-1``), flattened."""
+        return self.vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-1].flatten(1)
+
     def forward(self, pixels: torch.Tensor, rows: list) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """capability -> (logits, targets) over the rows whose picture shows that attribute."""
-        features = self.vision(pixel_values=pixels).last_hidden_state.flatten(1)
+        features = self.features(pixels)
         out = {}
         for c in CAPABILITIES:
             index = [i for i, r in enumerate(rows) if c in r.attributes]
@@ -170,7 +174,7 @@ def pretrain_vision(vision: nn.Module, processor, recipe: TeacherRecipe) -> dict
     model.eval()
     rows = synthetic_examples("dev", 500, seed=recipe.seed, size=recipe.image_size)
     with torch.no_grad():
-        features = model.vision(pixel_values=_pixels(processor, rows)).last_hidden_state.flatten(1)
+        features = model.features(_pixels(processor, rows))
     accuracy = {}
     for c in CAPABILITIES:
         index = [i for i, r in enumerate(rows) if r.capability == c]
