@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny as tiny_models
 
 from nexus.errors import NexusError
 from nexus.inference import NO_RELEASE, ChatOptions, ChatSession, QuitChat, find_newest_release
@@ -111,6 +112,41 @@ def test_assisted_generation_with_itself_accepts_every_draft_and_matches_greedy(
     assert "draft acceptance 100%" in b.stats_line()
 
 
+@pytest.fixture(scope="module")
+def small_draft(tiny_tokenizer):
+    """A 2-layer random model with the tiny tokenizer: a draft that is often wrong."""
+    return tiny_models.build_model("llama", tiny_tokenizer, num_layers=2, seed=7)
+
+
+@pytest.mark.parametrize("draft_tokens", [None, 1, 3])
+@pytest.mark.parametrize("penalty", [1.0, 1.1])
+def test_assisted_generation_returns_the_teachers_greedy_tokens(tiny, small_draft, draft_tokens, penalty):
+    model, tok = tiny
+    options = {"max_new_tokens": 16, "repetition_penalty": penalty}
+    plain = ChatSession(model, tok, options=ChatOptions(**options))
+    assisted = ChatSession(
+        model, tok, assistant=small_draft, draft_tokenizer=tok,
+        options=ChatOptions(**options, draft_tokens=draft_tokens),
+    )  # fmt: skip
+    saved = small_draft.generation_config.num_assistant_tokens
+    for prompt in ("Tell me a story", "def add(a, b):"):
+        ids, _, _ = plain.build_input(prompt)
+        want, _, _, _ = plain.generate(ids)
+        got, _, drafted, accepted = assisted.generate(ids)
+        assert got == want  # the draft model changes the speed, never the answer
+        assert drafted >= 1 and 0 <= accepted <= drafted
+    assert small_draft.generation_config.num_assistant_tokens == saved  # draft length set per call only
+
+
+def test_assisted_generation_refuses_another_tokenizer(tiny, small_draft, tmp_path):
+    model, tok = tiny
+    other = tiny_models.build_tokenizer(tmp_path, vocab_size=300)
+    with pytest.raises(NexusError, match="--assist needs the draft model to use the teacher's tokenizer"):
+        ChatSession(model, tok, assistant=small_draft, draft_tokenizer=other)
+    with pytest.raises(ValueError, match="draft_tokens must be >= 1"):
+        ChatOptions(draft_tokens=0)
+
+
 def test_chat_loop_survives_errors_and_reads_pipes(tiny):
     model, tok = tiny
     session = ChatSession(model, tok, options=ChatOptions(max_new_tokens=3))
@@ -161,6 +197,31 @@ def test_cli_prompt_pipe_checkpoint_and_errors(tiny_llama_dir, tmp_path):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert wrapper.returncode == 2 and "--assist needs --teacher" in wrapper.stderr
+    lone = _chat("--model_path", str(tiny_llama_dir), "--draft-tokens", "3", "--prompt", "hi")
+    assert lone.returncode == 2 and lone.stderr.strip().endswith("--draft-tokens is used with --assist")
+
+
+def test_cli_assist_answers_as_the_teacher_and_refuses_another_tokenizer(
+    tiny_llama_dir, tiny_tokenizer, small_draft, tmp_path
+):
+    draft = tiny_models.save_model(small_draft, tiny_tokenizer, tmp_path / "draft")
+    common = ("--prompt", "Tell me a story", "--max-new-tokens", "12")
+    alone = _chat("--model_path", str(tiny_llama_dir), *common)
+    assisted = _chat(
+        "--model_path", str(draft), "--teacher", str(tiny_llama_dir), "--assist", "--draft-tokens", "3",
+        "--verbose", *common,
+    )  # fmt: skip
+    assert alone.returncode == 0 and assisted.returncode == 0, assisted.stderr
+    assert assisted.stdout == alone.stdout and "draft acceptance" in assisted.stderr
+    assert "as the draft model (assisted generation)" in assisted.stderr
+    other_tok = tiny_models.build_tokenizer(tmp_path / "other-tok", vocab_size=300)
+    other = tiny_models.save_model(
+        tiny_models.build_model("llama", other_tok, num_layers=2), other_tok, tmp_path / "other"
+    )
+    bad = _chat("--model_path", str(other), "--teacher", str(tiny_llama_dir), "--assist", *common)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("nexus: error: ")
+    assert "vocabulary" in bad.stderr.strip().splitlines()[-1]
 
 
 def test_newest_release_and_its_knowledge_index_are_found(tiny_llama_dir, tmp_path):

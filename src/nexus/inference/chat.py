@@ -59,6 +59,10 @@ class ChatConfig:
     assist: bool = field(
         default=False, metadata={"help": "teacher generates, the model drafts (speculative)"}
     )
+    draft_tokens: int | None = field(
+        default=None,
+        metadata={"help": "with --assist: draft tokens per teacher pass (default: adaptive)"},
+    )
     dtype: str = field(default="float32", metadata={"help": "float32 or bfloat16"})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, ... (default: auto)"})
     verbose: bool = field(
@@ -71,6 +75,8 @@ class ChatConfig:
             raise ValueError("--assist needs --teacher SPEC (the model that verifies the drafts)")
         if self.teacher and not self.assist:
             raise ValueError("--teacher is used with --assist (the chat model becomes the draft model)")
+        if self.draft_tokens is not None and not self.assist:
+            raise ValueError("--draft-tokens is used with --assist")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.context_tokens < 1:
@@ -81,6 +87,7 @@ class ChatConfig:
             top_p=self.top_p,
             repetition_penalty=self.repetition_penalty,
             k=self.k,
+            draft_tokens=self.draft_tokens,
         )
 
 
@@ -101,9 +108,9 @@ def open_session(config: ChatConfig, *, info: TextIO = sys.stderr, cwd: str | Pa
     model, tokenizer, resolved = load_chat_model(
         spec, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code
     )
-    assistant = None
+    assistant = draft_tokenizer = None
     if config.assist:
-        assistant = model
+        assistant, draft_tokenizer = model, tokenizer
         model, tokenizer, teacher_resolved = load_chat_model(
             config.teacher, dtype=config.dtype, device=device, trust_remote_code=config.trust_remote_code
         )
@@ -131,8 +138,11 @@ def open_session(config: ChatConfig, *, info: TextIO = sys.stderr, cwd: str | Pa
         k=config.k,
         context_tokens=config.context_tokens,
         cite=config.cite,
+        draft_tokens=config.draft_tokens,
     )
-    return ChatSession(model, tokenizer, tower=tower, assistant=assistant, options=options)
+    return ChatSession(
+        model, tokenizer, tower=tower, assistant=assistant, draft_tokenizer=draft_tokenizer, options=options
+    )
 
 
 def _answer(session: ChatSession, text: str, out: TextIO, info: TextIO, verbose: bool) -> TurnResult:

@@ -43,6 +43,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--assist", action="store_true", help="teacher generates, the model drafts (speculative)"
     )
+    parser.add_argument("--draft-tokens", type=int, metavar="N",
+                        help="with --assist: draft tokens per teacher pass (default: transformers' adaptive length)")  # fmt: skip
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", help="cpu, cuda, ... (default: auto)")
     parser.add_argument("--verbose", dest="chat_verbose", action="store_true",
@@ -74,6 +76,7 @@ def _chat(args: argparse.Namespace) -> int:
         "system": args.system,
         "teacher": args.teacher,
         "assist": args.assist,
+        "draft_tokens": args.draft_tokens,
         "dtype": args.dtype,
         "device": args.device,
         "verbose": args.chat_verbose,

@@ -7,6 +7,7 @@ streamed text; the terminal loop lives in :mod:`nexus.inference.chat`.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,24 @@ class TurnResult:
         return line + "]"
 
 
+def check_same_tokenizer(teacher, draft) -> None:
+    """Assisted generation passes token ids between the models: refuse a draft tokenizer whose
+    vocabulary (token -> id) or special tokens differ from the teacher's, in one line."""
+    t_vocab, d_vocab = teacher.get_vocab(), draft.get_vocab()
+    if t_vocab != d_vocab:
+        differ = sum(d_vocab.get(token) != i for token, i in t_vocab.items()) + len(d_vocab.keys() - t_vocab)
+        raise NexusError(
+            f"--assist needs the draft model to use the teacher's tokenizer: {differ} of the "
+            f"{len(t_vocab)} teacher tokens differ ({len(d_vocab)} in the draft vocabulary)"
+        )
+    for name in ("bos_token", "eos_token"):
+        if getattr(teacher, name, None) != getattr(draft, name, None):
+            raise NexusError(
+                f"--assist needs the draft model to use the teacher's tokenizer: {name} is "
+                f"{getattr(teacher, name, None)!r} for the teacher, {getattr(draft, name, None)!r} for the draft"
+            )
+
+
 class _CallbackStreamer:
     """Decode streamed token ids incrementally and hand finished text to ``on_text``.
 
@@ -96,6 +115,39 @@ class _CallbackStreamer:
         self.printed = len(text)
 
 
+@contextlib.contextmanager
+def _draft_length(assistant, draft_tokens: int | None):
+    """transformers reads the draft length from the draft model's generation config: set a
+    constant ``draft_tokens`` for one call and put the old values back after it."""
+    if assistant is None or draft_tokens is None:
+        yield
+        return
+    config = assistant.generation_config
+    keys = ("num_assistant_tokens", "num_assistant_tokens_schedule")
+    saved = {key: getattr(config, key, None) for key in keys}
+    config.num_assistant_tokens, config.num_assistant_tokens_schedule = draft_tokens, "constant"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(config, key, value)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Assisted decoding makes transformers warn about its own internal calls (the draft's
+    generate() gets a generation config plus arguments, and the teacher's repetition-penalty
+    processor): nothing the user did or can change, so it must not land in the chat."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
 class _ForwardCounter:
     """Counts forward calls of a module (assisted generation: target passes and draft tokens)."""
 
@@ -122,6 +174,9 @@ class ChatOptions:
     context_tokens: int = 512  # token budget of the retrieved context (model tokens)
     cite: bool = False  # append the context's documents and chunk numbers to each answer
     layout: str = DEFAULT_LAYOUT.name  # how the context and the question are laid out (LAYOUTS)
+    # assisted generation: draft tokens per teacher pass (None = transformers' default, up to 20,
+    # cut short where the draft model's confidence falls below its threshold)
+    draft_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -134,6 +189,8 @@ class ChatOptions:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.draft_tokens is not None and self.draft_tokens < 1:
+            raise ValueError(f"draft_tokens must be >= 1, got {self.draft_tokens}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
 
@@ -144,9 +201,19 @@ class ChatOptions:
 
 class ChatSession:
     """Conversation state plus generation. ``assistant`` (a same-vocabulary model) turns on
-    assisted generation: ``model`` verifies, ``assistant`` drafts."""
+    assisted generation: ``model`` verifies, ``assistant`` drafts; ``draft_tokenizer`` (the
+    assistant's own tokenizer, when known) must encode text exactly as ``tokenizer`` does."""
 
-    def __init__(self, model, tokenizer, *, tower=None, assistant=None, options: ChatOptions | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        tower=None,
+        assistant=None,
+        draft_tokenizer=None,
+        options: ChatOptions | None = None,
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.tower = tower
@@ -160,6 +227,8 @@ class ChatSession:
                 f"assisted generation needs the same vocabulary: the teacher has {model.config.vocab_size} "
                 f"tokens, the draft model {assistant.config.vocab_size}"
             )
+        if assistant is not None and draft_tokenizer is not None:
+            check_same_tokenizer(tokenizer, draft_tokenizer)
         if self.tower is not None:
             self.tower.count_tokens = self._count_tokens  # budget the context in the model's tokens
 
@@ -290,7 +359,8 @@ class ChatSession:
             counters = (_ForwardCounter(self.model), _ForwardCounter(self.assistant))
         started = time.perf_counter()
         try:
-            with torch.inference_mode():
+            quiet = _quiet_transformers() if self.assistant is not None else contextlib.nullcontext()
+            with torch.inference_mode(), _draft_length(self.assistant, self.options.draft_tokens), quiet:
                 out = self.model.generate(ids, **kwargs)
         finally:
             seconds = time.perf_counter() - started
