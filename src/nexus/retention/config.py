@@ -35,21 +35,21 @@ class RetentionConfig:
         metadata={"help": f"measures to run: {', '.join(MEASURES)}"},
     )
     piqa_limit: int | None = field(
-        default=400, metadata={"help": "PIQA rows (of the 1338 shared; None: all), drawn with `seed`"}
+        default=200, metadata={"help": "PIQA rows (of the 1338 shared; None: all), drawn with `seed`"}
     )
     gsm8k_limit: int | None = field(
-        default=8, metadata={"help": "GSM8K evaluation-split rows (None: all 692)"}
+        default=6, metadata={"help": "GSM8K evaluation-split rows (None: all 692)"}
     )
-    humaneval_limit: int | None = field(default=8, metadata={"help": "HumanEval problems (None: all 164)"})
+    humaneval_limit: int | None = field(default=6, metadata={"help": "HumanEval problems (None: all 164)"})
     builtin_limit: int | None = field(
-        default=16, metadata={"help": "items of each built-in code/math/chat task (None: all)"}
+        default=8, metadata={"help": "items of each built-in code/math/chat task (None: all)"}
     )
     heldout_limit: int | None = field(
-        default=128,
+        default=32,
         metadata={"help": "held-out texts for KL, top-1 agreement and bits per byte (None: all ~2.3k)"},
     )
     grounding_limit: int | None = field(
-        default=8, metadata={"help": "grounding questions of the held-out set (None: all 48)"}
+        default=6, metadata={"help": "grounding questions of the held-out set (None: all 48)"}
     )
     seed: int = field(default=1234, metadata={"help": "seed of every limit's draw"})
     precision: str = field(default="auto", metadata={"help": "auto (bf16 where fast) | bf16 | fp32"})
