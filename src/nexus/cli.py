@@ -22,7 +22,6 @@ from nexus.errors import NexusError
 COMMAND_MODULES = (
     "nexus.pipeline.cli",  # run
     "nexus.multimodal.cli",  # multimodal run / teacher
-    "nexus.multimodal.cli",  # multimodal run / teacher
     "nexus.profiling.cli",  # profile
     "nexus.distillation.cli",  # distill
     "nexus.training.cli",  # train
