@@ -81,3 +81,35 @@ def test_code_tasks_without_a_sandbox_are_refused_before_phase_1(
         assert "release.benchmark.allow_unsandboxed_code" in line
     else:
         assert started and "nexus: error: phase 1 reached" in err  # checked, then phase 1 ran
+
+
+@pytest.mark.parametrize(
+    ("gguf", "teacher", "message"),
+    [
+        ("q4_k", "llama", "release.gguf must be none or one of f32, f16, bf16, q8_0, got 'q4_k'"),
+        ("f16", "mixtral", "release.gguf is f16, but 'mixtral' is a mixture-of-experts model"),
+        ("f16", "llama", None),  # exportable: checked, then phase 1 runs
+    ],
+)
+def test_release_gguf_set_on_the_command_line_is_checked_before_phase_1(
+    tmp_path, tiny_tokenizer, tiny_llama_dir, monkeypatch, capsys, gguf, teacher, message
+):
+    import tiny
+
+    import nexus.profiling.phase as profile_phase
+    from nexus.cli import main
+
+    if teacher == "mixtral":
+        model = tiny.build_model("mixtral", tiny_tokenizer, num_layers=1, hidden=32, intermediate=64)
+        teacher_dir = tiny.save_model(model, tiny_tokenizer, tmp_path / "moe")
+    else:
+        teacher_dir = tiny_llama_dir
+
+    def phase_1(*args, **kwargs):
+        raise NexusError("phase 1 reached")
+
+    monkeypatch.setattr(profile_phase, "run_profile", phase_1)
+    yaml = _pipeline_yaml(tmp_path, teacher_dir, "    enabled: false\n")
+    rc = main(["run", "--config", yaml, "--set", f"release.gguf={gguf}"])
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("nexus: error:")]
+    assert rc == 2 and (message or "nexus: error: phase 1 reached") in line

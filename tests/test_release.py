@@ -175,3 +175,64 @@ def test_release_manifest_names_no_path_of_the_build_machine(tiny_llama_dir, tmp
     assert manifest["student"]["path"] == "nexus-release-v1"
     assert manifest["configs"]["release"]["release_dir"] == "nexus-release-v1"
     assert "--model_path nexus-release-v1`" in (release / "README.md").read_text()
+
+
+def _release_of(model_dir: Path, phase: str, tmp_path: Path, **settings) -> tuple[Path, str]:
+    """``run_release`` on ``model_dir`` as phase ``phase``'s output (benchmark, retention and the
+    student profile off); returns the release and what the status printer printed."""
+    results = tmp_path / "results"
+    shutil.copytree(model_dir, results / phase / "model")
+    out = io.StringIO()
+    cfg = ReleaseConfig(
+        teacher=str(model_dir), release_dir=str(tmp_path / "nexus-release-v1"), docs=[str(RAG_DOC)],
+        index={"chunk_tokens": 48, "chunk_overlap": 12}, benchmark={"enabled": False},
+        retention={"enabled": False}, profile_student=False, **settings,
+    )  # fmt: skip
+    ctx = SimpleNamespace(
+        config=PipelineConfig(), results_dir=results, flags=Flags(tmp_path / "flags"),
+        printer=StatusPrinter(out), source="test.yaml",
+    )  # fmt: skip
+    run_release(cfg, ctx)
+    return tmp_path / "nexus-release-v1", out.getvalue()
+
+
+def test_release_gguf_writes_the_student_beside_the_model(tiny_llama_dir, tmp_path, monkeypatch):
+    """Issue 21 item 4: ``release.gguf`` writes ``<release>/<name>-<type>.gguf`` through the export
+    of ``nexus export gguf``; the card and the manifest name it."""
+    from gguf import GGUFReader
+
+    from nexus.models.gguf_export import check_export
+
+    monkeypatch.setenv("NEXUS_CACHE_DIR", str(tmp_path / "cache"))
+    release, printed = _release_of(tiny_llama_dir, "distill", tmp_path, gguf="f16")
+    gguf_file = release / "nexus-release-v1-f16.gguf"
+    assert gguf_file.is_file() and not list(release.glob(".*.part"))  # renamed into place when complete
+    reader = GGUFReader(str(gguf_file))
+    assert bytes(reader.fields["general.name"].parts[-1]).decode() == "nexus-release-v1"
+    types = {t.tensor_type.name for t in reader.tensors}
+    assert types == {"F16", "F32"}  # matrices f16, norms f32
+    agreement = check_export(release, gguf_file)  # loads back with the release's distributions
+    assert agreement.mean_kl < 1e-4, agreement
+    assert "wrote nexus-release-v1-f16.gguf" in printed
+    manifest = json.loads((release / MANIFEST).read_text())
+    assert manifest["gguf"] == {
+        "file": gguf_file.name, "type": "f16", "bytes": gguf_file.stat().st_size, "architecture": "llama",
+    }  # fmt: skip
+    assert f"`{gguf_file.name}` (f16," in (release / "README.md").read_text()
+
+
+def test_release_gguf_of_a_routed_student_is_one_line_not_a_failure(tiny_tokenizer, tmp_path):
+    import tiny
+
+    routed = tiny.save_model(
+        tiny.build_model("mixtral", tiny_tokenizer, num_layers=1, hidden=32, intermediate=64),
+        tiny_tokenizer,
+        tmp_path / "routed",
+    )
+    release, printed = _release_of(routed, "router", tmp_path, gguf="q8_0")
+    (line,) = [ln for ln in printed.splitlines() if "GGUF" in ln]
+    assert "no GGUF written: 'mixtral' is a mixture-of-experts model" in line
+    assert not list(release.glob("*.gguf")) and (release / "config.json").is_file()
+    manifest = json.loads((release / MANIFEST).read_text())
+    assert manifest["gguf"]["type"] == "q8_0" and "mixture-of-experts" in manifest["gguf"]["skipped"]
+    assert "No GGUF file (release.gguf: q8_0): 'mixtral' is a mixture" in (release / "README.md").read_text()

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     # Third-party chatter (download bars, deprecation notes) is not ours to show by default.
-    for noisy in ("transformers", "huggingface_hub", "accelerate", "sentence_transformers", "faiss"):
+    for noisy in ("transformers", "huggingface_hub", "accelerate", "sentence_transformers", "faiss", "gguf"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
 
 def register(subparsers) -> None:
@@ -37,9 +36,6 @@ def register(subparsers) -> None:
 
 def _gguf(args: argparse.Namespace) -> int:
     from nexus.models.gguf_export import check_export, export_gguf
-
-    if not args.verbose:  # the gguf writer logs every file's tensor count at INFO
-        logging.getLogger("gguf").setLevel(logging.WARNING)
 
     result = export_gguf(
         args.model,

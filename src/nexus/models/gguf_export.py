@@ -70,14 +70,23 @@ def _file_type(gguf, type_name: str):
     }[type_name]
 
 
-def check_exportable(config) -> str:
-    """Return the GGUF architecture name for ``config`` or raise a one-line NexusError."""
+def mixture_of_experts_refusal(config) -> str | None:
+    """Why a transformers ``config`` cannot go to GGUF when it is an MoE model (a routed release
+    is one), else None."""
     model_type = getattr(config, "model_type", None) or "unknown"
     if any(getattr(config, key, None) for key in _MOE_KEYS) or "moe" in model_type:
-        raise NexusError(
+        return (
             f"'{model_type}' is a mixture-of-experts model; GGUF export supports dense "
             f"{' and '.join(SUPPORTED_ARCHS)} models only"
         )
+    return None
+
+
+def check_exportable(config) -> str:
+    """Return the GGUF architecture name for ``config`` or raise a one-line NexusError."""
+    model_type = getattr(config, "model_type", None) or "unknown"
+    if refusal := mixture_of_experts_refusal(config):
+        raise NexusError(refusal)
     if model_type not in SUPPORTED_ARCHS:
         raise NexusError(
             f"cannot export architecture '{model_type}' to GGUF: supported are "
@@ -198,6 +207,24 @@ def _write_tensor(writer, gguf, name: str, data, qtype, counts: dict[str, int]) 
     counts[chosen.name] = counts.get(chosen.name, 0) + 1
 
 
+def _inspect(model_dir: str | Path, trust_remote_code: bool):
+    """The GGUF architecture, tokenizer and vocabulary fields of a model, or a one-line NexusError,
+    read from its config and tokenizer only (no weight)."""
+    from nexus.models.loading import _load_config, load_tokenizer, resolve_model
+
+    resolved = resolve_model(str(model_dir))
+    config = _load_config(resolved, trust_remote_code)
+    arch = check_exportable(config)
+    tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
+    return arch, tokenizer, _tokenizer_fields(tokenizer, config.vocab_size)
+
+
+def check_source(model: str | Path, *, trust_remote_code: bool = False) -> str:
+    """What :func:`export_gguf` refuses before reading any weight (architecture, tokenizer),
+    checked for ``model`` without exporting it; returns the GGUF architecture name."""
+    return _inspect(model, trust_remote_code)[0]
+
+
 def export_gguf(
     model_dir: str | Path,
     out_path: str | Path,
@@ -223,19 +250,15 @@ def export_gguf(
     if not out_path.parent.is_dir():
         raise NexusError(f"cannot write {out_path}: directory {out_path.parent} does not exist")
 
-    from nexus.models.loading import _load_config, load_model, load_tokenizer, resolve_model
-
-    resolved = resolve_model(str(model_dir))
-    config = _load_config(resolved, trust_remote_code)
-    arch = check_exportable(config)
+    arch, tokenizer, vocab = _inspect(model_dir, trust_remote_code)
 
     import gguf
     import torch
 
+    from nexus.models.loading import load_model
+
     model, resolved = load_model(str(model_dir), dtype=torch.float32, trust_remote_code=trust_remote_code)
-    tokenizer = load_tokenizer(resolved, trust_remote_code=trust_remote_code)
     cfg = model.config
-    vocab = _tokenizer_fields(tokenizer, cfg.vocab_size)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     rope_theta = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(

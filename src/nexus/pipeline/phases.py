@@ -162,11 +162,12 @@ def _router_line(s: dict[str, Any]) -> str:
 
 def _release_config(ctx: PipelineContext):
     from nexus.release.config import ReleaseConfig
-    from nexus.release.run import check_code_sandbox
+    from nexus.release.run import check_code_sandbox, check_gguf_export
 
     cfg = _build(ctx, "release", ReleaseConfig, _shared(ctx, release_dir=ctx.config.release_dir))
     if cfg is not None:
         check_code_sandbox(cfg)  # before phase 1: the benchmark's code tasks need a sandbox
+        check_gguf_export(cfg, (ctx.config.distill or {}).get("student") or cfg.teacher)
     return cfg
 
 

@@ -64,6 +64,19 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _gguf_lines(gguf: dict[str, Any] | None, release: str) -> list[str]:
+    """The card's note on the release's GGUF file (``release.gguf``): its name, or why there is none."""
+    if not gguf:
+        return []
+    if gguf.get("skipped"):
+        return [f"No GGUF file (release.gguf: {gguf['type']}): {gguf['skipped']}.", ""]
+    return [
+        f"llama.cpp / Ollama: `{gguf['file']}` ({gguf['type']}, {gguf['bytes'] / 2**20:.1f} MiB, with the "
+        f"tokenizer and chat template), e.g. `llama-cli -m {release}/{gguf['file']} -cnv`.",
+        "",
+    ]
+
+
 def model_card(
     cfg: ReleaseConfig,
     manifest: dict[str, Any],
@@ -108,6 +121,7 @@ def model_card(
         "",
         f"Chat with retrieval from the bundled knowledge index: `python scripts/inference.py --model_path {Path(cfg.release_dir).name}`.",
         "",
+        *_gguf_lines(manifest.get("gguf"), Path(cfg.release_dir).name),
         "## Benchmark: teacher vs student",
         "",
     ]

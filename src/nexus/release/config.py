@@ -47,6 +47,14 @@ class ReleaseConfig:
             "model card's Retention section and results/retention.md"
         },
     )
+    gguf: str = field(
+        default="none",
+        metadata={
+            "help": "also write the student as <release_dir>/<name>-<type>.gguf for llama.cpp / Ollama "
+            "(f16, bf16, q8_0 or f32, as `nexus export gguf --type`); 'none' writes no GGUF. A routed "
+            "(MoE) student gets none, with one line saying why"
+        },
+    )
     profile_student: bool = field(
         default=True, metadata={"help": "profile the student for structural alignment"}
     )
@@ -55,7 +63,13 @@ class ReleaseConfig:
     )
 
     def __post_init__(self) -> None:
+        from nexus.models.gguf_export import GGUF_TYPES
+
         retention_config(self)  # a bad retention section fails before phase 1, not after training
+        if self.gguf not in ("none", *GGUF_TYPES):
+            raise NexusError(
+                f"release.gguf must be none or one of {', '.join(GGUF_TYPES)}, got {self.gguf!r}"
+            )
 
     @property
     def retention_enabled(self) -> bool:

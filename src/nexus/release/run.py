@@ -11,7 +11,9 @@ is archived, never deleted):
 4. the Knowledge Tower built from the configured documents (by default the project's own
    ``docs/`` and ``README.md``, so the release can answer questions about Nexus itself);
 5. the model card ``README.md`` and ``nexus_manifest.json`` (teacher and its hash, data and
-   their hashes, configs, package versions, per-phase times, benchmark results).
+   their hashes, configs, package versions, per-phase times, benchmark results);
+6. with ``gguf`` set, the student as ``<name>-<type>.gguf`` for llama.cpp / Ollama (written
+   right after the model is copied, so an export that fails does so before the benchmark).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from nexus.errors import NexusError
 from nexus.monitor import Flags, StatusPrinter
 from nexus.monitor.markers import archive, read_marker
 from nexus.release.card import hash_data_sources, model_card, package_versions, teacher_identity
-from nexus.release.config import HEATMAP, MANIFEST, ReleaseConfig, choose_student
+from nexus.release.config import HEATMAP, MANIFEST, PHASE_MODELS, ReleaseConfig, choose_student
 from nexus.utils import _exchange, apply_umask, atomic_write_json, atomic_write_text, fsync_dir, sha256_file
 
 log = logging.getLogger(__name__)
@@ -211,6 +213,45 @@ def check_code_sandbox(cfg: ReleaseConfig) -> None:
             ) from None
 
 
+def check_gguf_export(cfg: ReleaseConfig, dense_student: str) -> None:
+    """Refuse now a ``gguf`` the student's family or tokenizer cannot have (the pipeline calls this
+    before phase 1 with the model phase 2 starts from: the dense students keep its architecture and
+    tokenizer). That the router phase makes the student MoE is said at the release, not refused."""
+    if cfg.gguf == "none":
+        return
+    from nexus.models.gguf_export import check_source
+
+    spec = dense_student if cfg.student in ("best", *PHASE_MODELS) else cfg.student
+    try:
+        check_source(spec)
+    except NexusError as exc:
+        raise NexusError(f"release.gguf is {cfg.gguf}, but {exc} (checked before phase 1)") from None
+
+
+def _write_gguf(cfg: ReleaseConfig, partial: Path, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """``<name>-<type>.gguf`` beside the model in the build folder (published with it), or, for a
+    routed student, the reason there is none; None when ``gguf`` is ``none``."""
+    if cfg.gguf == "none":
+        return None
+    from transformers import AutoConfig
+
+    from nexus.models.gguf_export import export_gguf, mixture_of_experts_refusal
+
+    name = Path(cfg.release_dir).name
+    refusal = mixture_of_experts_refusal(AutoConfig.from_pretrained(partial))
+    if refusal:  # a routed release: the format has no place for its experts
+        say(f"[Phase 5: Release] no GGUF written: {refusal}")
+        return {"type": cfg.gguf, "skipped": refusal}
+    result = export_gguf(partial, partial / f"{name}-{cfg.gguf}.gguf", cfg.gguf, name=name)
+    say(f"[Phase 5: Release] wrote {result.path.name} ({result.bytes / 2**20:.1f} MiB)")
+    return {
+        "file": result.path.name,
+        "type": cfg.gguf,
+        "bytes": result.bytes,
+        "architecture": result.architecture,
+    }
+
+
 def _data_sources(ctx: RunContext) -> list[str]:
     """The data sources of phases 2-4 (their config sections' ``data``, default ``builtin``)."""
     return sorted(
@@ -238,6 +279,7 @@ def run_release(cfg: ReleaseConfig, ctx: RunContext, *, profiler: Profiler | Non
     source = Path(resolve_model(student_spec).path)
     _copy_model(source, partial)
     _carry_student_record(partial, ctx.results_dir)
+    gguf = _write_gguf(cfg, partial, ctx.printer.message)
 
     summary: dict[str, Any] = {
         "release_dir": str(release),
@@ -307,6 +349,7 @@ def run_release(cfg: ReleaseConfig, ctx: RunContext, *, profiler: Profiler | Non
         "alignment": align or None,
         "benchmark": {k: v for k, v in bench.items() if k != "console"} or None,
         "retention": retention.get("table") or retention.get("error"),
+        "gguf": gguf,
     }
     manifest = _portable(manifest, _roots(release, partial, ctx.results_dir))
     atomic_write_json(partial / MANIFEST, manifest)
@@ -426,4 +469,4 @@ def publish(partial: Path, release: Path) -> Path | None:
     return archive(slot, like=release)
 
 
-__all__ = ["ReleaseConfig", "check_code_sandbox", "publish", "run_release", "settle"]
+__all__ = ["ReleaseConfig", "check_code_sandbox", "check_gguf_export", "publish", "run_release", "settle"]
