@@ -127,6 +127,12 @@ def test_lmbda_one_trains_on_generated_tokens_only(tiny_llama_dir, data_file, tm
         assert r["tokens_seen"] < 4 * 2 * 64
         assert np.isfinite(r["loss"]) and r["kd"] > 0
     assert (out / "model" / "model.safetensors").is_file()
+    # summary.json's tokens/s: the tokens of the steps after the first over their time, from the
+    # same per-step figures as metrics.jsonl (not global batch x seq_len, a corpus step's size)
+    tokens = np.diff([0] + [r["tokens_seen"] for r in rows])[1:]
+    seconds = tokens / np.array([r["tokens_per_s"] for r in rows])[1:]
+    assert summary["tokens_per_second"] == pytest.approx(tokens.sum() / seconds.sum(), rel=1e-6)
+    assert json.loads((out / "summary.json").read_text())["tokens_per_second"] == summary["tokens_per_second"]
 
 
 def test_lmbda_zero_config_hashes_and_trains_as_before(tiny_llama_dir, data_file, tmp_path):

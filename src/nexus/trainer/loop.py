@@ -480,6 +480,7 @@ class Trainer:
         stopped = False
         last_loss = None
         step_times: list[float] = []
+        step_tokens: list[int] = []  # per step: on-policy steps hold fewer tokens than corpus ones
         eval_metrics: dict[str, float] | None = None
         try:
             writer.update(self.step)
@@ -487,6 +488,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 loss, metrics, tokens = self._train_step()
                 step_times.append(time.perf_counter() - t0)
+                step_tokens.append(tokens)
                 self.step += 1
                 self.tokens_seen += tokens
                 if self.nan_steps > s.max_nan_steps:
@@ -542,7 +544,8 @@ class Trainer:
             # parameters (embeddings, head, norm) gathered on every rank; decoder layers keep
             # all-gathering in their forward, so any later forward must run on every rank.
             self.module.unshard()
-        timed = step_times[1:] if len(step_times) > 1 else step_times
+        skip = 1 if len(step_times) > 1 else 0  # the first step of a process warms up
+        timed, timed_tokens = step_times[skip:], step_tokens[skip:]
         summary = {
             "status": "Stopped" if stopped else "Completed",
             "step": self.step,
@@ -551,9 +554,8 @@ class Trainer:
             "tokens_seen": self.tokens_seen,
             "nan_steps": self.nan_steps,
             "median_step_seconds": float(np.median(timed)) if timed else None,
-            "tokens_per_second": (self.global_batch * self.train_rows.seq_len / float(np.median(timed)))
-            if timed
-            else None,
+            # the tokens the timed steps processed over their time (metrics.jsonl has each step's)
+            "tokens_per_second": sum(timed_tokens) / sum(timed) if timed else None,
             "eval": eval_metrics,
             "model_dir": str(self.out_dir / "model") if not stopped else None,
         }  # the recipe adds its keys and writes OUT/summary.json
