@@ -84,10 +84,13 @@ def test_help_shows_field_help_and_phase_default(capsys):
 def test_extends_merges_a_preset_over_its_base_and_refuses_cycles(tmp_path):
     from nexus.config import read_yaml
     from nexus.errors import NexusError
+    from nexus.models.depth import depth_in_layers
 
     small = read_yaml(CONFIGS / "small.yaml")
     default = read_yaml(CONFIGS / "default.yaml")
-    assert small["profile"]["plan"]["keep_layers"] == 15
+    # a share, like the default's 2/3: 15 of the default teacher's 30 layers, 9 of Gemma 3 270M's 18
+    assert small["profile"]["plan"]["keep_layers"] == 0.5
+    assert [depth_in_layers(0.5, n) for n in (30, 18)] == [15, 9]
     assert small["profile"]["num_probes"] == default["profile"]["num_probes"]  # merged, not replaced
     assert small["distill"] == default["distill"] and "extends" not in small
     (tmp_path / "a.yaml").write_text("extends: b.yaml\nx: 1\n")
