@@ -65,6 +65,20 @@ def test_sets_are_deterministic_and_dev_is_not_heldout(heldout):
     assert not sets.made_up_names(dev) & sets.made_up_names(heldout)
 
 
+def test_heldout_set_is_the_one_the_reported_figures_used(heldout):
+    """The documented grounding figures are on this exact set: a change to the generator that
+    alters a document or question must show up here (and the figures be measured again)."""
+    import dataclasses
+    import hashlib
+    import json
+
+    blob = json.dumps(dataclasses.asdict(heldout), sort_keys=True).encode()
+    assert (len(heldout.documents), len(heldout.questions)) == (18, 48)
+    assert (
+        hashlib.sha256(blob).hexdigest() == "4046e42bb89b3c932727875fcd468e19644d93a2022d803e9a284ee41f82b926"
+    )
+
+
 def test_scoring():
     from nexus.benchmark.grounding import has_key, score
 

@@ -16,6 +16,7 @@ answer is to decline. Deterministic given the seed.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 HELDOUT_SEED = 2718
@@ -56,55 +57,104 @@ def _person(rng: random.Random) -> str:
     return f"{rng.choice(FIRST_NAMES)} {rng.choice(FAMILIES)}"
 
 
-def _village(rng: random.Random, used: set[str]) -> tuple[str, dict, dict]:
-    name = _name(rng, used)
-    island = _name(rng, used)
+@dataclass(frozen=True)
+class _Domain:
+    """A held-out domain: what is drawn for each entity, in this order (the made-up word of its
+    name, ``extra``, then the facts who / when / how-many / what / how-to, then the filler), and
+    the templates of what its document says (``{name}``, ``{v}`` the fact, ``extra``'s keys)."""
+
+    name: str  # around the made-up word
+    extra: Callable[[random.Random, set[str]], dict[str, str]]
+    who: Callable[[random.Random, dict[str, str]], str]
+    years: tuple[int, int]
+    counts: tuple[int, int]
+    what: tuple[str, ...]
+    how_to: Callable[[random.Random, set[str], str, dict[str, str]], str]
+    facts: dict[str, tuple[str, str]]  # type -> (sentence, question)
+    intro: str
+    fillers: tuple[str, ...]
+
+
+_DOMAINS = {
+    "villages": _Domain(
+        name="{}",
+        extra=lambda rng, used: {"island": _name(rng, used)},
+        who=lambda rng, extra: _person(rng),
+        years=(1602, 1899),
+        counts=(40, 2900),
+        what=("smoked mackerel", "woven reed baskets", "sea-salt caramel", "painted tiles", "seaweed bread"),
+        how_to=lambda rng, used, name, extra: f"ferry {rng.randint(2, 19)} from {_name(rng, used)} pier",
+        facts={
+            "who": ("The harbour master of {name} is {v}.", "Who is the harbour master of {name}?"),
+            "when": ("The first houses of {name} were built in {v}.", "When were the first houses of {name} built?"),
+            "how-many": ("About {v} people live in {name} all year round.", "How many people live in {name}?"),
+            "what": ("The village is best known for its {v}.", "What is {name} best known for?"),
+            "how-to": ("Visitors reach {name} by taking {v}.", "How do I get to {name}?"),
+        },
+        intro="# {name}\n\n{name} is a fishing village on the island of {island}.",
+        fillers=("The lighthouse is painted in red stripes.", "A market is held on the quay every Saturday.", "The old chapel has no roof."),
+    ),
+    "libraries": _Domain(
+        name="{} Reading Rooms",
+        extra=lambda rng, used: {"code": "".join(rng.sample("BCDFGHJKLMNPRSTVWXZ", 3))},
+        who=lambda rng, extra: _person(rng),
+        years=(1850, 2009),
+        counts=(1200, 98000),
+        what=("old sea charts", "botanical drawings", "recipe manuscripts", "chess problem books", "railway timetables"),
+        how_to=lambda rng, used, name, extra: f"send the code RENEW-{extra['code']} to the library's number",
+        facts={
+            "who": ("The head librarian is {v}.", "Who is the head librarian of the {name}?"),
+            "when": ("The library opened its doors in {v}.", "In which year did the {name} open?"),
+            "how-many": ("Its shelves hold {v} books.", "How many books do the {name} hold?"),
+            "what": ("Its special collection is {v}.", "What is the special collection of the {name}?"),
+            "how-to": ("To renew a book, {v}.", "How can I renew a book at the {name}?"),
+        },
+        intro="# {name}\n\nThe {name} are a lending library.",
+        fillers=("Readers may bring dogs on a lead.", "The reading room closes at six.", "Coffee is not allowed near the shelves."),
+    ),
+    "shops": _Domain(
+        name="{} Provisions",
+        extra=lambda rng, used: {"family": rng.choice(FAMILIES)},
+        who=lambda rng, extra: f"the {extra['family']} family",
+        years=(1901, 2015),
+        counts=(3, 60),
+        what=("hand-ground spices", "second-hand telescopes", "wool socks", "brass door knobs", "loose-leaf tea"),
+        how_to=lambda rng, used, name, extra: f"`{name.split()[0].lower()}-card --new`",
+        facts={
+            "who": ("The shop is owned by {v}.", "Which family owns {name}?"),
+            "when": ("{name} has traded since {v}.", "Since what year has {name} been trading?"),
+            "how-many": ("It employs {v} people.", "How many people work at {name}?"),
+            "what": ("It mainly sells {v}.", "What does {name} mainly sell?"),
+            "how-to": ("A loyalty card is made at the till with the command {v}.", "How do I get a loyalty card at {name}?"),
+        },
+        intro="# {name}\n\n{name} is a corner shop on Tollgate Lane.",
+        fillers=("It is closed on Wednesdays.", "There is a bell above the door.", "Deliveries come on Monday mornings."),
+    ),
+}  # fmt: skip
+
+
+def _entity(rng: random.Random, used: set[str], domain: _Domain) -> tuple[str, dict, dict]:
+    """One entity of ``domain``: its name, its facts (type -> (value, sentence, question)) and the
+    intro and filler sentence of its document."""
+    name = domain.name.format(_name(rng, used))
+    extra = domain.extra(rng, used)
+    values = {  # drawn in this order
+        "who": domain.who(rng, extra),
+        "when": str(rng.randint(*domain.years)),
+        "how-many": str(rng.randint(*domain.counts)),
+        "what": rng.choice(domain.what),
+        "how-to": domain.how_to(rng, used, name, extra),
+    }
     facts = {
-        "who": (_person(rng), f"The harbour master of {name} is {{v}}.", f"Who is the harbour master of {name}?"),
-        "when": (str(rng.randint(1602, 1899)), f"The first houses of {name} were built in {{v}}.", f"When were the first houses of {name} built?"),
-        "how-many": (str(rng.randint(40, 2900)), f"About {{v}} people live in {name} all year round.", f"How many people live in {name}?"),
-        "what": (rng.choice(["smoked mackerel", "woven reed baskets", "sea-salt caramel", "painted tiles", "seaweed bread"]),
-                 "The village is best known for its {v}.", f"What is {name} best known for?"),
-        "how-to": (f"ferry {rng.randint(2, 19)} from {_name(rng, used)} pier", f"Visitors reach {name} by taking {{v}}.", f"How do I get to {name}?"),
-    }  # fmt: skip
-    intro = f"# {name}\n\n{name} is a fishing village on the island of {island}."
-    filler = rng.choice(["The lighthouse is painted in red stripes.", "A market is held on the quay every Saturday.", "The old chapel has no roof."])  # fmt: skip
-    return name, facts, {"intro": intro, "filler": filler}
-
-
-def _library(rng: random.Random, used: set[str]) -> tuple[str, dict, dict]:
-    name = f"{_name(rng, used)} Reading Rooms"
-    code = "".join(rng.sample("BCDFGHJKLMNPRSTVWXZ", 3))
-    facts = {
-        "who": (_person(rng), "The head librarian is {v}.", f"Who is the head librarian of the {name}?"),
-        "when": (str(rng.randint(1850, 2009)), "The library opened its doors in {v}.", f"In which year did the {name} open?"),
-        "how-many": (str(rng.randint(1200, 98000)), "Its shelves hold {v} books.", f"How many books do the {name} hold?"),
-        "what": (rng.choice(["old sea charts", "botanical drawings", "recipe manuscripts", "chess problem books", "railway timetables"]),
-                 "Its special collection is {v}.", f"What is the special collection of the {name}?"),
-        "how-to": (f"send the code RENEW-{code} to the library's number", "To renew a book, {v}.", f"How can I renew a book at the {name}?"),
-    }  # fmt: skip
-    intro = f"# {name}\n\nThe {name} are a lending library."
-    filler = rng.choice(["Readers may bring dogs on a lead.", "The reading room closes at six.", "Coffee is not allowed near the shelves."])  # fmt: skip
-    return name, facts, {"intro": intro, "filler": filler}
-
-
-def _shop(rng: random.Random, used: set[str]) -> tuple[str, dict, dict]:
-    name = f"{_name(rng, used)} Provisions"
-    family = rng.choice(FAMILIES)
-    facts = {
-        "who": (f"the {family} family", "The shop is owned by {v}.", f"Which family owns {name}?"),
-        "when": (str(rng.randint(1901, 2015)), f"{name} has traded since {{v}}.", f"Since what year has {name} been trading?"),
-        "how-many": (str(rng.randint(3, 60)), "It employs {v} people.", f"How many people work at {name}?"),
-        "what": (rng.choice(["hand-ground spices", "second-hand telescopes", "wool socks", "brass door knobs", "loose-leaf tea"]),
-                 "It mainly sells {v}.", f"What does {name} mainly sell?"),
-        "how-to": (f"`{name.split()[0].lower()}-card --new`", "A loyalty card is made at the till with the command {v}.", f"How do I get a loyalty card at {name}?"),
-    }  # fmt: skip
-    intro = f"# {name}\n\n{name} is a corner shop on Tollgate Lane."
-    filler = rng.choice(["It is closed on Wednesdays.", "There is a bell above the door.", "Deliveries come on Monday mornings."])  # fmt: skip
-    return name, facts, {"intro": intro, "filler": filler}
-
-
-_DOMAINS = {"villages": _village, "libraries": _library, "shops": _shop}
+        qtype: (
+            value,
+            domain.facts[qtype][0].format(name=name, v=value),
+            domain.facts[qtype][1].format(name=name),
+        )
+        for qtype, value in values.items()
+    }
+    intro = domain.intro.format(name=name, **extra)
+    return name, facts, {"intro": intro, "filler": rng.choice(domain.fillers)}
 
 
 def heldout_set(seed: int = HELDOUT_SEED, entities: int = 6) -> EvalSet:
@@ -113,15 +163,13 @@ def heldout_set(seed: int = HELDOUT_SEED, entities: int = 6) -> EvalSet:
     rng = random.Random(seed)
     used: set[str] = set()
     documents, questions = [], []
-    for domain, make in _DOMAINS.items():
-        made = [make(rng, used) for _ in range(entities)]
+    for domain, spec in _DOMAINS.items():
+        made = [_entity(rng, used, spec) for _ in range(entities)]
         types = [t for t in TYPES for _ in range(2)]
         for i, (_name, facts, extra) in enumerate(made):
             # each entity leaves one fact out (asked as "absent"); answerable questions use others
             missing = TYPES[i % len(TYPES)]
-            sentences = [
-                template.format(v=value) for t, (value, template, _) in facts.items() if t != missing
-            ]
+            sentences = [sentence for t, (_, sentence, _) in facts.items() if t != missing]
             rng.shuffle(sentences)
             sentences.insert(rng.randint(0, len(sentences)), extra["filler"])
             documents.append((f"{domain}-{i}.md", extra["intro"] + " " + " ".join(sentences) + "\n"))
