@@ -16,7 +16,8 @@ cached on disk: the training answers are the ones ``nexus distill --seq-kd`` rea
 method pays for them). PIQA is never trained on.
 
 Methods, each one ``nexus distill --seq-kd`` subprocess on the same packed rows (a shared data
-cache), steps, batch, sequence length, learning rate and seed:
+cache), steps, batch, sequence length, learning rate, warm-up (a tenth of the steps) and seed, no
+in-training evaluation (``--heldout-fraction 0 --eval-every 0``):
 
 * ``seqkd``: CE on the teacher's answers (``--kd-weight 0 --ce-weight 1``), the baseline;
 * ``uld`` / ``align``: ``--cross-tokenizer uld|align --kd-weight 1 --ce-weight C`` (C =
