@@ -6,6 +6,7 @@ through the CLI into a release that AutoModelForImageTextToText loads."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,8 @@ def _config(tmp: Path, teacher: Path, **distill) -> Path:
                     "warmup_steps": 1, "save_every": 2, "eval_rows": 5, **distill},
         "train": {"image_size": 16, "train_rows": 8, "heldout_rows": 4, "max_steps": 2, "micro_batch_size": 2,
                   "warmup_steps": 1, "save_every": 2, "eval_rows": 5},
+        "router": {"image_size": 16, "train_rows": 8, "heldout_rows": 4, "max_steps": 2, "micro_batch_size": 2,
+                   "warmup_steps": 1, "save_every": 2, "eval_rows": 5, "num_experts": 5, "calibration_tokens": 256},
         "release": {"image_size": 16, "eval_rows": 5},
     }  # fmt: skip
     config = {
@@ -102,11 +105,8 @@ def test_every_phase_through_the_cli_into_a_loadable_release(tiny_vlm_dir, tmp_p
     config = _config(tmp_path, tiny_vlm_dir)
     result = _nexus("multimodal", "run", "--config", str(config))
     assert result.returncode == 0, result.stderr[-3000:]
-    for phase in ("Profile", "Distill", "Train", "Release"):
-        assert (
-            f"[Phase {'1235'[['Profile', 'Distill', 'Train', 'Release'].index(phase)]}: {phase}] done"
-            in result.stderr
-        )
+    for number, phase in enumerate(("Profile", "Distill", "Train", "Router", "Release"), start=1):
+        assert f"[Phase {number}: {phase}] done" in result.stderr
     results = tmp_path / "results"
     plan = json.loads((results / "mm_profile" / "student_plan.json").read_text())
     assert len(plan["keep_layers"]) == 2
@@ -118,6 +118,23 @@ def test_every_phase_through_the_cli_into_a_loadable_release(tiny_vlm_dir, tmp_p
     release = tmp_path / "release"
     manifest = json.loads((release / "nexus_manifest.json").read_text())
     assert manifest["student_layers"] == 2 and manifest["teacher_layers"] == 4
+    # phase 4: the language tower of phase 3's student as 5 experts, one per capability
+    from nexus.trainer.evaluate import heldout_kd
+
+    router = json.loads((results / "mm_router" / "summary.json").read_text())
+    assert router["domains"] == ["colour", "count", "position", "shape", "text"]
+    assert router["expert_names"] == router["domains"] and router["step"] == 2
+    assert heldout_kd(router["init_eval"]) == pytest.approx(heldout_kd(router["dense_eval"]), abs=1e-4)
+    assert (results / "mm_router" / "routing.md").is_file()
+    routed = AutoModelForImageTextToText.from_pretrained(results / "mm_router" / "model")
+    assert routed.config.text_config.model_type == "mixtral" and len(routed.model.language_model.layers) == 2
+    # the release says which student shipped and why, in numbers
+    choice = manifest["student_choice"]
+    assert re.fullmatch(
+        r"(routed|dense): held-out accuracy \(5 questions\): routed .+ exact, .+ MC vs dense .+", choice
+    )
+    shipped = "mixtral" if choice.startswith("routed") else "llama"
+    assert json.loads((release / "config.json").read_text())["text_config"]["model_type"] == shipped
     assert {r["capability"] for r in manifest["retention"]} == {
         "colour",
         "shape",
@@ -134,7 +151,7 @@ def test_every_phase_through_the_cli_into_a_loadable_release(tiny_vlm_dir, tmp_p
     status = json.loads((results / "status.json").read_text())
     assert status["status"] == "Completed" and status["phase"] == 5
     again = _nexus("multimodal", "run", "--config", str(config))  # resume mode: all skipped
-    assert again.returncode == 0 and again.stderr.count("complete, skipped (resume mode)") == 4
+    assert again.returncode == 0 and again.stderr.count("complete, skipped (resume mode)") == 5
 
 
 def test_text_teacher_and_bad_data_are_one_line_errors(tiny_llama_dir, tiny_vlm_dir, tmp_path):

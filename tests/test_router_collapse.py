@@ -11,7 +11,7 @@ from nexus.data.corpus import load_source
 from nexus.data.domains import build_domain_data, tag_examples
 from nexus.router.config import RouterConfig
 from nexus.router.experts import collect_mlp_activations, dense_to_moe
-from nexus.router.objective import RouterObjective, routing_report
+from nexus.router.objective import RouterLogits, RouterObjective, routing_report
 from nexus.router.run import calibration_batches
 from nexus.trainer.loop import Trainer
 from nexus.trainer.teacher import LiveTeacherSource
@@ -50,7 +50,8 @@ def _train(tmp_path, tokenizer, data, *, lb: float, beta: float):
         precision="fp32",
         device="cpu",
     )
-    objective = RouterObjective(cfg, top_k=1, pad_id=tokenizer.pad_token_id)
+    capture = RouterLogits(moe, [0, 1])
+    objective = RouterObjective(cfg, capture=capture, top_k=1, pad_id=tokenizer.pad_token_id)
     moe.train()
     loop = Trainer(
         moe,
@@ -63,11 +64,11 @@ def _train(tmp_path, tokenizer, data, *, lb: float, beta: float):
         run_config=cfg,
         result_hash="test",
         extra_loss=objective,
-        model_kwargs={"output_router_logits": True},
         results_dir=tmp_path / "results",
         phase=4,
     )
     loop.fit()
+    capture.remove()
     return routing_report(
         moe,
         data.train,

@@ -204,16 +204,14 @@ def run_distill(
     onpolicy = _onpolicy_batches(config, corpus.train, student, student_tokenizer, precision)
 
     # -- fit ---------------------------------------------------------------------------
-    trainer = Trainer(
+    trainer = Trainer.for_phase(
+        config,
         student,
         tokenizer=student_tokenizer,
         train=corpus.train,
         heldout=corpus.heldout,
         teacher=teacher_source,
-        settings=config,
         out_dir=out,
-        run_config=config,
-        result_hash=config.result_hash(),
         anchoring=anchoring,
         anchor_weight=config.anchor_weight,
         results_dir=results_dir,

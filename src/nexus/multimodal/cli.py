@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from nexus.pipeline.cli import add_run_arguments, run_from_args
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -12,17 +14,15 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="multimodal_command", metavar="ACTION", required=True)
     run = sub.add_parser(
         "run",
-        help="the multimodal pipeline (profile, distill, train, release) in resume mode",
+        help="the multimodal pipeline (profile, distill, train, router, release) in resume mode",
         description="Run the multimodal pipeline. Completed phases are skipped, an interrupted phase "
         "continues from its newest checkpoint, a changed config re-runs the phases it affects.",
     )
-    run.add_argument("--config", help="pipeline YAML (default: configs/multimodal/default.yaml)")
-    run.add_argument("--preset", help="configs/multimodal/<PRESET>.yaml (e.g. quick)")
-    run.add_argument("--teacher", help="vision-language teacher: default, an HF directory or a hub name")
-    run.add_argument("--fresh", action="store_true", help="archive the old results/ and start over")
-    run.add_argument("--only", metavar="PHASE", help="run only this phase (name or number)")
-    run.add_argument("--from", dest="start", metavar="PHASE", help="run from this phase on")
-    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    add_run_arguments(
+        run,
+        presets="multimodal/",
+        teacher_help="vision-language teacher: default, an HF directory or a hub name",
+    )
     run.set_defaults(func=_run)
     teacher = sub.add_parser(
         "teacher", help="build (once) the embedded default vision-language teacher and print where it is"
@@ -31,25 +31,9 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from nexus.config import deep_merge, load_config, parse_overrides
-    from nexus.errors import NexusError
-    from nexus.multimodal.pipeline import PHASES, multimodal_preset
-    from nexus.pipeline.runner import PipelineConfig, run_pipeline
+    from nexus.multimodal.pipeline import PHASES
 
-    if args.config and args.preset:
-        raise NexusError("give either --config or --preset, not both")
-    overrides = deep_merge({"teacher": args.teacher} if args.teacher else {}, parse_overrides(args.set))
-    source = args.config or str(multimodal_preset(args.preset))
-    config = load_config(PipelineConfig, source, overrides=overrides)
-    return run_pipeline(
-        config,
-        source=source,
-        phases=PHASES,
-        only=args.only,
-        start=args.start,
-        fresh=args.fresh,
-        script="./run_multimodal_pipeline.sh",
-    )
+    return run_from_args(args, PHASES, presets="multimodal/", script="./run_multimodal_pipeline.sh")
 
 
 def _teacher(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from nexus.profiling.config import PlanConfig
+from nexus.router.config import RouterSettings
 from nexus.trainer.settings import TrainSettings, phase_default
 
 
@@ -112,12 +113,41 @@ class VisionRecoveryConfig(VisionTrainConfig):
 
 
 @dataclass
+class VisionRouterConfig(VisionTrainConfig, RouterSettings):
+    """Phase 4: the language tower of phase 3's student turned into experts (copy upcycling by
+    default: exactly the dense student at step 0) with routers, trained with KD from the teacher
+    on the image rows plus the router losses (the text router's: load balancing, z-loss,
+    ``beta_entropy``). The router domains are the rows' capabilities."""
+
+    num_experts: int = field(
+        default=5,
+        metadata={
+            "help": "experts per MoE layer (5: one per synthetic capability, routers start as a "
+            "capability classifier)",
+            "flag": "--experts",
+        },
+    )
+    max_steps: int = phase_default("max_steps", 100)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_router_settings()
+
+
+@dataclass
 class VisionReleaseConfig(VisionDataSettings):
     """Phase 5: the release directory, the teacher-vs-student accuracy table, the model card."""
 
     teacher: str = field(default="default", metadata=_help("the vision-language teacher"))
     student: str | None = field(
-        default=None, metadata=_help("the student to release (default: the last phase's)")
+        default=None, metadata=_help("the dense student (default: the last dense phase's)")
+    )
+    routed: str | None = field(
+        default=None,
+        metadata=_help(
+            "the routed student (default: the router phase's); released instead of the dense one "
+            "only when its held-out accuracy is at least as good"
+        ),
     )
     release_dir: str = field(default="nexus-vlm-release-v1", metadata=_help("the release directory"))
     seed: int = field(default=0, metadata=_help("unused by the release; kept for the shared keys"))

@@ -5,17 +5,15 @@ config-change detection, one lock, ``results/status.json``, pause/stop flags) wi
 list. Phase outputs live under ``results/mm_<phase>/`` so a text run and a multimodal run in
 one checkout keep their artifacts apart; the dashboard (``results/status.json``) is shared.
 Hand-offs: ``mm_profile/student_plan.json`` -> ``mm_distill/model`` -> ``mm_train/model`` ->
-the release.
-
-Phase 4 (Router: experts in the language tower) is not part of the multimodal pipeline yet.
+``mm_router/model`` (experts in the language tower) -> the release, which ships the routed
+student only when its held-out accuracy is at least that of the dense one.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from nexus.pipeline.runner import Phase, PipelineContext, find_preset, phase_config_from_section
+from nexus.pipeline.runner import Phase, PipelineContext, phase_config_from_section
 from nexus.profiling.plan import PLAN_FILE
 
 
@@ -112,6 +110,32 @@ def _training_line(s: dict[str, Any]) -> str:
     )
 
 
+# -- phase 4 ----------------------------------------------------------------------------
+
+
+def _router_config(ctx: PipelineContext):
+    from nexus.multimodal.config import VisionRouterConfig
+
+    injected = {
+        "teacher": ctx.config.teacher,
+        "seed": ctx.config.seed,
+        "student": _previous(ctx, "train", "distill"),
+    }
+    return _build(ctx, "router", VisionRouterConfig, injected)
+
+
+def _router_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
+    from nexus.multimodal.router import run_vision_router
+
+    return run_vision_router(cfg, results_dir=ctx.results_dir, flags=ctx.flags, printer=ctx.printer)
+
+
+def _router_line(s: dict[str, Any]) -> str:
+    from nexus.pipeline.phases import router_line
+
+    return router_line(s, _training_line)
+
+
 # -- phase 5 ----------------------------------------------------------------------------
 
 
@@ -123,6 +147,7 @@ def _release_config(ctx: PipelineContext):
         "seed": ctx.config.seed,
         "release_dir": ctx.config.release_dir,
         "student": _previous(ctx, "train", "distill"),
+        "routed": _previous(ctx, "router"),
     }
     return _build(ctx, "release", VisionReleaseConfig, injected)
 
@@ -143,7 +168,8 @@ def _release_line(s: dict[str, Any]) -> str:
     return (
         f"{s.get('release_dir')} | teacher {_fmt((s.get('teacher_accuracy') or {}).get('exact_match'))}, "
         f"student {_fmt((s.get('student_accuracy') or {}).get('exact_match'))} exact | retention "
-        f"{_fmt(s.get('retention_exact_match'))} | student/teacher eval time {s.get('speed_ratio')}"
+        f"{_fmt(s.get('retention_exact_match'))} | student/teacher eval time {s.get('speed_ratio')} | "
+        f"shipped {s.get('student_choice')}"
     )
 
 
@@ -151,10 +177,6 @@ PHASES = [
     Phase(1, "mm_profile", "Profile", _profile_config, _profile_run, _profile_line),
     Phase(2, "mm_distill", "Distill", _distill_config, _training_run("distill", 2), _training_line),
     Phase(3, "mm_train", "Train", _train_config, _training_run("train", 3), _training_line),
+    Phase(4, "mm_router", "Router", _router_config, _router_run, _router_line),
     Phase(5, "mm_release", "Release", _release_config, _release_run, _release_line),
 ]
-
-
-def multimodal_preset(name: str | None) -> Path:
-    """``configs/multimodal/<name>.yaml`` (``default`` without a preset)."""
-    return find_preset(f"multimodal/{name or 'default'}")

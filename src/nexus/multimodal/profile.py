@@ -20,14 +20,7 @@ from typing import Any
 
 from nexus.config import save_resolved, to_dict
 from nexus.data.formats import Example
-from nexus.monitor import (
-    Flags,
-    GpuTemperature,
-    KeyboardPauseCallback,
-    StatusPrinter,
-    StatusWriter,
-    StepAction,
-)
+from nexus.monitor import Flags, StatusPrinter
 from nexus.multimodal.config import VisionProfileConfig
 from nexus.multimodal.synthetic import VisionExample
 from nexus.utils import atomic_write_json
@@ -110,16 +103,14 @@ def run_vision_profile(
     from nexus.multimodal.vlm import evaluate_accuracy, load_vlm
     from nexus.profiling.engine import Perturbation
     from nexus.profiling.heatmap import plot_heatmap
-    from nexus.profiling.phase import profile_csv, top_critical
+    from nexus.profiling.phase import profile_csv, profiling_status, top_critical
     from nexus.profiling.plan import PLAN_FILE, make_plan, save_plan, target_num_layers
     from nexus.profiling.profiler import ProfileStopped, profile_model
 
     started = time.monotonic()
     out_dir = Path(results_dir) / "mm_profile"
     device = pick_device(config.device)
-    writer = StatusWriter(results_dir, phase=1, throughput_unit="layers/s", gpu=GpuTemperature().start())
-    callback = KeyboardPauseCallback(writer, flags=flags or Flags(), printer=printer)
-    try:
+    with profiling_status(results_dir, flags, printer) as progress:
         model, processor, path = load_vlm(config.model, device=str(device))
         layers = decoder_layers(model)
         info = {
@@ -136,14 +127,7 @@ def run_vision_profile(
         groups = probe_examples(config)
         probe_sets = [encode_probe_set(processor, name, rows) for name, rows in groups.items()]
         total = len(layers) * len(probe_sets)
-        writer.update(0, total_steps=total)
-        state = {"step": 0}
-
-        def on_layer(cap: str, layer: int) -> None:
-            state["step"] += 1
-            if callback.step_boundary(state["step"], units=1) is StepAction.STOP:
-                raise ProfileStopped
-
+        progress.writer.update(0, total_steps=total)
         try:
             result = profile_model(
                 model,
@@ -151,10 +135,10 @@ def run_vision_profile(
                 perturbation=Perturbation(config.perturbation, config.noise_scale, config.seed),
                 batch_tokens=config.batch_tokens,
                 pad_id=processor.tokenizer.pad_token_id or 0,
-                on_layer=on_layer,
+                on_layer=progress.on_layer,
             )
         except ProfileStopped:
-            return {"stopped": True, "steps_done": state["step"], "total_steps": total}
+            return {"stopped": True, "steps_done": progress.step, "total_steps": total}
         out_dir.mkdir(parents=True, exist_ok=True)
         profile = {
             "format": "nexus-profile",
@@ -183,7 +167,7 @@ def run_vision_profile(
 
         accuracy = evaluate_accuracy(model, processor, accuracy_examples(config))
         atomic_write_json(out_dir / "teacher_accuracy.json", accuracy)
-        writer.set_status("Completed")
+        progress.writer.set_status("Completed")
         return {
             "profile": str(profile_path),
             "heatmap": str(heatmap),
@@ -195,15 +179,6 @@ def run_vision_profile(
             "teacher_accuracy": {k: accuracy[k] for k in ("n", "multiple_choice", "exact_match")},
             "wall_seconds": round(time.monotonic() - started, 2),
         }
-    except BaseException as exc:
-        if writer.state["status"] == "Running":
-            writer.set_status("Failed", error=str(exc) or type(exc).__name__)
-        raise
-    finally:
-        if writer.gpu is not None:
-            writer.gpu.stop()
-        if printer is not None:
-            printer.finish()
 
 
 def load_teacher_accuracy(results_dir: Path) -> dict[str, Any] | None:

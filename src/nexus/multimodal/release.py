@@ -1,6 +1,10 @@
 """Phase 5 for a vision-language student: the release directory, the accuracy and speed of
 teacher and student on held-out image questions, the side-by-side report and the model card.
 
+The student is the routed one (phase 4) only when its held-out accuracy (exact match and multiple
+choice, on the release's questions) is at least the dense student's (phase 3 or 2), else the
+dense one; the summary says which and why, in numbers.
+
 ``<release_dir>/`` (default ``nexus-vlm-release-v1/``) holds the student and its processor as
 saved by transformers (``AutoModelForImageTextToText`` / ``AutoProcessor`` load it with no Nexus
 code), ``sensitivity_heatmap.png`` (phase 1's), ``README.md`` (the model card: retention table
@@ -36,6 +40,59 @@ def _timed_accuracy(model, processor, examples) -> tuple[dict[str, Any], float]:
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _scores(accuracy: dict[str, Any]) -> str:
+    return f"{_pct(accuracy['exact_match'])} exact, {_pct(accuracy['multiple_choice'])} MC"
+
+
+def at_least_as_good(routed: dict[str, Any], dense: dict[str, Any]) -> bool:
+    """Routed accuracy >= dense on exact match and on multiple choice (a measure that either
+    lacks, e.g. no multiple-choice rows, is not compared)."""
+    return all(
+        routed[m] >= dense[m]
+        for m in ("exact_match", "multiple_choice")
+        if routed[m] is not None and dense[m] is not None
+    )
+
+
+def choose_student(
+    config: VisionReleaseConfig, examples
+) -> tuple[Any, Any, Path, dict[str, Any], float, str]:
+    """``(model, processor, directory, accuracy, evaluation seconds, reason)`` of the student to
+    release: the routed one when :func:`at_least_as_good` as the dense one on ``examples``."""
+    import json
+
+    from nexus.multimodal.vlm import load_vlm
+
+    if not config.student:
+        raise NexusError("the release needs a student: run the earlier phases or set release.student")
+    dense_dir = Path(config.student)
+    if not (dense_dir / "config.json").is_file():
+        raise NexusError(f"no student model at {dense_dir}: run the earlier phases first")
+    dense, processor, _ = load_vlm(str(dense_dir))
+    dense_acc, dense_seconds = _timed_accuracy(dense, processor, examples)
+    if not config.routed:
+        return dense, processor, dense_dir, dense_acc, dense_seconds, f"the dense student {dense_dir}"
+    routed_dir = Path(config.routed)
+    if not (routed_dir / "config.json").is_file():
+        router_summary = routed_dir.parent / "summary.json"
+        kept = json.loads(router_summary.read_text()).get("kept_dense") if router_summary.is_file() else None
+        why = kept or f"no routed student at {routed_dir}"
+        return dense, processor, dense_dir, dense_acc, dense_seconds, f"dense: {why}"
+    routed, routed_processor, _ = load_vlm(str(routed_dir))
+    routed_acc, routed_seconds = _timed_accuracy(routed, routed_processor, examples)
+    numbers = f"held-out accuracy ({dense_acc['n']} questions): routed {_scores(routed_acc)} vs dense {_scores(dense_acc)}"
+    if at_least_as_good(routed_acc, dense_acc):
+        return (
+            routed,
+            routed_processor,
+            routed_dir,
+            routed_acc,
+            routed_seconds,
+            f"routed: {numbers} (not worse)",
+        )
+    return dense, processor, dense_dir, dense_acc, dense_seconds, f"dense: {numbers} (routed is worse)"
 
 
 def comparison_report(teacher: dict[str, Any], student: dict[str, Any]) -> str:
@@ -78,6 +135,8 @@ def model_card(summary: dict[str, Any], table: list[dict[str, Any]]) -> str:
         "",
         f"Distilled by Nexus from `{summary['teacher']}` ({summary['teacher_layers']} language layers) into a "
         f"{summary['student_layers']}-layer language tower; vision tower and projector copied from the teacher.",
+        "",
+        f"Released student: {summary['student_choice']}.",
         "",
         "```python",
         "from transformers import AutoModelForImageTextToText, AutoProcessor",
@@ -124,18 +183,13 @@ def run_vision_release(
     from nexus.utils import atomic_write_json, atomic_write_text, write_dir_atomically
 
     results_dir = Path(results_dir)
-    if not config.student:
-        raise NexusError("the release needs a student: run the earlier phases or set release.student")
-    student_dir = Path(config.student)
-    if not (student_dir / "config.json").is_file():
-        raise NexusError(f"no student model at {student_dir}: run the earlier phases first")
     examples = accuracy_examples(config)
+    student, processor, student_dir, student_acc, student_seconds, choice = choose_student(config, examples)
+    log.info("release student: %s", choice)
     teacher, t_processor, teacher_path = load_vlm(config.teacher)
     teacher_acc, teacher_seconds = _timed_accuracy(teacher, t_processor, examples)
     teacher_info = (count_parameters(teacher), len(decoder_layers(teacher)))
     del teacher
-    student, processor, _ = load_vlm(str(student_dir))
-    student_acc, student_seconds = _timed_accuracy(student, processor, examples)
     table = retention_table(teacher_acc, student_acc)
 
     def ratio(metric: str) -> float | None:
@@ -148,6 +202,7 @@ def run_vision_release(
         "teacher": config.teacher,
         "teacher_path": teacher_path,
         "student": str(student_dir),
+        "student_choice": choice,
         "data": config.data,
         "eval_rows": len(examples),
         "teacher_layers": teacher_info[1],
@@ -182,8 +237,9 @@ def run_vision_release(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "summary.json", {**summary, "retention": table})
     summary["report"] = (
-        f"Teacher: {_pct(teacher_acc['exact_match'])} exact, {_pct(teacher_acc['multiple_choice'])} MC\n"
-        f"Student: {_pct(student_acc['exact_match'])} exact, {_pct(student_acc['multiple_choice'])} MC\n"
+        f"Teacher: {_scores(teacher_acc)}\n"
+        f"Student: {_scores(student_acc)}\n"
+        f"Shipped: {choice}\n"
         f"Side-by-side report: {report}"
     )
     return summary

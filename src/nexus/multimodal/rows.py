@@ -25,23 +25,32 @@ from nexus.multimodal.synthetic import VisionExample
 class VisionRows(PackedRows):
     """Tokenized image-text rows: the packed rows' ``input_ids``, ``position_ids`` and ``labels``
     ``(R, L)`` plus ``attention_mask`` (right padding), the pixels of each row's images
-    (``pixels[r]``: ``(n_images, C, H, W)``) and the examples."""
+    (``pixels[r]``: ``(n_images, C, H, W)``) and the examples. With ``domains`` (the router
+    phase's: the rows' capabilities), ``domain_ids`` (R,) indexes each row's capability in it and
+    batches carry it like :class:`~nexus.data.domains.DomainRows`."""
 
     attention_mask: np.ndarray
     pixels: list[torch.Tensor]
     examples: list[VisionExample]
+    domains: tuple[str, ...] = ()
+    domain_ids: np.ndarray | None = None
 
     def batch(self, rows: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
         idx = np.asarray(rows, dtype=np.int64)
         out = super().batch(idx)
         out["attention_mask"] = torch.from_numpy(self.attention_mask[idx]).long()
         out["pixel_values"] = torch.cat([self.pixels[i] for i in idx])
+        if self.domain_ids is not None:
+            out["domain_ids"] = torch.from_numpy(self.domain_ids[idx])
         return out
 
 
-def encode_rows(processor, examples: Sequence[VisionExample]) -> VisionRows:
+def encode_rows(
+    processor, examples: Sequence[VisionExample], domains: Sequence[str] | None = None
+) -> VisionRows:
     """Tokenize ``examples`` (prompt + response, response tokens scored) into :class:`VisionRows`,
-    all right-padded to the longest row (never cut: that could cut a picture's tokens)."""
+    all right-padded to the longest row (never cut: that could cut a picture's tokens); with
+    ``domains``, each row's capability as a domain id (-1 for one not in ``domains``)."""
     from nexus.multimodal.vlm import encode
 
     if not examples:
@@ -59,4 +68,9 @@ def encode_rows(processor, examples: Sequence[VisionExample]) -> VisionRows:
         attn[i, :length] = p["attention_mask"][0].numpy()
         labels[i, :length] = p["labels"][0].numpy()
     positions = np.maximum(np.cumsum(attn, axis=1) - 1, 0)  # padding repeats the last position
-    return VisionRows(ids, positions, labels, attn, [p["pixel_values"] for p in parts], list(examples))
+    pixels = [p["pixel_values"] for p in parts]
+    if domains is None:
+        return VisionRows(ids, positions, labels, attn, pixels, list(examples))
+    index = {d: i for i, d in enumerate(domains)}
+    domain_ids = np.array([index.get(e.capability, -1) for e in examples], dtype=np.int64)
+    return VisionRows(ids, positions, labels, attn, pixels, list(examples), tuple(domains), domain_ids)

@@ -46,7 +46,8 @@ def _student(config: VisionTrainConfig, teacher) -> tuple[Any, list[int] | None,
     return build_student(teacher, keep, teacher_name=config.teacher), keep, pairs, description
 
 
-def _freeze(student, config: VisionTrainConfig) -> None:
+def freeze_vision(student, config: VisionTrainConfig) -> None:
+    """Freeze the vision tower and the projector unless ``train_vision`` / ``train_projector``."""
     inner = student.model
     for name, train in (
         ("vision_tower", config.train_vision),
@@ -59,6 +60,33 @@ def _freeze(student, config: VisionTrainConfig) -> None:
             raise NexusError(f"{type(student).__name__} has no {name} to train")
         for p in part.parameters():
             p.requires_grad_(train)
+
+
+def live_teacher(teacher, config: VisionTrainConfig, device, *, layers: list[int]):
+    """The teacher run on each batch, in bfloat16 when the phase trains in bf16 on ``device``;
+    ``layers``: the teacher layers whose states anchoring reads."""
+    from nexus.hardware import resolve_precision
+    from nexus.trainer.teacher import LiveTeacherSource
+
+    bf16 = resolve_precision(config.precision, device) == "bf16"
+    return LiveTeacherSource(teacher, layers=layers, dtype=torch.bfloat16 if bf16 else torch.float32)
+
+
+def record_accuracy(
+    summary: dict[str, Any], student, processor, config: VisionTrainConfig, out: Path
+) -> None:
+    """After a completed run: the student's accuracy on the held-out questions to
+    ``out/student_accuracy.json`` (every row) and ``summary["accuracy"]`` (the totals)."""
+    from nexus.multimodal.data import accuracy_examples
+    from nexus.multimodal.vlm import evaluate_accuracy
+    from nexus.utils import atomic_write_json
+
+    if summary["status"] != "Completed":
+        return
+    student.eval()
+    accuracy = evaluate_accuracy(student, processor, accuracy_examples(config))
+    atomic_write_json(out / "student_accuracy.json", accuracy)
+    summary["accuracy"] = {k: accuracy[k] for k in ("n", "multiple_choice", "exact_match")}
 
 
 def run_vision_training(
@@ -75,12 +103,11 @@ def run_vision_training(
     from nexus.distillation.student import default_anchor_pairs
     from nexus.hardware import pick_device, resolve_precision
     from nexus.models import count_parameters, decoder_layers
-    from nexus.multimodal.data import accuracy_examples, training_examples
+    from nexus.multimodal.data import training_examples
     from nexus.multimodal.rows import encode_rows
-    from nexus.multimodal.vlm import evaluate_accuracy, load_vlm
+    from nexus.multimodal.vlm import load_vlm
     from nexus.trainer.anchoring import ActivationAnchoringLoss, check_anchor_pairs
     from nexus.trainer.loop import Trainer
-    from nexus.trainer.teacher import LiveTeacherSource
     from nexus.utils import atomic_write_json
 
     results_dir = Path(results_dir)
@@ -91,7 +118,7 @@ def run_vision_training(
     teacher, processor, _ = load_vlm(config.teacher)
     student, keep, plan_pairs, description = _student(config, teacher)
     student.float()
-    _freeze(student, config)
+    freeze_vision(student, config)
     n_teacher, n_student = len(decoder_layers(teacher)), len(decoder_layers(student))
 
     anchoring = None
@@ -111,24 +138,20 @@ def run_vision_training(
     )
     uses_teacher = config.kd_weight > 0 or anchoring is not None
     teacher_source = (
-        LiveTeacherSource(
-            teacher,
-            layers=anchoring.teacher_layers if anchoring is not None else [],
-            dtype=torch.bfloat16 if precision == "bf16" else torch.float32,
+        live_teacher(
+            teacher, config, device, layers=anchoring.teacher_layers if anchoring is not None else []
         )
         if uses_teacher
         else None
     )
-    trainer = Trainer(
+    trainer = Trainer.for_phase(
+        config,
         student,
         tokenizer=processor,  # saved with every checkpoint and the final model
         train=train_rows,
         heldout=heldout_rows,
         teacher=teacher_source,
-        settings=config,
         out_dir=out,
-        run_config=config,
-        result_hash=config.result_hash(),
         anchoring=anchoring,
         anchor_weight=config.anchor_weight,
         results_dir=results_dir,
@@ -137,11 +160,7 @@ def run_vision_training(
         phase=phase,
     )
     summary = trainer.fit()
-    if summary["status"] == "Completed":
-        student.eval()
-        accuracy = evaluate_accuracy(student, processor, accuracy_examples(config))
-        atomic_write_json(out / "student_accuracy.json", accuracy)
-        summary["accuracy"] = {k: accuracy[k] for k in ("n", "multiple_choice", "exact_match")}
+    record_accuracy(summary, student, processor, config, out)
     summary.update(
         {
             "teacher": config.teacher,

@@ -11,6 +11,7 @@ A section with ``enabled: false`` skips that phase.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,13 +149,20 @@ def _router_run(cfg, ctx: PipelineContext) -> dict[str, Any]:
     return run_router(cfg, results_dir=ctx.results_dir, flags=ctx.flags, printer=ctx.printer)
 
 
-def _router_line(s: dict[str, Any]) -> str:
+def router_line(s: dict[str, Any], training_line: Callable[[dict[str, Any]], str]) -> str:
+    """A router phase's summary line (text or multimodal): the reason it kept the dense student,
+    or the experts, the router entropy before and after, then ``training_line(s)``."""
     if s.get("kept_dense"):
         return str(s["kept_dense"])
     return (
         f"{s.get('experts')} experts (top-{s.get('top_k')}, {s.get('mode')}) | router entropy "
-        f"{_fmt(s.get('router_entropy_before'))} -> {_fmt(s.get('router_entropy_after'))} | " + _eval_line(s)
+        f"{_fmt(s.get('router_entropy_before'))} -> {_fmt(s.get('router_entropy_after'))} | "
+        + training_line(s)
     )
+
+
+def _router_line(s: dict[str, Any]) -> str:
+    return router_line(s, _eval_line)
 
 
 # -- phase 5: release -------------------------------------------------------------------

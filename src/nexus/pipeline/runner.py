@@ -99,11 +99,13 @@ def find_preset(name: str) -> Path:
 
 
 def load_pipeline_config(
-    path: str | Path | None, preset: str | None, overrides: dict[str, Any]
+    path: str | Path | None, preset: str | None, overrides: dict[str, Any], *, presets: str = ""
 ) -> tuple[PipelineConfig, str]:
+    """The config of ``path``, else of the preset ``configs/<presets><preset or default>.yaml``
+    (``presets``: e.g. ``multimodal/`` for the multimodal pipeline's), with ``overrides``."""
     if path and preset:
         raise NexusError("give either --config or --preset, not both")
-    source = Path(path) if path else find_preset(preset or "default")
+    source = Path(path) if path else find_preset(f"{presets}{preset or 'default'}")
     return load_config(PipelineConfig, source, overrides=overrides), str(source)
 
 

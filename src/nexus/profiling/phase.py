@@ -15,6 +15,8 @@ import json
 import logging
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -238,6 +240,54 @@ def _probe_sets(config: ProfileConfig, model, tokenizer, info: dict, compare: di
     ]
 
 
+class ProfilingProgress:
+    """The status line of a profiling run: ``writer`` (``results/status.json``) and
+    :meth:`on_layer`, the profiler's per-layer hook, which counts layer steps, honours pause and
+    raises :class:`~nexus.profiling.profiler.ProfileStopped` at the stop flag."""
+
+    def __init__(self, writer: StatusWriter, callback: KeyboardPauseCallback):
+        self.writer, self.callback, self.step = writer, callback, 0
+
+    def on_layer(self, capability: str, layer: int) -> None:
+        from nexus.profiling.profiler import ProfileStopped
+
+        self.step += 1
+        if self.callback.step_boundary(self.step, units=1) is StepAction.STOP:
+            raise ProfileStopped
+
+
+@contextmanager
+def profiling_status(
+    results_dir: Path,
+    flags: Flags | None,
+    printer: StatusPrinter | None,
+    *,
+    phase: int = 1,
+    phase_name: str | None = None,
+) -> Iterator[ProfilingProgress]:
+    """The :class:`ProfilingProgress` of a profiling run (text or image probes); an exception
+    marks the status Failed, and the GPU monitor and the printer stop however the run ends."""
+    writer = StatusWriter(
+        results_dir,
+        phase=phase,
+        phase_name=phase_name,
+        throughput_unit="layers/s",
+        gpu=GpuTemperature().start(),
+    )
+    callback = KeyboardPauseCallback(writer, flags=flags or Flags(), printer=printer)
+    try:
+        yield ProfilingProgress(writer, callback)
+    except BaseException as exc:
+        if writer.state["status"] == "Running":
+            writer.set_status("Failed", error=str(exc) or type(exc).__name__)
+        raise
+    finally:
+        if writer.gpu is not None:
+            writer.gpu.stop()
+        if printer is not None:
+            printer.finish()
+
+
 def run_profile(
     config: ProfileConfig,
     *,
@@ -260,15 +310,7 @@ def run_profile(
     out_dir = results_dir / "profile"
     name = default_name(config)
     compare = load_profile(config.compare) if config.compare else None
-    writer = StatusWriter(
-        results_dir,
-        phase=phase,
-        phase_name=phase_name,
-        throughput_unit="layers/s",
-        gpu=GpuTemperature().start(),
-    )
-    callback = KeyboardPauseCallback(writer, flags=flags or Flags(), printer=printer)
-    try:
+    with profiling_status(results_dir, flags, printer, phase=phase, phase_name=phase_name) as progress:
         from nexus.data import load_examples
         from nexus.profiling.probes import parse_probe_specs
 
@@ -288,15 +330,8 @@ def run_profile(
         probe_sets = _probe_sets(config, model, tokenizer, info, compare)
         layers = sorted(set(config.layers)) if config.layers is not None else list(range(info["num_layers"]))
         total = len(layers) * len(probe_sets)
-        writer.update(0, total_steps=total)
+        progress.writer.update(0, total_steps=total)
         perturbation = Perturbation(config.perturbation, config.noise_scale, config.seed)
-        state = {"step": 0}
-
-        def on_layer(cap: str, layer: int) -> None:
-            state["step"] += 1
-            if callback.step_boundary(state["step"], units=1) is StepAction.STOP:
-                raise ProfileStopped
-
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         try:
             result = profile_model(
@@ -306,15 +341,15 @@ def run_profile(
                 layers=layers,
                 batch_tokens=config.batch_tokens,
                 pad_id=pad_id,
-                on_layer=on_layer,
+                on_layer=progress.on_layer,
             )
         except ProfileStopped:
             log.info(
                 "profiling stopped by the stop flag after %d of %d layer steps; no profile written",
-                state["step"],
+                progress.step,
                 total,
             )
-            return {"stopped": True, "steps_done": state["step"], "total_steps": total}
+            return {"stopped": True, "steps_done": progress.step, "total_steps": total}
 
         wall = time.monotonic() - started
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -356,17 +391,8 @@ def run_profile(
             plan = plan_from_profile(profile, config.plan, model=model, probe_sets=probe_sets, config=config)
             summary["plan"] = str(save_plan(plan, out_dir / PLAN_FILE))
             summary["keep_layers"] = plan["keep_layers"]
-        writer.set_status("Completed")
+        progress.writer.set_status("Completed")
         return summary
-    except BaseException as exc:
-        if writer.state["status"] == "Running":
-            writer.set_status("Failed", error=str(exc) or type(exc).__name__)
-        raise
-    finally:
-        if writer.gpu is not None:
-            writer.gpu.stop()
-        if printer is not None:
-            printer.finish()
 
 
 def _compare(profile: dict, other: dict, out_dir: Path, name: str, threshold: float) -> dict:

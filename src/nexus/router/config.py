@@ -1,7 +1,8 @@
 """``RouterConfig``: phase 4, the ``router:`` section of the YAML config.
 
 A :class:`~nexus.trainer.finetune.FineTuneConfig` (same models, data, optimiser and KD fields as
-phase 3; pure KD on every token by default) plus the expert layout and the router losses; see
+phase 3; pure KD on every token by default) plus :class:`RouterSettings`, the expert layout and
+the router losses (the multimodal router phase has the same); see
 docs/router.md for their exact definitions.
 """
 
@@ -18,13 +19,10 @@ def _help(text: str) -> dict:
 
 
 @dataclass
-class RouterConfig(FineTuneConfig):
-    # phase 4 default: KD on every token (the router must learn to route prompts too)
-    loss_on: Literal["all", "response"] = field(
-        default="all", metadata=_help("score 'all' tokens or only 'response' tokens")
-    )
-    out: str | None = field(default=None, metadata=_help("output directory (default: <results>/router)"))
-    # experts
+class RouterSettings:
+    """The expert layout and the router losses, shared by the text router (:class:`RouterConfig`)
+    and the multimodal one (:class:`nexus.multimodal.config.VisionRouterConfig`)."""
+
     num_experts: int = field(
         default=3, metadata={"help": "experts per MoE layer (3: code, math, chat)", "flag": "--experts"}
     )
@@ -40,9 +38,6 @@ class RouterConfig(FineTuneConfig):
     )
     expert_layers: str = field(
         default="all", metadata=_help("'all', 'critical' (profile plan's critical layers) or indices '0,3,5'")
-    )
-    plan: str | None = field(
-        default=None, metadata=_help("student_plan.json of `nexus profile` (for 'critical')")
     )
     moe_architecture: str = field(
         default="auto", metadata=_help("auto (Llama->mixtral, Qwen2->qwen2_moe) | ...")
@@ -66,8 +61,9 @@ class RouterConfig(FineTuneConfig):
         default=0.9, metadata=_help("warn when one expert takes more than this share")
     )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check_router_settings(self) -> None:
+        """Raise ValueError on an impossible layout or a negative coefficient (each config's
+        ``__post_init__`` calls it)."""
         if self.num_experts < 2:
             raise ValueError(f"expert count must be at least 2, got {self.num_experts}")
         if not 1 <= self.top_k <= self.num_experts:
@@ -88,3 +84,19 @@ class RouterConfig(FineTuneConfig):
                 raise ValueError(
                     f"expert_layers must be all, critical or indices like 0,3,5: {self.expert_layers!r}"
                 ) from None
+
+
+@dataclass
+class RouterConfig(FineTuneConfig, RouterSettings):
+    # phase 4 default: KD on every token (the router must learn to route prompts too)
+    loss_on: Literal["all", "response"] = field(
+        default="all", metadata=_help("score 'all' tokens or only 'response' tokens")
+    )
+    out: str | None = field(default=None, metadata=_help("output directory (default: <results>/router)"))
+    plan: str | None = field(
+        default=None, metadata=_help("student_plan.json of `nexus profile` (for 'critical')")
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_router_settings()

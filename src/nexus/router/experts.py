@@ -198,10 +198,13 @@ def collect_mlp_activations(
 ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], torch.Tensor]:
     """MLP inputs and intermediate activations (input of ``down_proj``) of the given dense layers.
 
-    Each batch holds ``input_ids`` (B, T), ``position_ids`` (B, T), ``token_mask`` (B, T) bool
+    Each batch holds the model's inputs (``input_ids`` (B, T), ``position_ids`` (B, T), and for a
+    vision-language model ``attention_mask`` and ``pixel_values``), ``token_mask`` (B, T) bool
     (the tokens to keep) and optionally ``domain_ids`` (B,) (-1 = unknown). Returns
     ``({layer: (N, H)}, {layer: (N, I)}, token_domains (N,))`` over at most ``max_tokens`` tokens.
     """
+    from nexus.trainer.teacher import model_inputs
+
     blocks = decoder_layers(model)
     inputs: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
     acts: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
@@ -223,7 +226,7 @@ def collect_mlp_activations(
         for batch in batches:
             mask = batch["token_mask"].bool()
             keep[:] = [mask]
-            model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+            model(**model_inputs(batch), use_cache=False)
             dom = batch.get("domain_ids")
             dom = torch.full((mask.shape[0],), -1) if dom is None else dom.cpu()
             domains.append(dom[:, None].expand(mask.shape)[mask.cpu()])
@@ -375,16 +378,22 @@ def dense_to_moe(
     expert_names: Sequence[str] | None = None,
     seed: int = 0,
 ) -> nn.Module:
-    """Build the MoE model from ``dense`` (left untouched).
+    """Build the MoE model from ``dense`` (left untouched): a ``MixtralForCausalLM`` /
+    ``Qwen2MoeForCausalLM`` from a text model; from a vision-language model (e.g. a
+    ``LlavaForConditionalGeneration``) the same class with a MoE language tower (its
+    ``text_config`` a ``MixtralConfig`` / ``Qwen2MoeConfig``), vision tower and projector copied.
 
     groups: per expert layer, ``E`` neuron index tensors (split mode; default: even split).
     router_weights: per expert layer an ``(E, H)`` router matrix; otherwise routers are drawn
     from N(0, router_init_std) (``0`` gives exactly uniform routing; default: the config's
     ``initializer_range``).
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    dense_cfg = dense.config
+    dense_cfg = dense.config.get_text_config()
+    composite = dense_cfg is not dense.config  # a vision-language model: experts in its language tower
+    blocks = decoder_layers(dense)
+    stack = next(name for name, m in dense.named_modules() if m is blocks)  # model[.language_model].layers
     target = check_moe_request(dense_cfg.model_type, num_experts, top_k, architecture)
     n_layers = dense_cfg.num_hidden_layers
     layers = sorted(range(n_layers) if expert_layers is None else set(expert_layers))
@@ -400,9 +409,12 @@ def dense_to_moe(
     if mode == "split" and width * num_experts != inter:
         log.info("splitting %d neurons into %d experts of width %d (zero-padded)", inter, num_experts, width)
 
-    cfg = build_moe_config(
+    text_cfg = build_moe_config(
         dense_cfg, target, num_experts=num_experts, top_k=top_k, expert_width=width, expert_layers=layers
     )
+    cfg = copy.deepcopy(dense.config) if composite else text_cfg
+    if composite:
+        cfg.text_config = text_cfg  # e.g. a LlavaConfig whose text_config is a MixtralConfig
     names = list(expert_names or [f"expert{i}" for i in range(num_experts)])
     if len(names) != num_experts:
         raise NexusError(f"{len(names)} expert names given for {num_experts} experts")
@@ -417,18 +429,18 @@ def dense_to_moe(
         "down_scale": scale,
         "source_model_type": dense_cfg.model_type,
     }
-    if getattr(dense_cfg, "nexus_student", None):
-        cfg.nexus_student = copy.deepcopy(dense_cfg.nexus_student)
+    if getattr(dense.config, "nexus_student", None):
+        cfg.nexus_student = copy.deepcopy(dense.config.nexus_student)
 
     dtype = next(dense.parameters()).dtype
-    moe = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
-    state = {k: v for k, v in dense.state_dict().items() if ".mlp." not in k}
+    moe = (AutoModelForImageTextToText if composite else AutoModelForCausalLM).from_config(cfg, dtype=dtype)
+    state = {k: v for k, v in dense.state_dict().items() if not (k.startswith(stack) and ".mlp." in k)}
     std = dense_cfg.initializer_range if router_init_std is None else router_init_std
     gen = torch.Generator().manual_seed(seed)
-    dense_blocks, moe_blocks = decoder_layers(dense), decoder_layers(moe)
+    moe_blocks = decoder_layers(moe)
     for i in range(n_layers):
-        prefix = f"model.layers.{i}.mlp."
-        src = dense_blocks[i].mlp
+        prefix = f"{stack}.{i}.mlp."
+        src = blocks[i].mlp
         if i not in layers:
             for name in ("gate_proj", "up_proj", "down_proj"):
                 state[f"{prefix}{name}.weight"] = getattr(src, name).weight

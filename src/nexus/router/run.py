@@ -66,18 +66,18 @@ def parse_expert_layers(spec: str, num_layers: int, *, plan: str | None, student
     return layers
 
 
-def expert_names(num_experts: int, named_by_domain: bool) -> list[str]:
-    if named_by_domain and num_experts >= len(DOMAINS):
-        return [*DOMAINS, *[f"expert{i}" for i in range(len(DOMAINS), num_experts)]]
+def expert_names(num_experts: int, named_by_domain: bool, domains: tuple[str, ...] = DOMAINS) -> list[str]:
+    if named_by_domain and num_experts >= len(domains):
+        return [*domains, *[f"expert{i}" for i in range(len(domains), num_experts)]]
     return [f"expert{i}" for i in range(num_experts)]
 
 
 def calibration_batches(rows, tokenizer, total_tokens: int, batch_size: int = 4):
-    """Rows taken round-robin over domains until ``total_tokens`` real tokens (dicts for
+    """Rows taken round-robin over ``rows.domains`` until ``total_tokens`` real tokens (dicts for
     :func:`~nexus.router.experts.collect_mlp_activations`)."""
     from nexus.router.objective import token_mask
 
-    per_domain = [np.nonzero(np.asarray(rows.domain_ids) == d)[0] for d in range(len(DOMAINS))]
+    per_domain = [np.nonzero(np.asarray(rows.domain_ids) == d)[0] for d in range(len(rows.domains))]
     order = [int(r) for group in zip(*[p for p in per_domain if len(p)], strict=False) for r in group]
     pad = tokenizer.pad_token_id
     taken = 0
@@ -91,7 +91,8 @@ def calibration_batches(rows, tokenizer, total_tokens: int, batch_size: int = 4)
 
 
 def convert_student(dense, cfg, data, tokenizer, layers: list[int]):
-    """The MoE model of ``dense`` per ``cfg`` (see the module docstring, step 1)."""
+    """The MoE model of ``dense`` per ``cfg`` (see the module docstring, step 1); ``data.train``:
+    rows with domain ids (``data.train.domains``: text domains, or image capabilities)."""
     from torch import nn
 
     from nexus.models import decoder_layers
@@ -105,10 +106,11 @@ def convert_student(dense, cfg, data, tokenizer, layers: list[int]):
         fit_router,
     )
 
+    domains = tuple(data.train.domains)
     split = cfg.mode == "split"
     use_data = split and (cfg.partition == "coactivation" or cfg.router_init == "fit")
     groups, routers = None, None
-    if not split and cfg.router_init == "fit" and cfg.num_experts >= len(DOMAINS):
+    if not split and cfg.router_init == "fit" and cfg.num_experts >= len(domains):
         # copy: every expert is the dense MLP, so any routing gives the dense output at step 0;
         # the routers start as domain classifiers (expert i <- domain i) so each copy then
         # trains on its own domain and the load follows the domain mix instead of one direction
@@ -135,12 +137,12 @@ def convert_student(dense, cfg, data, tokenizer, layers: list[int]):
             max_tokens=cfg.calibration_tokens,
         )
         blocks = decoder_layers(dense)
-        inter = dense.config.intermediate_size
+        inter = dense.config.get_text_config().intermediate_size
         groups, routers = {}, {}
         for i in layers:
             if cfg.partition == "coactivation":
                 g = coactivation_partition(acts[i], cfg.num_experts, seed=cfg.seed)
-                g = align_groups_to_domains(g, acts[i], doms, len(DOMAINS))
+                g = align_groups_to_domains(g, acts[i], doms, len(domains))
             else:
                 g = even_partition(inter, cfg.num_experts)
             groups[i] = [t.sort().values for t in g]
@@ -159,12 +161,12 @@ def convert_student(dense, cfg, data, tokenizer, layers: list[int]):
         groups=groups if split and cfg.partition == "coactivation" else None,
         router_weights=routers,
         architecture=cfg.moe_architecture,
-        expert_names=expert_names(cfg.num_experts, named),
+        expert_names=expert_names(cfg.num_experts, named, domains),
         seed=cfg.seed,
     )
 
 
-def _report(model, rows, layout, tokenizer, device, max_rows):
+def _report(model, rows, layout, pad_id, device, max_rows):
     from nexus.router.objective import routing_report
 
     return routing_report(
@@ -173,8 +175,8 @@ def _report(model, rows, layout, tokenizer, device, max_rows):
         layers=layout.expert_layers,
         num_experts=layout.num_experts,
         top_k=layout.top_k,
-        domains=DOMAINS,
-        pad_id=tokenizer.pad_token_id,
+        domains=rows.domains,
+        pad_id=pad_id,
         max_rows=max_rows,
         device=device,
     )
@@ -212,7 +214,7 @@ def _write_reports(out: Path, before, after, layout, threshold: float) -> dict[s
     return report
 
 
-def _keep_dense(
+def keep_dense(
     config, out: Path, results_dir: Path, reason: str, printer: StatusPrinter | None
 ) -> dict[str, Any]:
     """A family with no MoE counterpart: no ``OUT/model``, the reason in ``OUT/summary.json`` (the
@@ -233,90 +235,99 @@ def _keep_dense(
     return summary
 
 
-def run_router(
+def upcycle(config, dense, data, tokenizer, teacher_source, device):
+    """``(routed model, dense evaluation)``: ``dense`` converted per ``config`` (an already routed
+    model is returned as it is, with no dense evaluation). ``data``: ``.train`` (calibration rows
+    with domain ids) and ``.heldout`` (None: the training rows are evaluated)."""
+    from nexus.router.experts import check_moe_request
+    from nexus.trainer.evaluate import evaluate_fidelity
+
+    text_config = dense.config.get_text_config()
+    if text_config.model_type in MOE_MODEL_TYPES:
+        return dense, None  # already routed (e.g. a phase-4 output fine-tuned again)
+    # Also on resume: the conversion is seeded, so the dense evaluation and the "before training"
+    # reports describe the same start as an uninterrupted run (the release compares against
+    # dense_eval); the loop then loads the checkpoint's trained weights into this model.
+    check_moe_request(text_config.model_type, config.num_experts, config.top_k, config.moe_architecture)
+    layers = parse_expert_layers(
+        config.expert_layers,
+        text_config.num_hidden_layers,
+        plan=config.plan,
+        student_config=dense.config,
+    )
+    eval_rows = data.heldout if data.heldout is not None else data.train
+    dense_eval = evaluate_fidelity(
+        dense, teacher_source, eval_rows, max_rows=config.eval_max_rows, device=device
+    )
+    return convert_student(dense, config, data, tokenizer, layers), dense_eval
+
+
+def train_router(
     config,
+    model,
     *,
-    results_dir: Path = Path("results"),
+    data,
+    saver,
+    teacher_source,
+    out: Path,
+    results_dir: Path,
+    device,
     flags: Flags | None = None,
     printer: StatusPrinter | None = None,
+    save_dtype=None,
 ) -> dict[str, Any]:
-    """Phase 4: experts + router from the student, trained with KD and router losses."""
-    from nexus.hardware import pick_device
-    from nexus.models import student_save_dtype
-    from nexus.router.experts import check_moe_request, dense_only_reason, moe_layout
-    from nexus.router.objective import RouterObjective, routing_metrics
+    """Steps 2-4 of the module docstring on the routed ``model`` (text, or a vision-language model
+    with a routed language tower): reports, the loop with :class:`RouterObjective`, ``OUT/model``
+    (with ``saver``, the tokenizer or processor, beside it), the routing reports and files. Returns
+    the trainer's summary with the routing figures; the caller writes ``summary.json``."""
+    from nexus.router.experts import moe_layout
+    from nexus.router.objective import RouterLogits, RouterObjective, routing_metrics
     from nexus.trainer.evaluate import evaluate_fidelity
-    from nexus.trainer.finetune import build_data, default_student, load_pair
+    from nexus.trainer.finetune import default_student
     from nexus.trainer.loop import Trainer
     from nexus.trainer.metrics import MetricsLog
-    from nexus.trainer.teacher import LiveTeacherSource
 
-    results_dir = Path(results_dir)
-    out = Path(config.out) if config.out else results_dir / "router"
-    device = pick_device(config.device)
-    teacher, dense, tokenizer = load_pair(config, results_dir)
-    kept_dense = dense_only_reason(dense.config.model_type)
-    if kept_dense and dense.config.model_type not in MOE_MODEL_TYPES:
-        return _keep_dense(config, out, results_dir, kept_dense, printer)
-    data = build_data(config, tokenizer, teacher)
-    teacher_source = LiveTeacherSource(teacher)
-    eval_rows = data.heldout if data.heldout is not None else data.train
-    dense_eval = None
-    if dense.config.model_type in MOE_MODEL_TYPES:
-        model = dense  # already routed (e.g. a phase-4 output fine-tuned again)
-    else:
-        # Also on resume: the conversion is seeded, so the dense evaluation and the "before training"
-        # reports describe the same start as an uninterrupted run (the release compares against
-        # dense_eval); the loop then loads the checkpoint's trained weights into this model.
-        check_moe_request(dense.config.model_type, config.num_experts, config.top_k, config.moe_architecture)
-        layers = parse_expert_layers(
-            config.expert_layers,
-            dense.config.num_hidden_layers,
-            plan=config.plan,
-            student_config=dense.config,
-        )
-        dense_eval = evaluate_fidelity(
-            dense, teacher_source, eval_rows, max_rows=config.eval_max_rows, device=device
-        )
-        model = convert_student(dense, config, data, tokenizer, layers)
-    del dense
     layout = moe_layout(model)
     if layout is None:
         raise NexusError(
             f"{default_student(config.student, results_dir)} is an MoE model without Nexus expert metadata"
         )
+    pad_id = getattr(saver, "tokenizer", saver).pad_token_id
+    eval_rows = data.heldout if data.heldout is not None else data.train
     model.to(device)
-    before = _report(model, eval_rows, layout, tokenizer, device, config.eval_max_rows)
+    before = _report(model, eval_rows, layout, pad_id, device, config.eval_max_rows)
     init_eval = evaluate_fidelity(
         model, teacher_source, eval_rows, max_rows=config.eval_max_rows, device=device
     )
     log.info("routing before training:\n%s", before.load_table(layout.expert_names))
 
-    domain_to_expert = {d: d for d in range(len(DOMAINS))} if layout.num_experts >= len(DOMAINS) else {}
+    n_domains = len(data.train.domains)
+    domain_to_expert = {d: d for d in range(n_domains)} if layout.num_experts >= n_domains else {}
+    capture = RouterLogits(model, layout.expert_layers)
     objective = RouterObjective(
-        config, top_k=layout.top_k, pad_id=tokenizer.pad_token_id, domain_to_expert=domain_to_expert
+        config, capture=capture, top_k=layout.top_k, pad_id=pad_id, domain_to_expert=domain_to_expert
     )
     model.train()
-    trainer = Trainer(
+    trainer = Trainer.for_phase(
+        config,
         model,
-        tokenizer=tokenizer,
+        tokenizer=saver,
         train=data.train,
         heldout=data.heldout,
         teacher=teacher_source,
-        settings=config,
         out_dir=out,
-        run_config=config,
-        result_hash=config.result_hash(),
         extra_loss=objective,
-        model_kwargs={"output_router_logits": True},
         results_dir=results_dir,
         flags=flags,
         printer=printer,
         phase=4,
-        save_dtype=student_save_dtype(config.teacher),
+        save_dtype=save_dtype,
     )
-    summary = trainer.fit()
-    after = _report(model, eval_rows, layout, tokenizer, device, config.eval_max_rows)
+    try:
+        summary = trainer.fit()
+    finally:
+        capture.remove()
+    after = _report(model, eval_rows, layout, pad_id, device, config.eval_max_rows)
     report = _write_reports(out, before, after, layout, config.collapse_threshold)
     metrics_log = MetricsLog(out, trainer.dist.is_main)  # one routing line per run, not one per process
     metrics_log.write(trainer.step, routing_metrics(after), prefix="routing")
@@ -332,17 +343,58 @@ def run_router(
             "mode": layout.mode,
             "expert_layers": layout.expert_layers,
             "expert_names": layout.expert_names,
-            "dense_eval": dense_eval,
             "init_eval": init_eval,
             "router_entropy_before": report["before"]["mean_entropy"],
             "router_entropy_after": report["after"]["mean_entropy"],
             "load_per_domain_before": report["before"]["load_per_domain"],
             "load_per_domain_after": report["after"]["load_per_domain"],
             "collapse_warnings": report["after"]["collapse_warnings"],
-            "domain_weights": data.weights,
+            "is_main": trainer.dist.is_main,
         }
     )
-    if trainer.dist.is_main:
+    return summary
+
+
+def run_router(
+    config,
+    *,
+    results_dir: Path = Path("results"),
+    flags: Flags | None = None,
+    printer: StatusPrinter | None = None,
+) -> dict[str, Any]:
+    """Phase 4: experts + router from the student, trained with KD and router losses."""
+    from nexus.hardware import pick_device
+    from nexus.models import student_save_dtype
+    from nexus.router.experts import dense_only_reason
+    from nexus.trainer.finetune import build_data, load_pair
+    from nexus.trainer.teacher import LiveTeacherSource
+
+    results_dir = Path(results_dir)
+    out = Path(config.out) if config.out else results_dir / "router"
+    device = pick_device(config.device)
+    teacher, dense, tokenizer = load_pair(config, results_dir)
+    kept_dense = dense_only_reason(dense.config.model_type)
+    if kept_dense and dense.config.model_type not in MOE_MODEL_TYPES:
+        return keep_dense(config, out, results_dir, kept_dense, printer)
+    data = build_data(config, tokenizer, teacher)
+    teacher_source = LiveTeacherSource(teacher)
+    model, dense_eval = upcycle(config, dense, data, tokenizer, teacher_source, device)
+    del dense
+    summary = train_router(
+        config,
+        model,
+        data=data,
+        saver=tokenizer,
+        teacher_source=teacher_source,
+        out=out,
+        results_dir=results_dir,
+        device=device,
+        flags=flags,
+        printer=printer,
+        save_dtype=student_save_dtype(config.teacher),
+    )
+    summary.update({"dense_eval": dense_eval, "domain_weights": data.weights})
+    if summary.pop("is_main"):
         atomic_write_json(out / "summary.json", summary)
         save_resolved(config, out)
     return summary

@@ -20,11 +20,13 @@ config is one): one process, DDP through ``torchrun`` when ``WORLD_SIZE > 1``, o
         result_hash=cfg.result_hash(), # checkpoints of another config are refused on resume
         anchoring=None, anchor_weight=0.0,   # ActivationAnchoringLoss (phase 2) and its weight
         extra_loss=None,               # fn(model_output, batch, step) -> (tensor, {"name": float}), e.g. router losses
-        model_kwargs=None,             # extra kwargs for the student forward (e.g. output_router_logits=True)
         results_dir=Path("results"), flags=None, printer=None, phase=2,
     )
     summary = trainer.fit()            # resumes from OUT/checkpoints/ if present; writes OUT/model/
     # the recipe adds its own keys and writes OUT/summary.json once
+
+``Trainer.for_phase(cfg, student, ...)`` is the same with ``settings``, ``run_config`` and
+``result_hash`` taken from the phase config, as every phase does.
 
 Batches are dicts of ``(B, L)`` tensors: ``input_ids``, ``position_ids`` (restart at each packed
 document), ``labels`` (next token or -100) and ``loss_mask = labels != -100``; phase 3 makes
@@ -91,6 +93,13 @@ log = logging.getLogger(__name__)
 class Trainer:
     """See the module docstring."""
 
+    @classmethod
+    def for_phase(cls, config: TrainSettings, student: nn.Module, **options: Any) -> Trainer:
+        """The trainer of a phase whose typed config is both its settings and its run record:
+        ``settings=config, run_config=config, result_hash=config.result_hash()``; ``options``
+        are the other keyword arguments."""
+        return cls(student, settings=config, run_config=config, result_hash=config.result_hash(), **options)
+
     def __init__(
         self,
         student: nn.Module,
@@ -106,7 +115,6 @@ class Trainer:
         anchoring: ActivationAnchoringLoss | None = None,
         anchor_weight: float = 0.0,
         extra_loss: ExtraLossFn | None = None,
-        model_kwargs: dict[str, Any] | None = None,
         results_dir: str | Path = "results",
         flags: Flags | None = None,
         printer: StatusPrinter | None = None,
@@ -160,7 +168,6 @@ class Trainer:
             anchoring=self.anchoring,
             anchor_weight=anchor_weight,
             extra_loss=extra_loss,
-            model_kwargs=model_kwargs,
             compute_dtype=compute_dtype,
             world=self.dist.world,
         )

@@ -7,9 +7,9 @@ The loss of one optimizer step is
     the whole global batch)  +  mean over the micro-batches of all processes of extra_loss
 
 so gradient accumulation and data parallelism reproduce one big batch. ``extra_loss(output,
-batch, step)`` gets the student's base-model output (``last_hidden_state``, and whatever
-``model_kwargs`` asks for), the batch and the optimizer step being taken (0-based), and returns a
-per-micro-batch mean plus metrics to log.
+batch, step)`` gets the student's base-model output (``last_hidden_state``; a hook that needs
+more, e.g. router logits, captures it with forward hooks), the batch and the optimizer step
+being taken (0-based), and returns a per-micro-batch mean plus metrics to log.
 """
 
 from __future__ import annotations
@@ -101,7 +101,6 @@ class StudentLoss(nn.Module):
         anchoring: ActivationAnchoringLoss | None = None,
         anchor_weight: float = 0.0,
         extra_loss: ExtraLossFn | None = None,
-        model_kwargs: dict[str, Any] | None = None,
         compute_dtype: torch.dtype = torch.float32,
         world: int = 1,
     ):
@@ -115,7 +114,6 @@ class StudentLoss(nn.Module):
         self.anchor_weight = anchor_weight
         self.step = 0  # the optimizer step being taken, for extra_loss (set by the trainer)
         self.extra_loss = extra_loss
-        self.model_kwargs = dict(model_kwargs or {})
         self.compute_dtype = compute_dtype
         use_anchor = anchoring is not None and anchor_weight > 0
         self.capture = LayerCapture(student, anchoring.student_layers) if use_anchor else None
@@ -135,7 +133,7 @@ class StudentLoss(nn.Module):
         if within is not None:
             return within(self.student)
         s = self.settings
-        out = base_model(self.student)(**model_inputs(batch), use_cache=False, **self.model_kwargs)
+        out = base_model(self.student)(**model_inputs(batch), use_cache=False)
         mask = batch["loss_mask"]
         hidden = out.last_hidden_state[mask]  # (N, H)
         head = self.student.get_output_embeddings()

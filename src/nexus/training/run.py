@@ -41,16 +41,14 @@ def run_train(
     teacher, student, tokenizer = load_pair(config, results_dir)
     data = build_data(config, tokenizer, teacher)
     student.train()
-    trainer = Trainer(
+    trainer = Trainer.for_phase(
+        config,
         student,
         tokenizer=tokenizer,
         train=data.train,
         heldout=data.heldout,
         teacher=LiveTeacherSource(teacher) if config.kd_weight > 0 else None,
-        settings=config,
         out_dir=out,
-        run_config=config,
-        result_hash=config.result_hash(),
         results_dir=results_dir,
         flags=flags,
         printer=printer,
