@@ -54,7 +54,7 @@ class TeacherRecipe:
     vision_hidden: int = 192
     vision_layers: int = 4
     vision_heads: int = 3
-    vision_steps: int = 400
+    vision_steps: int = 1200
     vision_batch: int = 64
     vision_lr: float = 2e-3
     tune_steps: int = 120
