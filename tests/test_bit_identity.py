@@ -37,7 +37,14 @@ def _cpu_model() -> str:
 
 
 def platform_key() -> dict[str, str]:
-    return {"torch": torch.__version__, "cpu": _cpu_model(), "machine": platform.machine()}
+    # the vector ISA torch dispatches to (AVX2 / AVX512 / AMX) changes float summation order:
+    # two "AMD EPYC" machines differ in the 7th digit of a KD loss when one lacks AVX-512
+    return {
+        "torch": torch.__version__,
+        "cpu": _cpu_model(),
+        "machine": platform.machine(),
+        "isa": torch.backends.cpu.get_cpu_capability(),
+    }
 
 
 def _tensor_hashes(model_dir: Path) -> dict[str, str]:
