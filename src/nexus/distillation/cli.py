@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from pathlib import Path
 
-from nexus.cli_flags import add_config_flags, add_set_flag
 from nexus.distillation.config import DistillConfig
+from nexus.phase_cli import add_phase_config_flags, add_phase_dir_flags
 
 
 def register(subparsers) -> None:
@@ -23,36 +22,22 @@ def register(subparsers) -> None:
         "depth-pruned to evenly spread layers and the data is the built-in offline corpus. Re-running on an "
         "output directory with checkpoints resumes from the newest one.",
     )
-    p.add_argument("--config", help="YAML config file (its 'distill:' section)")
-    add_set_flag(p)
-    add_config_flags(p, DistillConfig)
+    add_phase_config_flags(p, DistillConfig, "distill")
     p.add_argument("--cache-only", action="store_true", help="build the teacher cache and stop")
-    p.add_argument("--results", default="results", help="results directory (status.json; default: results)")
-    p.add_argument("--flags", default="flags", help="flags directory (pause.flag / stop.flag)")
+    add_phase_dir_flags(p, results_help="results directory (status.json; default: results)")
     p.set_defaults(func=_distill)
 
 
 def _distill(args: argparse.Namespace) -> int:
-    import sys
-
     from nexus.cli_flags import config_overrides
-    from nexus.config import load_config
     from nexus.distillation.run import run_distill
-    from nexus.monitor import Flags, StatusPrinter
-    from nexus.monitor.lock import single_phase_run
+    from nexus.phase_cli import load_phase_config, run_single_phase
 
     overrides = config_overrides(args, DistillConfig)
     if args.cache_only:
         overrides["cache_teacher"] = True
-    cfg = load_config(
-        DistillConfig, args.config, section="distill" if args.config else None, overrides=overrides
-    )
-    printer = StatusPrinter(sys.stderr, min_interval=1.0)
-    flags = Flags(Path(args.flags))
-    with single_phase_run(args.results, flags, printer):
-        summary = run_distill(
-            cfg, results_dir=Path(args.results), flags=flags, printer=printer, cache_only=args.cache_only
-        )
+    cfg = load_phase_config(args, DistillConfig, "distill", overrides)
+    summary = run_single_phase(run_distill, cfg, args.results, args.flags, cache_only=args.cache_only)
     if os.environ.get("RANK", "0") == "0":  # one summary per run, not one per process
         print(json.dumps(summary, indent=2, default=str))
     return 0

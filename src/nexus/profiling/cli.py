@@ -131,10 +131,9 @@ def register(subparsers) -> None:
 
 
 def _profile(args: argparse.Namespace) -> int:
-    from nexus.config import load_config, parse_overrides
+    from nexus.config import parse_overrides
     from nexus.errors import NexusError
-    from nexus.monitor import Flags, StatusPrinter
-    from nexus.monitor.lock import single_phase_run
+    from nexus.phase_cli import load_phase_config, run_single_phase
     from nexus.profiling.config import ProfileConfig
     from nexus.profiling.phase import run_profile
 
@@ -169,12 +168,8 @@ def _profile(args: argparse.Namespace) -> int:
     from nexus.config import deep_merge
 
     overrides = deep_merge({k: v for k, v in overrides.items() if v is not None}, parse_overrides(args.set))
-    config = load_config(
-        ProfileConfig, args.config, section="profile" if args.config else None, overrides=overrides
-    )
-    printer, flags = StatusPrinter(min_interval=1.0), Flags(Path(args.flags))
-    with single_phase_run(args.results_dir, flags, printer):
-        summary = run_profile(config, results_dir=Path(args.results_dir), flags=flags, printer=printer)
+    config = load_phase_config(args, ProfileConfig, "profile", overrides)
+    summary = run_single_phase(run_profile, config, args.results_dir, args.flags)
     if summary.get("stopped"):
         print(
             f"stopped after {summary['steps_done']} of {summary['total_steps']} layer steps (no profile written)"

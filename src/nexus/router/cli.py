@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from nexus.cli_flags import add_config_flags, add_set_flag
+from nexus.phase_cli import add_phase_config_flags, add_phase_dir_flags
 from nexus.router.config import RouterConfig
 
 
@@ -18,30 +17,17 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "router", help="phase 4: split the student into experts and train the router"
     )
-    parser.add_argument("--config", help="YAML config file (its 'router:' section)")
-    add_set_flag(parser)
-    add_config_flags(parser, RouterConfig)
-    parser.add_argument("--results", default="results", help="results directory (status.json lives here)")
-    parser.add_argument("--flags", default="flags", help="flags directory (pause.flag / stop.flag)")
+    add_phase_config_flags(parser, RouterConfig, "router")
+    add_phase_dir_flags(parser)
     parser.set_defaults(func=_router)
 
 
 def _router(args: argparse.Namespace) -> int:
-    from nexus.cli_flags import config_overrides
-    from nexus.config import load_config
-    from nexus.monitor import Flags, StatusPrinter
-    from nexus.monitor.lock import single_phase_run
+    from nexus.phase_cli import load_phase_config, run_single_phase
     from nexus.router.run import run_router
 
-    cfg = load_config(
-        RouterConfig,
-        args.config,
-        section="router" if args.config else None,
-        overrides=config_overrides(args, RouterConfig),
-    )
-    flags, printer = Flags(Path(args.flags)), StatusPrinter(min_interval=1.0)
-    with single_phase_run(args.results, flags, printer):
-        summary = run_router(cfg, results_dir=Path(args.results), flags=flags, printer=printer)
+    cfg = load_phase_config(args, RouterConfig, "router")
+    summary = run_single_phase(run_router, cfg, args.results, args.flags)
     keys = (
         "status",
         "step",

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from nexus.cli_flags import add_config_flags, add_set_flag
+from nexus.phase_cli import add_phase_config_flags, add_phase_dir_flags
 from nexus.training.config import TrainConfig
 
 
@@ -18,29 +17,16 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="phase 3: recovery fine-tuning on domain-mixed instruction data"
     )
-    parser.add_argument("--config", help="YAML config file (its 'train:' section)")
-    add_set_flag(parser)
-    add_config_flags(parser, TrainConfig)
-    parser.add_argument("--results", default="results", help="results directory (status.json lives here)")
-    parser.add_argument("--flags", default="flags", help="flags directory (pause.flag / stop.flag)")
+    add_phase_config_flags(parser, TrainConfig, "train")
+    add_phase_dir_flags(parser)
     parser.set_defaults(func=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from nexus.cli_flags import config_overrides
-    from nexus.config import load_config
-    from nexus.monitor import Flags, StatusPrinter
-    from nexus.monitor.lock import single_phase_run
+    from nexus.phase_cli import load_phase_config, run_single_phase
     from nexus.training.run import run_train
 
-    cfg = load_config(
-        TrainConfig,
-        args.config,
-        section="train" if args.config else None,
-        overrides=config_overrides(args, TrainConfig),
-    )
-    flags, printer = Flags(Path(args.flags)), StatusPrinter(min_interval=1.0)
-    with single_phase_run(args.results, flags, printer):
-        summary = run_train(cfg, results_dir=Path(args.results), flags=flags, printer=printer)
+    cfg = load_phase_config(args, TrainConfig, "train")
+    summary = run_single_phase(run_train, cfg, args.results, args.flags)
     print(json.dumps({k: summary.get(k) for k in ("status", "step", "loss", "eval", "model_dir")}, indent=2))
     return 0
