@@ -6,9 +6,9 @@ language model (SmolLM2-135M-Instruct, the text pipeline's ``default``) as the l
 of a ``LlavaForConditionalGeneration`` with a small SigLIP vision tower and a two-layer
 projector, trained LLaVA-style on the synthetic corpus (:mod:`nexus.multimodal.synthetic`):
 
-1. *vision pre-training*: the vision tower alone, with a linear read-out of its patch features
-   per capability (colour, shape, position, count, word), on rendered pictures -- the role
-   CLIP/SigLIP pre-training plays for a real LLaVA, here in about a minute;
+1. *vision pre-training*: the vision tower alone, with linear read-outs of its patch features
+   (flattened, and their mean) per capability (colour, shape, position, count, word), on rendered
+   pictures -- the role CLIP/SigLIP pre-training plays for a real LLaVA, here in a few minutes;
 2. *visual instruction tuning*: vision tower frozen, projector and language tower trained on
    image-question-answer rows, cross-entropy on the answer tokens only.
 
@@ -42,7 +42,7 @@ from nexus.utils import recover_dir, write_dir_atomically
 log = logging.getLogger(__name__)
 
 BUILD_FILE = "nexus_vlm_build.json"
-RECIPE_VERSION = 2  # bump when the build code changes what it produces
+RECIPE_VERSION = 3  # bump when the build code changes what it produces
 
 
 @dataclass(frozen=True)
@@ -109,26 +109,34 @@ def default_teacher_path(recipe: TeacherRecipe | None = None, *, build: bool = T
 
 
 class _ReadOut(nn.Module):
-    """Linear read-outs of the flattened patch features, one per capability."""
+    """Two linear read-outs per capability: one of the flattened patch features (what a patch
+    shows where) and one of their mean. The pooled one makes the tower write each picture's
+    global attributes (which side, how many) into every patch token, where the language model
+    finds them with no spatial reasoning of its own: with the flattened read-out alone the tower
+    read position at 1.00 yet the tuned teacher answered position questions at 0.625."""
 
     def __init__(self, vision: nn.Module, n_patches: int, hidden: int):
         super().__init__()
         self.vision = vision
         self.heads = nn.ModuleDict({c: nn.Linear(n_patches * hidden, len(VALUES[c])) for c in CAPABILITIES})
+        self.pooled = nn.ModuleDict({c: nn.Linear(hidden, len(VALUES[c])) for c in CAPABILITIES})
 
-    def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """What LLaVA's projector reads (the last encoder layer, ``vision_feature_layer=-1``), flattened."""
-        return self.vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-1].flatten(1)
+    def patches(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What LLaVA's projector reads: the last encoder layer (``vision_feature_layer=-1``)."""
+        return self.vision(pixel_values=pixels, output_hidden_states=True).hidden_states[-1]
 
-    def forward(self, pixels: torch.Tensor, rows: list) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """capability -> (logits, targets) over the rows whose picture shows that attribute."""
-        features = self.features(pixels)
-        out = {}
+    def forward(self, pixels: torch.Tensor, rows: list) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(logits, targets) of both read-outs of each capability, over the rows whose picture
+        shows that attribute."""
+        patches = self.patches(pixels)
+        out = []
         for c in CAPABILITIES:
             index = [i for i, r in enumerate(rows) if c in r.attributes]
             if index:
                 targets = torch.tensor([VALUES[c].index(rows[i].attributes[c]) for i in index])
-                out[c] = (self.heads[c](features[torch.tensor(index)]), targets)
+                chosen = patches[torch.tensor(index)]
+                out.append((self.heads[c](chosen.flatten(1)), targets))
+                out.append((self.pooled[c](chosen.mean(1)), targets))
         return out
 
 
@@ -164,7 +172,7 @@ def pretrain_vision(vision: nn.Module, processor, recipe: TeacherRecipe) -> dict
             offset=step * recipe.vision_batch,
         )
         heads = model(_pixels(processor, rows), rows)
-        loss = sum(F.cross_entropy(logits, targets) for logits, targets in heads.values()) / len(heads)
+        loss = sum(F.cross_entropy(logits, targets) for logits, targets in heads) / len(heads)
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -174,7 +182,7 @@ def pretrain_vision(vision: nn.Module, processor, recipe: TeacherRecipe) -> dict
     model.eval()
     rows = synthetic_examples("dev", 500, seed=recipe.seed, size=recipe.image_size)
     with torch.no_grad():
-        features = model.features(_pixels(processor, rows))
+        features = model.patches(_pixels(processor, rows)).flatten(1)
     accuracy = {}
     for c in CAPABILITIES:
         index = [i for i, r in enumerate(rows) if r.capability == c]
