@@ -19,7 +19,9 @@ def test_vision_pretraining_trains_flat_and_pooled_readouts(tiny_tokenizer):
     before = copy.deepcopy(vision.state_dict())
     rows = synthetic_examples("train", 10, size=32)
     readout = _ReadOut(vision, n_patches=16, hidden=32)
-    pixels = processor.image_processor(images=[r.images[0] for r in rows], return_tensors="pt")["pixel_values"]
+    pixels = processor.image_processor(images=[r.images[0] for r in rows], return_tensors="pt")[
+        "pixel_values"
+    ]
     heads = readout(pixels, rows)
     shown = sum(any(c in r.attributes for r in rows) for c in CAPABILITIES)
     assert len(heads) == 2 * shown  # a flattened and a pooled read-out of every capability shown
