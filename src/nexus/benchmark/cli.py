@@ -47,7 +47,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--image-data",
-        help="vision-language student: a JSONL / folder of image rows to score (default: synthetic held-out pictures)",
+        help="vision-language student: a JSONL / folder of image rows or hf:NAME[:SPLIT] to score "
+        "(its held-out tenth; default: synthetic held-out pictures)",
     )
     parser.add_argument("--config", help="YAML file with a 'benchmark' section")
     parser.add_argument(

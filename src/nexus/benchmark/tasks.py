@@ -459,21 +459,15 @@ def _builtin_rows(name: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _hub_rows(spec: TaskSpec) -> list[tuple[str, dict[str, Any]]]:
-    try:
-        import datasets
-    except ImportError:
-        raise NexusError(
-            f"task '{spec.name}' loads {spec.source} from the Hugging Face hub, which needs the "
-            "'datasets' package (pip install datasets)"
-        ) from None
-    name = spec.source.removeprefix("hf:")
-    kwargs: dict[str, Any] = {"split": spec.hf_split}
-    if spec.hf_data_files:
-        kwargs["data_files"] = spec.hf_data_files
-    try:
-        data = datasets.load_dataset(name, spec.hf_config, **kwargs)
-    except Exception as exc:  # network, unknown name, bad split: all user-facing
-        raise NexusError(f"cannot load {spec.source} ({spec.hf_split}): {str(exc).splitlines()[0]}") from None
+    from nexus.data.hub import load_hf_dataset
+
+    data = load_hf_dataset(
+        spec.source.removeprefix("hf:"),
+        split=spec.hf_split,
+        config=spec.hf_config,
+        data_files=spec.hf_data_files,
+        subject=f"task '{spec.name}' ({spec.source})",
+    )
     return [(f"{spec.source}[{i}]", dict(row)) for i, row in enumerate(data)]
 
 

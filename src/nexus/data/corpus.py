@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from nexus.data.formats import Example, example_from_row, load_examples
+from nexus.data.hub import is_hf_source, load_hf_dataset, parse_hf_source
 from nexus.data.packing import PackedRows, encode_examples, pack_documents, split_heldout
 from nexus.data.splits import without_eval_rows
 from nexus.errors import NexusError
@@ -105,24 +106,14 @@ def source_fingerprint(source: str, teacher_id: str | None = None) -> str:
         if counts.get("general"):
             counts["general_sampling"] = GENERAL_SAMPLING
         return f"{source}|{json.dumps(counts, sort_keys=True)}|teacher={teacher_id}"
-    if source.startswith("hf:"):
+    if is_hf_source(source):
         return source
     return "|".join(f"{p}:{_file_fingerprint(p)}" for p in _source_files(source))
 
 
 def _hf_examples(source: str, limit: int | None) -> list[Example]:
-    try:
-        import datasets
-    except ImportError:
-        raise NexusError(
-            f"{source}: reading Hugging Face datasets needs the 'datasets' package (pip install datasets)"
-        ) from None
-    _, _, rest = source.partition(":")
-    name, _, split = rest.partition(":")
-    try:
-        ds = datasets.load_dataset(name, split=split or "train")
-    except Exception as exc:  # the library raises many types for a missing/unreachable dataset
-        raise NexusError(f"cannot load dataset {name!r}: {str(exc).splitlines()[0]}") from None
+    name, split = parse_hf_source(source)
+    ds = load_hf_dataset(name, split=split, subject=source)
     examples = []
     for i, row in enumerate(ds):
         examples.append(example_from_row(dict(row), f"{name}:{i + 1}"))
@@ -168,7 +159,7 @@ def load_source(
 
             examples += grounded_qa_examples(counts["rag"], seed)
         return examples
-    if source.startswith("hf:"):
+    if is_hf_source(source):
         examples = _hf_examples(source, limit)
     else:
         examples = []

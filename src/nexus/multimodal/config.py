@@ -26,7 +26,8 @@ class VisionDataSettings:
     data: str = field(
         default="synthetic",
         metadata=_help(
-            "'synthetic' (rendered offline) or a JSONL / folder of {image, prompt, response} rows"
+            "'synthetic' (rendered offline), a JSONL / folder of {image, prompt, response} rows, "
+            "or hf:NAME[:SPLIT] (a Hugging Face dataset; needs 'datasets')"
         ),
     )
     image_size: int = field(default=64, metadata=_help("side of the synthetic pictures, in pixels"))
