@@ -44,7 +44,8 @@ def test_vision_rows_feed_the_language_tower_the_pictures(tiny_vlm_pair):
     other = dict(batch, pixel_values=batch["pixel_values"].flip(0))  # the pictures swapped
     swapped = base_model(model)(**model_inputs(other), use_cache=False).last_hidden_state
     assert not torch.allclose(hidden[batch["loss_mask"]], swapped[batch["loss_mask"]])
-    assert set(model_inputs(batch)) == {"input_ids", "attention_mask", "position_ids", "pixel_values"}
+    # no position_ids: a row is one example (Qwen2-VL computes its 3-D positions itself)
+    assert set(model_inputs(batch)) == {"input_ids", "attention_mask", "pixel_values"}
 
 
 def test_pruned_vlm_reloads_with_plain_transformers(tiny_vlm_pair, tmp_path):
@@ -81,22 +82,10 @@ def _config(tmp: Path, teacher: Path, **distill) -> Path:
                    "warmup_steps": 1, "save_every": 2, "eval_rows": 5, "num_experts": 5, "calibration_tokens": 256},
         "release": {"image_size": 16, "eval_rows": 5},
     }  # fmt: skip
-    config = {
-        "teacher": str(teacher),
-        "results_dir": str(tmp / "results"),
-        "release_dir": str(tmp / "release"),
-        "flags_dir": str(tmp / "flags"),
-        **sections,
-    }
-    path = tmp / "multimodal.yaml"
-    path.write_text("# test\n" + json.dumps(config))  # JSON is YAML
-    return path
+    return tiny_vlm.write_config(tmp, teacher, sections)
 
 
-def _nexus(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "nexus", *args], capture_output=True, text=True, cwd=REPO, timeout=600
-    )
+_nexus = tiny_vlm.nexus
 
 
 def test_every_phase_through_the_cli_into_a_loadable_release(tiny_vlm_dir, tmp_path):

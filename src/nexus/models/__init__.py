@@ -21,6 +21,7 @@ _LAZY = {
     "convert_gguf": "nexus.models.gguf",
     "count_parameters": "nexus.models.loading",
     "decoder_layers": "nexus.models.pruning",
+    "decoder_stack": "nexus.models.pruning",
     "default_gguf_path": "nexus.models.gguf",
     "gguf_cache_dir": "nexus.models.gguf",
     "load_model": "nexus.models.loading",

@@ -23,19 +23,28 @@ SIDECAR = "nexus_student.json"
 _PER_LAYER_FIELDS = ("layer_types", "sliding_window_pattern_list", "no_rope_layers")
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The model's stack of decoder blocks (``model.model.layers`` for Llama/Qwen2/Mistral/...;
-    the language tower's, ``model.model.language_model.layers``, for a vision-language model)."""
+def decoder_stack(model: nn.Module) -> nn.Module:
+    """The module holding the decoder blocks and the final norm: ``model.model`` for
+    Llama/Qwen2/Mistral/...; for a vision-language model its language tower, wherever the family
+    keeps it (``model.model.language_model`` for LLaVA, Qwen2-VL and Gemma 3,
+    ``model.model.text_model`` for Idefics3: transformers' own ``get_decoder()``)."""
     base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
-    layers = getattr(base, "layers", None)
-    if layers is None:
-        layers = getattr(getattr(base, "language_model", None), "layers", None)
-    if not isinstance(layers, nn.ModuleList):
+    if isinstance(getattr(base, "layers", None), nn.ModuleList):
+        return base
+    get_decoder = getattr(base, "get_decoder", None)
+    tower = get_decoder() if callable(get_decoder) else None
+    if tower is None or not isinstance(getattr(tower, "layers", None), nn.ModuleList):
         raise NexusError(
             f"unsupported architecture {type(model).__name__}: no decoder layer stack at "
             "model.layers (supported: Llama, Qwen2, Mistral and other decoder-only families)"
         )
-    return layers
+    return tower
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's stack of decoder blocks (``model.model.layers`` for Llama/Qwen2/Mistral/...;
+    the language tower's for a vision-language model, see :func:`decoder_stack`)."""
+    return decoder_stack(model).layers
 
 
 def validate_keep_layers(keep_layers: Sequence[int], num_layers: int) -> list[int]:

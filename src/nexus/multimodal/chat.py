@@ -54,7 +54,7 @@ class VisionChatSession:
         from nexus.multimodal.data import _open_image
 
         try:
-            image = _open_image(Path(path).expanduser())
+            image = _open_image(Path(path).expanduser(), path)
         except ValueError as exc:
             raise NexusError(str(exc)) from None
         self.pending.append(image)
@@ -78,7 +78,7 @@ class VisionChatSession:
     def respond(self, user_text: str, on_text: Callable[[str], None] | None = None) -> TurnResult:
         import torch
 
-        from nexus.multimodal.vlm import end_of_turn_ids
+        from nexus.multimodal.vlm import end_of_turn_ids, processor_inputs
 
         if not user_text.strip():
             raise NexusError("empty message")
@@ -89,8 +89,8 @@ class VisionChatSession:
         images = self.images + self.pending
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         device = next(self.model.parameters()).device
-        inputs = self.processor(images=images, text=[prompt], return_tensors="pt")
-        inputs = {k: v.to(device) for k, v in inputs.items() if k != "token_type_ids"}
+        inputs = self.processor(images=[images], text=[prompt], return_tensors="pt")
+        inputs = {k: v.to(device) for k, v in processor_inputs(inputs).items()}
         tokenizer = self.processor.tokenizer
         kwargs: dict[str, Any] = {
             "max_new_tokens": self.max_new_tokens,

@@ -3,7 +3,7 @@ image-conditioned probes, per capability, and the student plan.
 
 The probes are multiple-choice image questions (the synthetic corpus' dev split, or a user's rows
 that have ``choices``; other user rows are scored on their response). Each choice is one probe
-sequence carrying its picture (``EncodedProbe.inputs``), so the text profiler
+sequence carrying its picture and what the processor gives with it (``EncodedProbe.inputs``), so the text profiler
 (:func:`nexus.profiling.profiler.profile_model`: one clean pass, then each layer removed from
 the cached layer inputs) runs unchanged on the language tower; the plan, the heatmap and the
 profile file are the text phase's (:func:`nexus.profiling.plan.make_plan`).
@@ -32,7 +32,7 @@ PROFILE_NAME = "teacher"
 
 def encode_probe_set(processor, name: str, examples: list[VisionExample]):
     """A :class:`~nexus.profiling.probes.ProbeSet` of image questions (one sequence per choice)."""
-    from nexus.multimodal.vlm import encode
+    from nexus.multimodal.vlm import TEXT_KEYS, encode
     from nexus.profiling.probes import EncodedProbe, ProbeSet
 
     sequences, labels, rows = [], {}, []
@@ -48,7 +48,7 @@ def encode_probe_set(processor, name: str, examples: list[VisionExample]):
                     score,
                     index,
                     choice if example.choices else -1,
-                    inputs={"pixel_values": batch["pixel_values"]},
+                    inputs={k: v for k, v in batch.items() if k not in TEXT_KEYS},
                 )
             )
         if example.choices:

@@ -47,19 +47,28 @@ def _student(config: VisionTrainConfig, teacher) -> tuple[Any, list[int] | None,
 
 
 def freeze_vision(student, config: VisionTrainConfig) -> None:
-    """Freeze the vision tower and the projector unless ``train_vision`` / ``train_projector``."""
-    inner = student.model
-    for name, train in (
-        ("vision_tower", config.train_vision),
-        ("multi_modal_projector", config.train_projector),
+    """Freeze the vision side (everything outside the language tower and the LM head: the
+    vision encoder and the projector, wherever the family keeps them) unless ``train_vision`` /
+    ``train_projector``."""
+    from nexus.models import decoder_stack
+    from nexus.multimodal.vlm import vision_parts
+
+    language = {id(p) for p in decoder_stack(student).parameters()}
+    language |= {id(p) for p in student.get_output_embeddings().parameters()}
+    for p in student.parameters():
+        if id(p) not in language:
+            p.requires_grad_(False)
+    parts = vision_parts(student)
+    for name, part, train in (
+        ("vision tower", "vision", config.train_vision),
+        ("projector", "projector", config.train_projector),
     ):
-        part = getattr(inner, name, None)
-        if part is None:
-            if not train:
-                continue
-            raise NexusError(f"{type(student).__name__} has no {name} to train")
-        for p in part.parameters():
-            p.requires_grad_(train)
+        if not train:
+            continue
+        if part not in parts:
+            raise NexusError(f"{type(student).__name__} has no {name} that Nexus can find to train")
+        for p in parts[part].parameters():
+            p.requires_grad_(True)
 
 
 def live_teacher(teacher, config: VisionTrainConfig, device, *, layers: list[int]):

@@ -4,7 +4,12 @@ Nexus handles any model ``AutoModelForImageTextToText`` loads with its ``AutoPro
 embedded default (and the students cut from it) is a ``LlavaForConditionalGeneration``: a
 SigLIP vision tower, a two-layer projector, and a Llama language tower (SmolLM2). Prompts are
 rendered by the processor's chat template (one ``{"type": "image"}`` item per picture, then the
-text), so the same code serves a user's LLaVA, Idefics3/SmolVLM, Qwen2-VL or Gemma 3 checkpoint.
+text), pictures go to the processor nested per row, and whatever the processor returns with them
+reaches the model (:func:`processor_inputs`: Qwen2-VL's ``image_grid_thw`` and
+``mm_token_type_ids``, Idefics3's ``pixel_attention_mask``, Gemma 3's ``token_type_ids``), so the
+same code serves a user's LLaVA, Idefics3/SmolVLM, Gemma 3 or Qwen2-VL checkpoint (tests:
+tests/test_multimodal_families.py, on tiny random models of each; Qwen2-VL's processor needs
+torchvision, :func:`check_processor_dependencies`).
 
 Scoring, used by the teacher build, the phases' evaluation and the benchmark:
 
@@ -43,16 +48,32 @@ CHAT_TEMPLATE = (
 
 
 def language_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks of a VLM's language tower (``model.model.language_model.layers``)."""
-    inner = getattr(model, "model", None)
-    tower = getattr(inner, "language_model", None)
-    layers = getattr(tower, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise NexusError(
-            f"unsupported vision-language architecture {type(model).__name__}: no language tower "
-            "at model.language_model.layers"
-        )
-    return layers
+    """The decoder blocks of a VLM's language tower (``model.model.language_model.layers``, or
+    ``model.model.text_model.layers`` for Idefics3)."""
+    from nexus.models import decoder_layers
+
+    return decoder_layers(model)
+
+
+# Where the families keep their vision side: the encoder and the projector into the language
+# tower (LLaVA and Gemma 3: vision_tower + multi_modal_projector; Idefics3: vision_model +
+# connector; Qwen2-VL: visual, whose merger is the projector).
+VISION_TOWERS = ("vision_tower", "vision_model", "visual")
+PROJECTORS = ("multi_modal_projector", "connector", "visual.merger")
+
+
+def vision_parts(model: nn.Module) -> dict[str, nn.Module]:
+    """``{"vision": tower, "projector": projector}`` of a VLM, each where the family has one."""
+    inner = getattr(model, "model", model)
+    out = {}
+    for part, names in (("vision", VISION_TOWERS), ("projector", PROJECTORS)):
+        for name in names:
+            try:
+                out[part] = inner.get_submodule(name)
+                break
+            except AttributeError:
+                continue
+    return out
 
 
 def build_processor(tokenizer, *, image_size: int, patch_size: int):
@@ -137,12 +158,13 @@ def encode(
     processor, examples: Sequence[VisionExample], responses: Sequence[str] | None = None
 ) -> dict[str, torch.Tensor]:
     """A right-padded training/scoring batch: ``input_ids``, ``attention_mask``, ``pixel_values``
-    (every row's images in order) and ``labels`` (the next token at response positions, else
+    (every row's images in order), the other inputs the processor gives with them (see
+    :func:`processor_inputs`) and ``labels`` (the next token at response positions, else
     -100; ``labels[t]`` is predicted at ``t`` like the Nexus trainer's packed rows)."""
     responses = list(responses) if responses is not None else [e.response for e in examples]
     prompts = [render(processor, e) for e in examples]
     fulls = [render(processor, e, r) for e, r in zip(examples, responses, strict=True)]
-    images = [image for e in examples for image in e.images]
+    images = [list(e.images) for e in examples]  # nested per row: what every processor accepts
     tokenizer = processor.tokenizer
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"
@@ -162,9 +184,23 @@ def encode(
         # newline is not a target
         end = min(end, start + _response_span(tokenizer, ids[row, start:end]))
         labels[row, start - 1 : end - 1] = ids[row, start:end]
-    out = {k: v for k, v in batch.items() if k != "token_type_ids"}
+    out = processor_inputs(batch)
     out["labels"] = labels
     return out
+
+
+# The text side of an encoded batch; everything else the processor returns goes to the model
+# with the pictures (pixel_values, image_grid_thw, pixel_attention_mask, token_type_ids, ...).
+TEXT_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def processor_inputs(batch) -> dict[str, torch.Tensor]:
+    """The processor's outputs as model inputs: all of them, except ``token_type_ids`` that are
+    all zero (a text tokenizer's, which a LLaVA forward does not take); Gemma 3's mark the image
+    tokens, which attend to each other both ways."""
+    return {
+        k: v for k, v in batch.items() if not (k == "token_type_ids" and not bool(torch.as_tensor(v).any()))
+    }
 
 
 def end_of_turn_ids(tokenizer) -> list[int]:
@@ -215,12 +251,12 @@ def generate_answers(
     tokenizer.padding_side = "left"
     try:
         prompts = [render(processor, e) for e in examples]
-        images = [image for e in examples for image in e.images]
+        images = [list(e.images) for e in examples]  # nested per row: what every processor accepts
         batch = processor(images=images, text=prompts, return_tensors="pt", padding=True)
     finally:
         tokenizer.padding_side = side
     device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items() if k != "token_type_ids"}
+    batch = {k: v.to(device) for k, v in processor_inputs(batch).items()}
     out = model.generate(
         **batch,
         max_new_tokens=max_new_tokens,
@@ -292,6 +328,23 @@ def resolve_vlm(spec: str) -> str:
     return resolve_model(spec).path
 
 
+def check_processor_dependencies(spec: str, model_type: str) -> None:
+    """A one-line error when the family's processor cannot be built here: transformers builds a
+    processor that also handles video (Qwen2-VL's) only with torchvision, even for pictures."""
+    import transformers
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    name = PROCESSOR_MAPPING_NAMES.get(model_type)
+    cls = getattr(transformers, name, None) if name else None
+    if cls is None or transformers.is_torchvision_available():
+        return
+    if "video_processor" in cls.get_attributes():
+        raise NexusError(
+            f"{spec} is a '{model_type}' model, whose processor ({name}) transformers builds only with "
+            "torchvision, which is not installed here: pip install torchvision (the build that matches your torch)"
+        )
+
+
 def load_vlm(spec: str, *, dtype: torch.dtype | None = None, device: str | None = None):
     """``(model, processor, path)`` through ``AutoModelForImageTextToText`` and
     ``AutoProcessor``, model in eval mode (float32 unless ``dtype``)."""
@@ -308,6 +361,7 @@ def load_vlm(spec: str, *, dtype: torch.dtype | None = None, device: str | None 
             f"{spec} is a '{config.model_type}' model, not an image-text-to-text model (LLaVA, Idefics3, "
             "Qwen2-VL, Gemma 3, ...): the multimodal pipeline needs a vision-language teacher"
         )
+    check_processor_dependencies(spec, config.model_type)
     try:
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32)
         processor = AutoProcessor.from_pretrained(path)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from nexus.errors import NexusError
-from nexus.models import decoder_layers
+from nexus.models import decoder_layers, decoder_stack
 
 PERTURBATIONS = ("removal", "noise", "attention", "mlp")
 
@@ -43,7 +43,7 @@ class Batch:
     input_ids, attention_mask, score_mask: (B, T); ``score_mask[b, t]`` marks token ``t`` as
     scored (predicted from position ``t - 1``). ``index``: (B,) positions in the probe set's
     ``sequences`` list. ``extra``: further model inputs (a vision-language probe's
-    ``pixel_values``, its rows' images concatenated in row order).
+    ``pixel_values``, its rows' images concatenated in row order, and what goes with them).
     """
 
     input_ids: torch.Tensor
@@ -77,7 +77,12 @@ def make_batches(sequences: Sequence, *, batch_tokens: int, pad_id: int, device:
             attn[row, :n] = 1
             score[row, :n] = torch.tensor(seq.score_mask)
         inputs = [getattr(sequences[i], "inputs", None) or {} for i in group]
-        extra = {k: torch.cat([x[k] for x in inputs]).to(device) for k in inputs[0]}
+        extra = {}
+        if any(inputs):
+            from nexus.multimodal.rows import collate_inputs  # per-token inputs padded to width
+
+            lengths = [len(sequences[i].input_ids) for i in group]
+            extra = {k: v.to(device) for k, v in collate_inputs(inputs, lengths, width).items()}
         batches.append(Batch(ids.to(device), attn.to(device), score.to(device), torch.tensor(group), extra))
     return batches
 
@@ -185,9 +190,7 @@ class LayerRunner:
         self.layers = decoder_layers(model)
         self.base = getattr(model, model.base_model_prefix)
         # a vision-language model's final norm is its language tower's
-        self.norm = getattr(self.base, "norm", None) or getattr(
-            getattr(self.base, "language_model", None), "norm", None
-        )
+        self.norm = getattr(decoder_stack(model), "norm", None)
         self.head = model.get_output_embeddings()
         if self.norm is None or self.head is None:
             raise NexusError(

@@ -78,6 +78,7 @@ MODEL_INPUT_KEYS = (
     "image_sizes",
     "image_grid_thw",
     "token_type_ids",
+    "mm_token_type_ids",
 )
 
 
