@@ -214,6 +214,15 @@ def _write_reports(out: Path, before, after, layout, threshold: float) -> dict[s
     return report
 
 
+def _warn(printer: StatusPrinter | None, text: str, prefix: str) -> None:
+    """One line on the dashboard when there is one, else on the log (not both: the pipeline's
+    log handler writes to the same terminal)."""
+    if printer is not None:
+        printer.message(prefix + text)
+    else:
+        log.warning(text)
+
+
 def keep_dense(
     config, out: Path, results_dir: Path, reason: str, printer: StatusPrinter | None
 ) -> dict[str, Any]:
@@ -221,9 +230,7 @@ def keep_dense(
     release then ships the dense student of phase 3 or 2 and says why)."""
     from nexus.trainer.finetune import default_student
 
-    log.warning(reason)
-    if printer is not None:
-        printer.message(f"[Phase 4: Router] {reason}")
+    _warn(printer, reason, "[Phase 4: Router] ")
     summary = {
         "kept_dense": reason,
         "student": default_student(config.student, results_dir),
@@ -333,9 +340,7 @@ def train_router(
     metrics_log.write(trainer.step, routing_metrics(after), prefix="routing")
     metrics_log.close()
     for warning in report["after"]["collapse_warnings"]:
-        log.warning(warning)
-        if printer is not None:
-            printer.message(f"warning: {warning}")
+        _warn(printer, warning, "warning: ")
     summary.update(
         {
             "experts": layout.num_experts,
