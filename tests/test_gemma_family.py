@@ -317,12 +317,15 @@ def test_distill_saves_a_16_bit_student_of_a_16_bit_teacher(tiny_tokenizer, tmp_
     assert summary["student_layers"] == 2  # 2/3 of 3
     with safe_open(str(out / "model" / "model.safetensors"), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}  # noqa: SIM118 (safe_open is not iterable)
+        # the tied output head is stored once (the cast must not untie it)
+        assert "model.embed_tokens.weight" in f.keys() and "lm_head.weight" not in f.keys()  # noqa: SIM118
     assert json.loads((out / "model" / "config.json").read_text())["dtype"] == "bfloat16"
     checkpoint = next((out / "checkpoints").glob("*/model/model.safetensors"))
     with safe_open(str(checkpoint), "pt") as f:  # resume state keeps the float32 master weights
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}  # noqa: SIM118
     student, _ = load_model(str(out / "model"))
     assert student.config.num_hidden_layers == 2
+    assert torch.equal(student.get_output_embeddings().weight, student.get_input_embeddings().weight)
 
 
 # -- router phase -----------------------------------------------------------------------------

@@ -237,6 +237,13 @@ class Trainer:
         if dtype is not None:
             source = self.student.state_dict() if state is None else state
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in source.items()}
+        if state is not None:
+            # A cast or a gathered state holds tied weights (lm_head = embed_tokens) as separate
+            # tensors, which save_pretrained writes twice (168M extra parameters for Gemma 3):
+            # alias them again so it keeps one.
+            for target, source_key in (getattr(self.student, "all_tied_weights_keys", None) or {}).items():
+                if target in state and source_key in state:
+                    state[target] = state[source_key]
         if state is None:
             self.student.save_pretrained(directory, safe_serialization=True)
         else:
