@@ -47,14 +47,6 @@ CHAT_TEMPLATE = (
 )
 
 
-def language_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks of a VLM's language tower (``model.model.language_model.layers``, or
-    ``model.model.text_model.layers`` for Idefics3)."""
-    from nexus.models import decoder_layers
-
-    return decoder_layers(model)
-
-
 # Where the families keep their vision side: the encoder and the projector into the language
 # tower (LLaVA and Gemma 3: vision_tower + multi_modal_projector; Idefics3: vision_model +
 # connector; Qwen2-VL: visual, whose merger is the projector).
