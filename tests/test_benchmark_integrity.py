@@ -4,8 +4,10 @@ references (issue 14)."""
 from __future__ import annotations
 
 import json
+import math
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from nexus.benchmark import scoring
@@ -318,7 +320,12 @@ def test_near_chance_rule():
     assert not near_chance([True] * 6 + [False] * 14, 0.0)
     assert near_chance([True] * 13 + [False] * 11, 0.5)  # 54% on a 2-choice task
     assert not near_chance([True] * 20 + [False] * 4, 0.5)
-    assert binomial_tail(2, 2, 0.5) == 0.25 and binomial_tail(0, 5, 0.3) == 1.0
+    assert binomial_tail(2, 2, 0.5) == pytest.approx(0.25) and binomial_tail(0, 5, 0.3) == 1.0
+    assert binomial_tail(3, 5, 0.3) == pytest.approx(0.16308)  # 10*.3^3*.7^2 + 5*.3^4*.7 + .3^5
+    # all 1338 PIQA rows: exact terms overflow a float; the log-space sum matches exact arithmetic
+    exact = sum(math.comb(1338, i) for i in range(700, 1339)) / 2**1338
+    assert binomial_tail(700, 1338, 0.5) == pytest.approx(exact, rel=1e-9)
+    assert not near_chance([True] * 855 + [False] * 483, 0.5)  # 63.9%: the default teacher
 
 
 def test_release_benchmark_checks_the_pipelines_training_sources(monkeypatch, tmp_path):

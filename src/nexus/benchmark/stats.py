@@ -73,9 +73,21 @@ def binomial_tail(k: int, n: int, p: float) -> float:
     """P(X >= k) for X ~ Binomial(n, p): how likely guessing at rate ``p`` scores ``k`` of ``n``."""
     if k <= 0:
         return 1.0
-    if p <= 0.0:
+    if k > n or p <= 0.0:
         return 0.0
-    return min(1.0, sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1)))
+    if p >= 1.0:
+        return 1.0
+    # Summed in log space: comb(n, i) overflows a float from n ~ 1030 (all 1338 PIQA rows).
+    logs = [
+        math.lgamma(n + 1)
+        - math.lgamma(i + 1)
+        - math.lgamma(n - i + 1)
+        + i * math.log(p)
+        + (n - i) * math.log1p(-p)
+        for i in range(k, n + 1)
+    ]
+    top = max(logs)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(x - top) for x in logs))
 
 
 NEAR_CHANCE_MARGIN = 0.10
