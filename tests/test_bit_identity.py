@@ -60,7 +60,13 @@ def _tensor_hashes(model_dir: Path) -> dict[str, str]:
 def _losses(out: Path) -> list[dict]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     keep = ("step", "split", "loss", "kd", "ce", "anchor", "extra", "kd_topk", "top1_agreement")
-    return [{k: r[k] for k in keep if k in r} for r in rows if r["split"] in ("train", "eval")]
+    # the step-0 evaluation (the phase's starting point) came after the reference was recorded;
+    # it trains nothing, which the equal weights and later losses show
+    return [
+        {k: r[k] for k in keep if k in r}
+        for r in rows
+        if r["split"] == "train" or (r["split"] == "eval" and r["step"] > 0)
+    ]
 
 
 def _write_data(root: Path) -> tuple[Path, Path]:

@@ -111,7 +111,8 @@ def _meta(out: Path, step: int) -> dict:
 
 def _eval(out: Path) -> dict:
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    (row,) = [r for r in rows if r["split"] == "eval"]  # eval_every=0: once, at the end
+    # eval_every=0: at the end (and at step 0, the starting point)
+    (row,) = [r for r in rows if r["split"] == "eval" and r["step"] > 0]
     return row
 
 

@@ -3,6 +3,9 @@ release ranks by, and a few real steps that make held-out KD fall (learning, not
 
 from __future__ import annotations
 
+import copy
+import json
+import logging
 import math
 
 import pytest
@@ -88,8 +91,42 @@ def test_a_few_steps_lower_heldout_kd_below_step_zero(pair, tiny_tokenizer, tmp_
     ).fit()
     after = summary["eval"]["kd"]
     assert math.isfinite(after) and after < 0.8 * before, (before, after)
+    # step 0 is measured too, in the summary and first in metrics.jsonl's eval lines
+    assert summary["eval_start"]["kd"] == pytest.approx(before, rel=1e-5)
+    evals = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if e["split"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 12] and evals[0]["kd"] == pytest.approx(before, rel=1e-5)
     assert summary["status"] == "Completed" and summary["step"] == 12
     assert not (tmp_path / "out" / "summary.json").exists()  # the recipe writes it, once
+
+
+def test_a_phase_that_ends_further_from_the_teacher_says_so_and_resume_keeps_step_zero(
+    pair, tiny_tokenizer, tmp_path, caplog
+):
+    teacher, _ = pair
+    # the student starts as the teacher (KD 0): CE alone on other text can only move it away
+    student = copy.deepcopy(teacher).requires_grad_(True)
+    rows = _rows(tiny_tokenizer, n=24)
+
+    def trainer(max_steps: int) -> Trainer:
+        settings = TrainSettings(
+            max_steps=max_steps, micro_batch_size=4, lr=3e-3, warmup_steps=1, precision="fp32",
+            device="cpu", kd_weight=0.0, ce_weight=1.0, eval_every=0, save_every=4,
+        )  # fmt: skip
+        return Trainer(
+            student, tokenizer=tiny_tokenizer, train=rows, heldout=rows, teacher=LiveTeacherSource(teacher),
+            settings=settings, out_dir=tmp_path / "out", run_config=settings,
+            result_hash=settings.result_hash(), results_dir=tmp_path / "results",
+        )  # fmt: skip
+
+    with caplog.at_level(logging.WARNING, logger="nexus.trainer.loop"):
+        first = trainer(4).fit()
+    assert first["eval_start"]["kd"] == pytest.approx(0.0, abs=1e-6)
+    assert first["eval"]["kd"] > 0.01
+    assert "phase 2 left the student further from the teacher: held-out KD 0.000 ->" in caplog.text
+    # a resumed run reads the step-0 figure back from metrics.jsonl instead of scoring the new start
+    again = trainer(4).fit()
+    assert again["resumed_from_step"] == 4 and again["eval_start"] == first["eval_start"]
 
 
 @pytest.mark.parametrize("kd, ce, message", [(0.0, 0.0, "no loss to train on"), (-1.0, 1.0, "non-negative")])

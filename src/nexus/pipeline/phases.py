@@ -106,8 +106,10 @@ def _eval_line(s: dict[str, Any]) -> str:
 
     ev = s.get("eval") or {}
     kd = heldout_kd(ev)
+    start = heldout_kd(s.get("eval_start"))
+    kd_text = _fmt(kd) if start is None else f"{_fmt(start)} -> {_fmt(kd)}"
     return (
-        f"{s.get('step')} steps, {s.get('tokens_seen') or 0:,} tokens | held-out KD {_fmt(kd)} nats/token, "
+        f"{s.get('step')} steps, {s.get('tokens_seen') or 0:,} tokens | held-out KD {kd_text} nats/token, "
         f"top-1 agreement {_fmt(ev.get('top1_agreement'), '.1%')}, CE {_fmt(ev.get('ce'))}"
     )
 

@@ -329,6 +329,7 @@ def train_router(
         printer=printer,
         phase=4,
         save_dtype=save_dtype,
+        start_eval=init_eval,
     )
     try:
         summary = trainer.fit()

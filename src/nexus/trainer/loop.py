@@ -78,7 +78,7 @@ from nexus.monitor import (
 from nexus.trainer import checkpoint as ckpt
 from nexus.trainer import parallel
 from nexus.trainer.anchoring import ActivationAnchoringLoss
-from nexus.trainer.evaluate import evaluate_fidelity, score_batch
+from nexus.trainer.evaluate import evaluate_fidelity, heldout_kd, score_batch
 from nexus.trainer.metrics import MetricsLog
 from nexus.trainer.onpolicy import OnPolicyBatches
 from nexus.trainer.parallel import DistContext
@@ -122,8 +122,12 @@ class Trainer:
         dist: DistContext | None = None,
         onpolicy: OnPolicyBatches | None = None,
         save_dtype: torch.dtype | None = None,
+        start_eval: dict[str, float] | None = None,
     ):
         self.s = settings
+        # Held-out fidelity of the model this phase started from (step 0): measured by ``fit``
+        # unless the caller has it already (phase 4 scores its upcycled student itself).
+        self.start_eval = start_eval
         # OUT/model is written in this dtype (e.g. bfloat16 for a teacher that came in 16 bits or
         # fewer, see nexus.models.student_save_dtype); checkpoints keep the float32 master weights.
         self.save_dtype = save_dtype
@@ -469,6 +473,39 @@ class Trainer:
             self.module.reshard()  # back to the float32 shards before a checkpoint gathers them
         return result
 
+    def _evaluate_start(self, metrics_log: MetricsLog) -> None:
+        """``self.start_eval``: the held-out fidelity before the first step (``eval`` at step 0 in
+        metrics.jsonl), read back from that log after a resume."""
+        if self.start_eval is not None or self.heldout is None:
+            return
+        if self.step == 0:
+            self.start_eval = self.evaluate()
+            if self.start_eval:
+                metrics_log.write(0, self.start_eval, prefix="eval")
+            return
+        path = self.out_dir / "metrics.jsonl"
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line) if line.strip() else {}
+                if row.get("step") == 0 and row.get("split") == "eval":
+                    self.start_eval = {k: v for k, v in row.items() if k not in ("step", "split")}
+
+    def _compare_to_start(self, final: dict[str, float] | None) -> None:
+        """Say so when the phase ends further from the teacher than it started: a phase that
+        leaves the student worse than it found it is a bug in its recipe, not a result."""
+        before, after = heldout_kd(self.start_eval), heldout_kd(final)
+        if before is None or after is None or not self.dist.is_main:
+            return
+        line = f"held-out KD {before:.3f} -> {after:.3f} nats/token over this phase"
+        if after > before * 1.02:
+            text = f"phase {self.phase} left the student further from the teacher: {line}"
+            if self.printer is not None:
+                self.printer.message("warning: " + text)
+            else:
+                log.warning(text)
+        else:
+            log.info(line)
+
     # -- fit ------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         s, d = self.s, self.dist
@@ -498,6 +535,7 @@ class Trainer:
         eval_metrics: dict[str, float] | None = None
         try:
             writer.update(self.step)
+            self._evaluate_start(metrics_log)
             while self.step < s.max_steps:
                 t0 = time.perf_counter()
                 loss, metrics, tokens = self._train_step()
@@ -540,6 +578,7 @@ class Trainer:
                 if eval_metrics:
                     metrics_log.write(self.step, eval_metrics, prefix="eval")
                 self._save_final()
+                self._compare_to_start(eval_metrics)
                 writer.set_status("Completed")
         except BaseException as exc:
             if not isinstance(exc, KeyboardInterrupt):
@@ -571,6 +610,7 @@ class Trainer:
             # the tokens the timed steps processed over their time (metrics.jsonl has each step's)
             "tokens_per_second": sum(timed_tokens) / sum(timed) if timed else None,
             "eval": eval_metrics,
+            "eval_start": self.start_eval,
             "model_dir": str(self.out_dir / "model") if not stopped else None,
         }  # the recipe adds its keys and writes OUT/summary.json
         return summary
