@@ -504,7 +504,7 @@ class Trainer:
             else:
                 log.warning(text)
         else:
-            log.info(line)
+            log.debug(line)  # the phase's own summary line shows the change
 
     # -- fit ------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
