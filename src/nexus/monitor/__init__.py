@@ -28,6 +28,7 @@ _LAZY = {
     "format_status_line": "nexus.monitor.status",
     "read_gpu_temperature": "nexus.monitor.gpu",
     "read_status": "nexus.monitor.status",
+    "warn_line": "nexus.monitor.status",
 }
 __all__ = sorted(_LAZY)
 

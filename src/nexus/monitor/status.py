@@ -12,6 +12,7 @@ mean, so it follows throughput changes; time spent paused is excluded from it.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sys
@@ -277,3 +278,14 @@ class StatusPrinter:
 
 def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def warn_line(
+    printer: StatusPrinter | None, text: str, logger: logging.Logger, prefix: str = "warning: "
+) -> None:
+    """One line on the dashboard when there is one, else on ``logger`` (not both: the pipeline's
+    log handler writes to the same terminal)."""
+    if printer is not None:
+        printer.message(prefix + text)
+    else:
+        logger.warning(text)

@@ -26,7 +26,7 @@ import numpy as np
 from nexus.config import save_resolved
 from nexus.data.formats import DOMAINS
 from nexus.errors import NexusError
-from nexus.monitor import Flags, StatusPrinter
+from nexus.monitor import Flags, StatusPrinter, warn_line
 from nexus.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -214,15 +214,6 @@ def _write_reports(out: Path, before, after, layout, threshold: float) -> dict[s
     return report
 
 
-def _warn(printer: StatusPrinter | None, text: str, prefix: str) -> None:
-    """One line on the dashboard when there is one, else on the log (not both: the pipeline's
-    log handler writes to the same terminal)."""
-    if printer is not None:
-        printer.message(prefix + text)
-    else:
-        log.warning(text)
-
-
 def keep_dense(
     config, out: Path, results_dir: Path, reason: str, printer: StatusPrinter | None
 ) -> dict[str, Any]:
@@ -230,7 +221,7 @@ def keep_dense(
     release then ships the dense student of phase 3 or 2 and says why)."""
     from nexus.trainer.finetune import default_student
 
-    _warn(printer, reason, "[Phase 4: Router] ")
+    warn_line(printer, reason, log, "[Phase 4: Router] ")
     summary = {
         "kept_dense": reason,
         "student": default_student(config.student, results_dir),
@@ -341,7 +332,7 @@ def train_router(
     metrics_log.write(trainer.step, routing_metrics(after), prefix="routing")
     metrics_log.close()
     for warning in report["after"]["collapse_warnings"]:
-        _warn(printer, warning, "warning: ")
+        warn_line(printer, warning, log)
     summary.update(
         {
             "experts": layout.num_experts,

@@ -74,6 +74,7 @@ from nexus.monitor import (
     StatusPrinter,
     StatusWriter,
     StepAction,
+    warn_line,
 )
 from nexus.trainer import checkpoint as ckpt
 from nexus.trainer import parallel
@@ -498,11 +499,9 @@ class Trainer:
             return
         line = f"held-out KD {before:.3f} -> {after:.3f} nats/token over this phase"
         if after > before * 1.02:
-            text = f"phase {self.phase} left the student further from the teacher: {line}"
-            if self.printer is not None:
-                self.printer.message("warning: " + text)
-            else:
-                log.warning(text)
+            warn_line(
+                self.printer, f"phase {self.phase} left the student further from the teacher: {line}", log
+            )
         else:
             log.debug(line)  # the phase's own summary line shows the change
 
