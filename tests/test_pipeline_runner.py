@@ -183,3 +183,35 @@ def test_second_pipeline_refused_and_stale_lock_taken_over(tmp_path):
     assert json.loads((results / ".pipeline.lock").read_text())["pid"] == os.getpid()
     lock.release()
     assert not Path(results / ".pipeline.lock").exists()
+
+
+def test_moved_results_folder_resumes_without_rerunning(tmp_path):
+    """Phases hand each other files by path inside results/; a moved folder is still complete."""
+
+    @dataclass
+    class PlanConfig:
+        plan: str
+        steps: int = 3
+
+    calls = []
+
+    def phases():
+        def build(ctx):  # like phase 2's `plan`: a path into the results folder
+            return PlanConfig(plan=str(ctx.results_dir / "profile" / "plan.json"))
+
+        def run_phase(cfg, ctx):
+            calls.append("distill")
+            return {"steps": cfg.steps}
+
+        return [Phase(1, "distill", "Distill", build, run_phase, lambda s: f"steps {s['steps']}")]
+
+    def go(results):
+        config = PipelineConfig(results_dir=str(results), flags_dir=str(tmp_path / "flags"))
+        stream = io.StringIO()
+        assert run_pipeline(config, source="test", phases=phases(), stream=stream) == 0
+        return stream.getvalue()
+
+    go(tmp_path / "a" / "results")
+    (tmp_path / "a").rename(tmp_path / "b")
+    out = go(tmp_path / "b" / "results")
+    assert calls == ["distill"] and "complete, skipped" in out, out

@@ -192,18 +192,21 @@ def run_pipeline(
             with _InterruptHandler(flags, printer) as interrupts, KeyControls(flags, printer):
                 for phase in selected:
                     phase_config = phase_configs[phase.key]
+                    upstream = _upstream_hashes(phases, phase, ctx)
                     digest = config_hash(
-                        {"phase": to_dict(phase_config), "upstream": _upstream_hashes(phases, phase, ctx)}
+                        {"phase": _portable(to_dict(phase_config), results), "upstream": upstream}
                     )
+                    # Markers written before paths were hashed relative to results/ still count.
+                    legacy = config_hash({"phase": to_dict(phase_config), "upstream": upstream})
                     out = phase.output_dir(ctx)
                     marker = read_marker(out)
-                    if marker and marker.get("config_hash") == digest and not rerun_rest:
+                    if marker and marker.get("config_hash") in (digest, legacy) and not rerun_rest:
                         printer.message(
                             f"[Phase {phase.number}: {phase.name}] complete, skipped (resume mode) | "
                             f"{phase.summary_line(marker.get('summary', {}))}"
                         )
                         continue
-                    if marker and marker.get("config_hash") != digest:
+                    if marker and marker.get("config_hash") not in (digest, legacy):
                         moved = archive(out)
                         printer.message(
                             f"[Phase {phase.number}: {phase.name}] config changed since it ran: re-running it "
@@ -229,6 +232,24 @@ def run_pipeline(
         if final and final.get("summary", {}).get("report"):
             printer.message(final["summary"]["report"])
     return 0
+
+
+def _portable(value: Any, results: Path) -> Any:
+    """``value`` with every path inside ``results`` written relative to it (``<results>/...``).
+
+    Phases hand each other files by path (phase 2's ``plan`` is ``<results>/profile/...``), so a
+    hash of the raw config would change when the results folder is moved, copied or named by
+    another (absolute vs relative) path, and resume would re-run finished phases for nothing.
+    """
+    if isinstance(value, dict):
+        return {key: _portable(item, results) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_portable(item, results) for item in value]
+    if isinstance(value, str) and value:
+        for root in {str(results), str(results.resolve())}:
+            if value == root or value.startswith(root + os.sep):
+                return "<results>" + value[len(root) :]
+    return value
 
 
 def _upstream_hashes(phases: list[Phase], phase: Phase, ctx: PipelineContext) -> list[str | None]:
