@@ -201,3 +201,59 @@ def test_cli_build_add_info_and_errors(tmp_path):
         "index", "build", "--docs", str(RAG / "docs"), "--out", str(tmp_path / "y"), "--chunk-overlap", "500"
     )
     assert bad.returncode == 2 and "chunk_overlap" in bad.stderr
+
+
+def test_concurrent_adds_both_land(tmp_path):
+    """Two `index add` runs on one index at once: neither's documents are lost."""
+    import threading
+    import time
+
+    from tests.hash_embedder import HashEmbedder
+
+    class SlowEmbedder(HashEmbedder):
+        def embed(self, texts, *, show_progress=False):
+            time.sleep(0.5)  # both writers have read the old set before either commits
+            return super().embed(texts)
+
+    index_dir = tmp_path / "idx"
+    build_index([RAG / "docs"], index_dir, SMALL_CHUNKS, embedder=HashEmbedder())
+    before = index_info(index_dir)["rows"]
+    docs = []
+    for name, fact in [
+        ("a", "The ferry to Quillan leaves at dawn."),
+        ("b", "Marrow Hall was built in 1791."),
+    ]:
+        docs.append(tmp_path / f"{name}.md")
+        docs[-1].write_text(fact)
+    errors = []
+
+    def add(doc):
+        try:
+            add_to_index(index_dir, [doc], embedder=SlowEmbedder())
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(doc,)) for doc in docs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    texts = [d["text"] for d in json.loads((index_dir / DOCS_FILE).read_text())]
+    assert index_info(index_dir)["rows"] == before + 2 == len(texts)
+    assert any("Quillan" in t for t in texts) and any("Marrow Hall" in t for t in texts)
+
+
+def test_add_to_an_index_the_user_cannot_write_is_one_line(tmp_path, monkeypatch):
+    from tests.hash_embedder import HashEmbedder
+
+    index_dir = tmp_path / "idx"
+    build_index([RAG / "docs"], index_dir, SMALL_CHUNKS, embedder=HashEmbedder())
+    (index_dir / ".knowledge_write.lock").unlink()
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "touch", denied)  # as for another user's read-only index
+    with pytest.raises(NexusError, match=r"cannot write the knowledge index .*: Permission denied"):
+        add_to_index(index_dir, [RAG / "docs" / "veloria.md"], embedder=HashEmbedder())

@@ -17,7 +17,10 @@ renames it to ``.knowledge_commit/`` (the commit point), then moves each file in
 removes the folder. A writer killed before the commit leaves the old set (the next write drops
 the txn folder); killed after it, readers see each file from ``.knowledge_commit/`` where it is
 still there (the new set) and the next write finishes the move. Writers hold an exclusive
-``flock`` on the directory from the commit on, readers a shared one while reading.
+``flock`` on the directory from the commit on, readers a shared one while reading. Writers also
+take turns on ``.knowledge_write.lock`` from before they read the old set until their commit, so
+two ``nexus index add`` runs on one index both land (the second adds to the first one's result)
+while chats keep reading the old set.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,6 +52,7 @@ META_FILE = "knowledge_meta.json"
 FILES = (INDEX_FILE, DOCS_FILE, META_FILE)
 TXN_DIR = ".knowledge_txn"  # a new file set being written: incomplete until renamed to COMMIT_DIR
 COMMIT_DIR = ".knowledge_commit"  # a complete new file set, being moved into place
+WRITE_LOCK = ".knowledge_write.lock"  # one writer at a time, from reading the old set to the commit
 FORMAT_VERSION = 1
 
 
@@ -290,6 +296,19 @@ def _write(directory: Path, index, docs: list[dict], meta: dict) -> None:
         _finish_commit(directory)
 
 
+@contextmanager
+def _one_writer(directory: Path) -> Iterator[None]:
+    """Held by a writer from before it reads the current set until its commit (module docstring)."""
+    lock = directory / WRITE_LOCK
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock.touch(exist_ok=True)
+    except OSError as exc:
+        raise NexusError(f"cannot write the knowledge index {directory}: {exc.strerror or exc}") from None
+    with dir_lock(lock):
+        yield
+
+
 def _recover(directory: Path) -> None:
     """Finish what a killed writer left: a committed set goes into place, an uncommitted one goes."""
     import shutil
@@ -369,8 +388,8 @@ def build_index(
         "build_seconds": round(seconds, 3),
         "recall_at_10": recall,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write(out_dir, index, entries, meta)
+    with _one_writer(out_dir):
+        _write(out_dir, index, entries, meta)
     log.debug(
         "indexed %d chunks from %d documents into %s (%s)",
         len(entries),
@@ -397,12 +416,18 @@ def add_to_index(index_dir: str | Path, docs: list[str | Path], *, embedder=None
     Documents and chunks already present (same SHA-256) are skipped. When the index grows past
     its ``hnsw_threshold`` the stored vectors move into an HNSW index (no re-embedding).
     """
+    index_dir = Path(index_dir)
+    if not index_dir.is_dir():
+        read_index_dir(index_dir)  # the one-line error for a missing index
+    with _one_writer(index_dir):
+        return _add(index_dir, docs, embedder)
+
+
+def _add(index_dir: Path, docs: list[str | Path], embedder) -> dict:
     from nexus.config import from_dict
     from nexus.knowledge.embedder import Embedder
 
-    index_dir = Path(index_dir)
-    if index_dir.is_dir():
-        _recover(index_dir)
+    _recover(index_dir)
     index, entries, meta = read_index_dir(index_dir)
     documents = read_documents(docs)
     config = from_dict(IndexConfig, meta.get("config", {}), f"{index_dir / META_FILE}")
