@@ -83,6 +83,25 @@ def test_block_influence_criterion_ranks_by_block_influence_and_keeps_sensitivit
         PlanConfig(keep_layers=3, criterion="random")
 
 
+def test_protect_above_keeps_a_layer_one_capability_hangs_on():
+    """Block Influence would drop layer 2, but removing it alone costs `rag` +80%: it stays, and the
+    criterion's next choice goes instead."""
+    chat = [0.9, 0.2, 0.1, 0.3, 0.05, 0.6]
+    rag = [0.9, 0.1, 0.8, 0.1, 0.2, 0.7]
+    influence = [0.9, 0.5, 0.01, 0.4, 0.02, 0.6]
+    profile = fake_profile({"chat": chat, "rag": rag})
+    for cap in ("chat", "rag"):
+        profile["capabilities"][cap]["block_influence"] = influence
+    cfg = dict(keep_layers=4, criterion="block_influence")
+    assert make_plan(profile, PlanConfig(**cfg))["removed_layers"] == [2, 4]
+    plan = make_plan(profile, PlanConfig(**cfg, protect_above=0.5))
+    assert plan["removed_layers"] == [3, 4] and plan["protected_layers"] == [0, 2, 5]
+    with pytest.raises(NexusError, match="protect_above"):
+        make_plan(profile, PlanConfig(keep_layers=2, protect_above=0.5))
+    with pytest.raises(ValueError, match="protect_above"):
+        PlanConfig(keep_layers=4, protect_above=-1)
+
+
 def test_plan_parameter_budget():
     # 1000 fixed + 100 per layer: 1650 fits 6 layers.
     plan = make_plan(PROFILE, PlanConfig(param_budget=1650))

@@ -74,3 +74,18 @@ def test_probe_files_of_evaluation_only_sets_are_refused(tmp_path, row):
     with pytest.raises(NexusError, match="evaluation-only") as err:
         collect_examples(["x"], [f"x={path}"], num_probes=4, seed=0)
     assert "\n" not in str(err.value)
+
+
+def test_builtin_rag_probes_are_answerable_grounded_rows_with_disjoint_offsets(tiny_tokenizer):
+    from nexus.data.grounded import ABSTAIN_ANSWER
+    from nexus.profiling.probes import encode_probes
+
+    first, sources = collect_examples(["rag"], [], num_probes=8, seed=0)
+    second, _ = collect_examples(["rag"], [], num_probes=8, seed=0, offset=8)
+    assert sources == {"rag": ["builtin:rag"]} and len(first["rag"]) == len(second["rag"]) == 8
+    assert not {e.prompt for e in first["rag"]} & {e.prompt for e in second["rag"]}
+    for example in first["rag"]:
+        assert example.kind == "chat" and example.response != ABSTAIN_ANSWER
+        assert example.response.rstrip(".").split()[-1] in example.prompt  # the context holds the answer
+    probes = encode_probes("rag", first["rag"], tiny_tokenizer, max_tokens=96)
+    assert all(sum(s.score_mask) > 0 for s in probes.sequences)  # a cut keeps the scored answer

@@ -41,6 +41,11 @@ def _add_plan_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
         choices=["sensitivity", "block_influence"],
         help="what ranks layers for removal (default sensitivity: NIWT removal NLL increase)",
     )
+    parser.add_argument(
+        "--protect-above",
+        type=float,
+        help="never remove a layer whose removal alone raises some capability's loss by more than this (0.5: +50%%)",
+    )
     parser.add_argument("--critical", type=int, help="critical (anchor) layers per capability (default 3)")
     parser.add_argument("--no-protect-first", action="store_true", help="allow removing the first layer")
     parser.add_argument("--no-protect-last", action="store_true", help="allow removing the last layer")
@@ -53,6 +58,7 @@ def _plan_overrides(args: argparse.Namespace) -> dict:
         "rescore_every": args.rescore_every,
         "critical_per_capability": args.critical,
         "criterion": args.criterion,
+        "protect_above": args.protect_above,
     }
     if args.no_protect_first:
         plan["protect_first"] = False
@@ -77,7 +83,10 @@ def register(subparsers) -> None:
         metavar="[CAP=]PATH",
         help="probe file (JSONL in a native format); CAP=PATH assigns it to a capability; repeatable",
     )
-    parser.add_argument("--capabilities", help="comma-separated capabilities (default: code,math,chat)")
+    parser.add_argument(
+        "--capabilities",
+        help="comma-separated capabilities (default: code,math,chat; built-in probes also for rag)",
+    )
     parser.add_argument(
         "--perturb", choices=("removal", "noise", "attention", "mlp"), help="perturbation (default removal)"
     )

@@ -29,6 +29,13 @@ class PlanConfig:
     )
     protect_first: bool = field(default=True, metadata={"help": "never remove the first layer"})
     protect_last: bool = field(default=True, metadata={"help": "never remove the last layer"})
+    protect_above: float | None = field(
+        default=None,
+        metadata={
+            "help": "also never remove a layer whose removal alone raises some capability's probe loss "
+            "by more than this share (0.5: +50%); the criterion ranks the rest"
+        },
+    )
     critical_per_capability: int = field(
         default=3, metadata={"help": "critical (anchor) layers per capability: the most sensitive ones"}
     )
@@ -54,6 +61,8 @@ class PlanConfig:
             raise ValueError("give plan.keep_layers or plan.param_budget, not both")
         if self.rescore_every < 0:
             raise ValueError("plan.rescore_every must be >= 0")
+        if self.protect_above is not None and self.protect_above < 0:
+            raise ValueError("plan.protect_above must be >= 0 (a relative loss increase, 0.5 = +50%)")
         if self.critical_per_capability < 0:
             raise ValueError("plan.critical_per_capability must be >= 0")
         if self.criterion not in ("sensitivity", "block_influence"):

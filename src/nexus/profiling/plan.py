@@ -4,7 +4,10 @@
 combined over capabilities) one at a time until the target is met, optionally re-scoring the
 remaining layers on the partly pruned teacher after every ``rescore_every`` removals (a layer's
 importance depends on which others are still there). The first and last layers can be
-protected. ``critical_layers`` are the most sensitive teacher layers per capability; the kept
+protected, and so can every layer whose removal alone costs some capability more than
+``protect_above`` (a relative loss increase): a capability that hangs on one layer, as reading
+retrieved context does on one middle layer of SmolLM2 (docs/pipeline.md), keeps it whatever the
+criterion says. ``critical_layers`` are the most sensitive teacher layers per capability; the kept
 ones become ``anchor_pairs`` ``[student_layer, teacher_layer]`` for ActivationAnchoringLoss.
 
 ``student_plan.json`` is consumed by ``nexus.models.build_student(teacher, plan["keep_layers"])``.
@@ -45,6 +48,16 @@ def layer_importance(
     values = [caps[name][criterion] for name in caps]
     combine = max if aggregate == "max" else (lambda xs: sum(xs) / len(xs))
     return {layer: combine([v[k] for v in values]) for k, layer in enumerate(profile["layers"])}
+
+
+def sensitive_layers(profile: dict, above: float) -> list[int]:
+    """Layers whose removal alone raises some capability's probe loss by more than ``above``."""
+    caps = profile["capabilities"].values()
+    return [
+        layer
+        for k, layer in enumerate(profile["layers"])
+        if any(cap["sensitivity"][k] > above for cap in caps)
+    ]
 
 
 def critical_layers(profile: dict, per_capability: int) -> dict[str, list[int]]:
@@ -104,7 +117,8 @@ def select_layers(
     protected_set = set(protected)
     if target < len(protected_set):
         raise NexusError(
-            f"plan target of {target} layers is smaller than the protected layers {sorted(protected_set)}"
+            f"plan target of {target} layers is smaller than the protected layers {sorted(protected_set)}: "
+            "keep more layers, or raise plan.protect_above"
         )
     scores = dict(importance)
     missing = [i for i in keep if i not in scores and i not in protected_set]
@@ -138,6 +152,8 @@ def make_plan(
     n = profile["model"]["num_layers"]
     target = target_num_layers(profile, config)
     protected = [i for i, flag in ((0, config.protect_first), (n - 1, config.protect_last)) if flag]
+    if config.protect_above is not None:
+        protected += sensitive_layers(profile, config.protect_above)
     protected = sorted(set(protected)) if target < n else []
     if config.rescore_every and rescorer is None:
         raise NexusError(

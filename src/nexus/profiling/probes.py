@@ -1,6 +1,8 @@
 """Capabilities as probe sets: which examples measure a capability, and how they are tokenized.
 
-A capability (``code``, ``math``, ``chat``, or any name) is a list of probe examples:
+A capability (``code``, ``math``, ``chat``, ``rag``, or any name) is a list of probe examples
+(built-in ``rag``: questions about made-up profiles answered from the RAG-layout context that holds
+the answer, ``nexus.data.grounded``; it measures reading retrieved documents):
 
 * ``text``: every token after the first is scored (plain language modelling);
 * ``chat``: prompt + response rendered through the model's chat template, only the response
@@ -38,7 +40,8 @@ from nexus.errors import NexusError
 
 log = logging.getLogger(__name__)
 
-BUILTIN_CAPABILITIES = ("code", "math", "chat")
+BUILTIN_CAPABILITIES = ("code", "math", "chat", "rag")
+RAG_PROBE_SEED = 7919  # the grounded-row generator under a seed no training default uses
 MC_PROMPT = "Question: {goal}\nAnswer:"
 
 
@@ -211,6 +214,11 @@ def _benchmark_questions(cap: str) -> set[str]:
 def _builtin(cap: str, n: int, seed: int, offset: int, builtin_chat) -> list[Example]:
     from nexus.data import builtin
 
+    if cap == "rag":  # reading retrieved context: answerable grounded rows, the answer scored
+        from nexus.data.grounded import fact_rows
+
+        rows = [row.example for row in fact_rows(4 * (offset + n), RAG_PROBE_SEED + seed) if not row.absent]
+        return rows[offset : offset + n]
     held_out = _benchmark_questions(cap)
 
     def clean(examples: list[Example]) -> list[Example]:
