@@ -45,7 +45,10 @@ def questions():
 
 
 def test_build_writes_json_and_faiss_only(rag_index):
-    assert sorted(p.name for p in rag_index.iterdir()) == sorted([INDEX_FILE, DOCS_FILE, META_FILE])
+    # and the writers' empty lock file (knowledge.index module docstring)
+    names = sorted(p.name for p in rag_index.iterdir())
+    assert names == sorted([INDEX_FILE, DOCS_FILE, META_FILE, ".knowledge_write.lock"])
+    assert (rag_index / ".knowledge_write.lock").stat().st_size == 0
     docs = json.loads((rag_index / DOCS_FILE).read_text())
     meta = json.loads((rag_index / META_FILE).read_text())
     assert meta["rows"] == len(docs) > 5  # small chunks: several per document
