@@ -231,6 +231,7 @@ def test_index_add_survives_sigkill_at_every_point(tmp_path):
 
     old, new = set(OLD_DOCS), set(OLD_DOCS) | set(NEW_DOCS)
     expected_files = [
+        ".knowledge_write.lock",  # the writers' turn (empty), kept
         "knowledge_docs.json",
         "knowledge_index.faiss",
         "knowledge_meta.json",
