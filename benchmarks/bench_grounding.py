@@ -23,6 +23,7 @@ was in the retrieved chunks, so retrieval misses are not blamed on the model.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import tempfile
 import time
@@ -31,6 +32,7 @@ from pathlib import Path
 from nexus.benchmark import grounding
 from nexus.benchmark.grounding import has_key, score, summarize  # noqa: F401  (this script's API)
 from nexus.benchmark.grounding_sets import TYPES, EvalSet, Question, dev_set, heldout_set
+from nexus.inference.session import PENALTY_SCOPES, ChatOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,20 +60,20 @@ def build_set_index(eval_set: EvalSet, where: Path) -> Path:
     return grounding.build_set_index(eval_set, where, fallback_docs=[ROOT / "docs", ROOT / "README.md"])
 
 
-def table(rows: list[tuple[str, str, int, dict]]) -> str:
+def table(rows: list[tuple[str, str, int, float, str, dict]]) -> str:
     def pct(x):
         return "-" if x != x else f"{100 * x:.0f}%"
 
     head = (
-        "| model | layout | k | answerable right | "
+        "| model | layout | k | cad | penalty on | answerable right | "
         + " | ".join(TYPES)
         + " | declined: absent | declined: answerable | context had it |"
     )
-    lines = [head, "| --- | --- | ---: |" + " ---: |" * (len(TYPES) + 4)]
-    for spec, layout, k, s in rows:
+    lines = [head, "| --- | --- | ---: | ---: | --- |" + " ---: |" * (len(TYPES) + 4)]
+    for spec, layout, k, cad, scope, s in rows:
         cells = [pct(s["per_type"][t]) for t in TYPES]
         lines.append(
-            f"| {spec} | {layout} | {k} | {pct(s['answerable'])} (n={s['n_answerable']}) | "
+            f"| {spec} | {layout} | {k} | {cad:g} | {scope} | {pct(s['answerable'])} (n={s['n_answerable']}) | "
             + " | ".join(cells)
             + f" | {pct(s['declined_absent'])} (n={s['n_absent']}) | {pct(s['declined_answerable'])} | {pct(s['in_context'])} |"
         )
@@ -89,6 +91,14 @@ def main() -> None:
     parser.add_argument(
         "--knowledge", help="nexus-docs: knowledge index directory (default: the model's own, else docs/)"
     )
+    parser.add_argument(
+        "--cad",
+        type=float,
+        action="append",
+        help="context-aware decoding strength (repeatable; default 0 = off)",
+    )
+    parser.add_argument("--penalty-scope", action="append", choices=PENALTY_SCOPES,
+                        help="tokens the repetition penalty counts (repeatable; default: the chat's)")  # fmt: skip
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--limit", type=int, help="only the first N questions (a quick look)")
     parser.add_argument("--json", help="write every answer and the summaries here")
@@ -99,6 +109,8 @@ def main() -> None:
         if name not in LAYOUTS:
             parser.error(f"unknown layout {name!r}: {', '.join(LAYOUTS)}")
     ks = args.k or [4]
+    cads = args.cad or [ChatOptions.cad]
+    scopes = args.penalty_scope or [ChatOptions.penalty_scope]
     eval_set = {"heldout": heldout_set, "dev": dev_set, "nexus-docs": nexus_docs_set}[args.set]()
     if args.limit:
         eval_set = EvalSet(eval_set.name, eval_set.documents, eval_set.questions[: args.limit])
@@ -119,24 +131,28 @@ def main() -> None:
                     shared_index = build_set_index(eval_set, Path(tmp))
                 index = shared_index
             tower = KnowledgeTower.load(index)
-            for layout in layouts:
-                for k in ks:
-                    print(f"{spec} / {layout} / k={k} on {eval_set.name}:", flush=True)
-                    t0 = time.perf_counter()
-                    records = grounding.evaluate(
-                        model,
-                        tokenizer,
-                        tower,
-                        eval_set.questions,
-                        layout,
-                        k,
-                        args.max_new_tokens,
-                        not args.quiet,
-                    )
-                    summary = summarize(records)
-                    rows.append((spec, layout, k, summary))
-                    dump.append({"model": spec, "layout": layout, "k": k, "set": eval_set.name, "summary": summary,
-                                 "seconds": time.perf_counter() - t0, "records": records})  # fmt: skip
+            for layout, k, cad, scope in itertools.product(layouts, ks, cads, scopes):
+                print(
+                    f"{spec} / {layout} / k={k} / cad={cad:g} / penalty on {scope} on {eval_set.name}:",
+                    flush=True,
+                )
+                t0 = time.perf_counter()
+                records = grounding.evaluate(
+                    model,
+                    tokenizer,
+                    tower,
+                    eval_set.questions,
+                    layout,
+                    k,
+                    args.max_new_tokens,
+                    not args.quiet,
+                    cad,
+                    scope,
+                )
+                summary = summarize(records)
+                rows.append((spec, layout, k, cad, scope, summary))
+                dump.append({"model": spec, "layout": layout, "k": k, "cad": cad, "penalty_scope": scope, "set": eval_set.name,
+                             "summary": summary, "seconds": time.perf_counter() - t0, "records": records})  # fmt: skip
     print()
     print(table(rows))
     if args.json:

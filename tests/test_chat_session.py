@@ -298,3 +298,81 @@ def test_context_layout_is_chosen_by_name(tiny):
     assert ChatOptions().layout == DEFAULT_LAYOUT.name
     with pytest.raises(ValueError, match="layout"):
         ChatOptions(layout="nope")
+
+
+def test_context_aware_decoding_matches_a_naive_reference(tiny):
+    """--cad: each greedy token maximises (1 + a) log p(.|context) - a log p(.|no context) among the
+    tokens within 10x of the contextual best, recomputed here with full forwards (no KV cache)."""
+    import math
+
+    import torch
+
+    model, tok = tiny
+    alpha, steps = 1.5, 8
+    tower = FakeTower("The capital of Veloria is Quendrath, founded in 1823 by Ada Lorn.")
+    options = ChatOptions(max_new_tokens=steps, repetition_penalty=1.0, cad=alpha)
+    session = ChatSession(model, tok, tower=tower, options=options)
+    question = "Who founded Quendrath?"
+    with_context, _, _ = session.build_input(question)
+    without = session._encode([{"role": "user", "content": question}])
+    assert len(without) < len(with_context)
+    got = session.respond(question)
+
+    eos = set(session._eos_ids())
+    expected: list[int] = []
+    with torch.no_grad():
+        for _ in range(steps):
+            ctx = torch.log_softmax(model(torch.tensor([with_context + expected])).logits[0, -1].float(), -1)
+            plain = torch.log_softmax(model(torch.tensor([without + expected])).logits[0, -1].float(), -1)
+            scores = ((1 + alpha) * ctx - alpha * plain).masked_fill(
+                ctx < ctx.max() + math.log(0.1), -math.inf
+            )
+            expected.append(int(scores.argmax()))
+            if expected[-1] in eos:
+                break
+    assert got.new_tokens == len(expected)
+    assert tok.decode(expected, skip_special_tokens=True).strip() == got.text
+
+
+def test_context_aware_decoding_is_validated(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="cad must be >= 0"):
+        ChatOptions(cad=-1)
+    with pytest.raises(NexusError, match="do not combine"):
+        ChatSession(model, tok, assistant=model, options=ChatOptions(cad=1.0))
+    # Without retrieved context there is nothing to contrast: plain greedy decoding.
+    plain = ChatSession(model, tok, options=ChatOptions(max_new_tokens=5, cad=2.0)).respond("Hello")
+    assert plain.text == ChatSession(model, tok, options=ChatOptions(max_new_tokens=5)).respond("Hello").text
+
+
+def test_answer_scoped_penalty_leaves_the_prompt_unpenalized(tiny):
+    """penalty_scope="answer": only tokens the answer already holds are penalized (naive reference),
+    so copying from the retrieved context costs nothing; "conversation" penalizes the prompt too."""
+    import torch
+
+    model, tok = tiny
+    penalty, steps = 5.0, 10
+    with torch.no_grad():
+        # a prompt that ends in the model's own unpenalized greedy continuation holds the tokens it
+        # would say next, so penalizing the prompt must change the answer
+        start = tok("hello", return_tensors="pt").input_ids
+        prompt = model.generate(start, attention_mask=torch.ones_like(start), max_new_tokens=12, do_sample=False,
+                                pad_token_id=tok.pad_token_id)[0].tolist()  # fmt: skip
+    expected: list[int] = []
+    with torch.no_grad():
+        for _ in range(steps):
+            scores = model(torch.tensor([prompt + expected])).logits[0, -1].float()
+            for t in set(expected):
+                scores[t] = scores[t] / penalty if scores[t] > 0 else scores[t] * penalty
+            expected.append(int(scores.argmax()))
+    outs = {}
+    for scope in ("answer", "conversation"):
+        options = ChatOptions(max_new_tokens=steps, repetition_penalty=penalty, penalty_scope=scope)
+        session = ChatSession(model, tok, options=options)
+        eos = set(session._eos_ids())
+        outs[scope] = session.generate(prompt)[0]
+    cut = next((i + 1 for i, t in enumerate(expected) if t in eos), steps)
+    assert outs["answer"] == expected[:cut]
+    assert outs["answer"] != outs["conversation"], "penalizing the prompt's tokens must change this answer"
+    with pytest.raises(ValueError, match="penalty_scope"):
+        ChatOptions(penalty_scope="prompt")

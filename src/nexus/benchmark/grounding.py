@@ -66,6 +66,8 @@ def evaluate(
     k: int,
     max_new_tokens: int,
     show: bool = False,
+    cad: float = 0.0,
+    penalty_scope: str = "conversation",
 ) -> list[dict]:
     """One record per question: the answer, whether it is right, declined, had its key in context."""
     from nexus.data.grounded import is_abstention
@@ -73,7 +75,9 @@ def evaluate(
 
     records = []
     for q in questions:
-        options = ChatOptions(max_new_tokens=max_new_tokens, k=k, layout=layout)
+        options = ChatOptions(
+            max_new_tokens=max_new_tokens, k=k, layout=layout, cad=cad, penalty_scope=penalty_scope
+        )
         result = ChatSession(model, tokenizer, tower=tower, options=options).respond(q.text)
         in_context = q.qtype != "absent" and any(has_key(c.text, q.answers) for c in result.retrieved)
         record = {

@@ -48,6 +48,16 @@ class ChatConfig:
     cite: bool = field(
         default=False, metadata={"help": "append the context's documents and chunk numbers to each answer"}
     )
+    penalty_scope: str = field(
+        default=ChatOptions.penalty_scope,
+        metadata={"help": "tokens the repetition penalty counts: 'conversation' or 'answer'"},
+    )
+    cad: float = field(
+        default=ChatOptions.cad,
+        metadata={
+            "help": "context-aware decoding strength: favour what the retrieved context adds (0 = off)"
+        },
+    )
     max_new_tokens: int = field(default=256, metadata={"help": "max tokens per answer"})
     temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0 = greedy)"})
     top_p: float = field(default=0.9, metadata={"help": "nucleus sampling mass (with temperature > 0)"})
@@ -88,7 +98,11 @@ class ChatConfig:
             repetition_penalty=self.repetition_penalty,
             k=self.k,
             draft_tokens=self.draft_tokens,
+            cad=self.cad,
+            penalty_scope=self.penalty_scope,
         )
+        if self.cad and self.assist:
+            raise ValueError("--cad and --assist do not combine")
 
 
 def open_session(config: ChatConfig, *, info: TextIO = sys.stderr, cwd: str | Path = ".") -> ChatSession:
@@ -139,6 +153,8 @@ def open_session(config: ChatConfig, *, info: TextIO = sys.stderr, cwd: str | Pa
         context_tokens=config.context_tokens,
         cite=config.cite,
         draft_tokens=config.draft_tokens,
+        cad=config.cad,
+        penalty_scope=config.penalty_scope,
     )
     return ChatSession(
         model, tokenizer, tower=tower, assistant=assistant, draft_tokenizer=draft_tokenizer, options=options

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from nexus.inference.session import PENALTY_SCOPES, ChatOptions
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -38,6 +40,12 @@ def register(subparsers) -> None:
     parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass")
     parser.add_argument("--repetition-penalty", type=float, default=1.1,
                         help="penalty on tokens already in the conversation (default 1.1; 1 = off)")  # fmt: skip
+    parser.add_argument("--penalty-scope", choices=PENALTY_SCOPES, default=ChatOptions.penalty_scope,
+                        help="tokens the repetition penalty counts: the whole conversation (retrieved context "
+                        "included) or the answer so far (default %(default)s)")  # fmt: skip
+    parser.add_argument("--cad", type=float, default=ChatOptions.cad, metavar="ALPHA",
+                        help="context-aware decoding: favour what the retrieved context adds, "
+                        "(1+ALPHA) log p(.|context) - ALPHA log p(.|no context) (default %(default)s = off)")  # fmt: skip
     parser.add_argument("--system", help="system message")
     parser.add_argument("--teacher", metavar="SPEC", help="teacher model for --assist")
     parser.add_argument(
@@ -73,6 +81,8 @@ def _chat(args: argparse.Namespace) -> int:
         "temperature": args.temperature,
         "top_p": args.top_p,
         "repetition_penalty": args.repetition_penalty,
+        "penalty_scope": args.penalty_scope,
+        "cad": args.cad,
         "system": args.system,
         "teacher": args.teacher,
         "assist": args.assist,

@@ -16,6 +16,8 @@ from nexus.data.templates import render_prompt
 from nexus.errors import NexusError
 from nexus.knowledge.tower import DEFAULT_LAYOUT, LAYOUTS, ContextLayout, Retrieved
 
+PENALTY_SCOPES = ("conversation", "answer")
+
 HELP = (
     "commands: /reset (forget the conversation), /rag on|off, /k N (chunks to retrieve), "
     "/sources (what the last answer retrieved), /cite on|off (append them to answers), /help, /quit"
@@ -168,6 +170,9 @@ class ChatOptions:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 0.9
     repetition_penalty: float = 1.1  # > 1 discourages repeating tokens (llama.cpp's default); 1 = off
+    # which tokens the penalty counts: "conversation" (the whole prompt, retrieved context included,
+    # and the answer so far; transformers' default) or "answer" (the answer so far only)
+    penalty_scope: str = "conversation"
     system: str | None = None
     rag: bool = True
     k: int = 4
@@ -177,6 +182,8 @@ class ChatOptions:
     # assisted generation: draft tokens per teacher pass (None = transformers' default, up to 20,
     # cut short where the draft model's confidence falls below its threshold)
     draft_tokens: int | None = None
+    # context-aware decoding strength (nexus.inference.cad): 0 = off; applies when context was retrieved
+    cad: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -191,6 +198,12 @@ class ChatOptions:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.draft_tokens is not None and self.draft_tokens < 1:
             raise ValueError(f"draft_tokens must be >= 1, got {self.draft_tokens}")
+        if self.penalty_scope not in PENALTY_SCOPES:
+            raise ValueError(
+                f"penalty_scope must be one of {', '.join(PENALTY_SCOPES)}, got {self.penalty_scope!r}"
+            )
+        if self.cad < 0:
+            raise ValueError(f"cad must be >= 0, got {self.cad}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
 
@@ -226,6 +239,10 @@ class ChatSession:
             raise NexusError(
                 f"assisted generation needs the same vocabulary: the teacher has {model.config.vocab_size} "
                 f"tokens, the draft model {assistant.config.vocab_size}"
+            )
+        if assistant is not None and self.options.cad:
+            raise NexusError(
+                "context-aware decoding (--cad) and assisted generation (--assist) do not combine"
             )
         if assistant is not None and draft_tokenizer is not None:
             check_same_tokenizer(tokenizer, draft_tokenizer)
@@ -333,9 +350,18 @@ class ChatSession:
                 ids.append(token_id)
         return ids
 
-    def generate(self, input_ids: list[int], on_text: Callable[[str], None] | None = None):
-        """Generate an answer to ``input_ids``; returns ``(new_token_ids, seconds, drafted, accepted)``."""
+    def generate(
+        self,
+        input_ids: list[int],
+        on_text: Callable[[str], None] | None = None,
+        plain_ids: list[int] | None = None,
+    ):
+        """Generate an answer to ``input_ids``; returns ``(new_token_ids, seconds, drafted, accepted)``.
+        ``plain_ids`` (the prompt without its retrieved context) turns on context-aware decoding."""
         import torch
+        from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+        from nexus.inference.cad import ContextContrast
 
         device = next(self.model.parameters()).device
         ids = torch.tensor([input_ids], device=device)
@@ -349,8 +375,15 @@ class ChatSession:
             kwargs.update(do_sample=True, temperature=self.options.temperature, top_p=self.options.top_p)
         else:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        processors = LogitsProcessorList()
+        if plain_ids is not None and self.options.cad > 0:
+            processors.append(ContextContrast(self.model, plain_ids, len(input_ids), self.options.cad))
         if self.options.repetition_penalty != 1.0:
-            kwargs["repetition_penalty"] = self.options.repetition_penalty
+            skip = len(input_ids) if self.options.penalty_scope == "answer" else None
+            processors.append(RepetitionPenaltyLogitsProcessor(self.options.repetition_penalty, skip))
+        if processors:
+            # ours replace generate()'s own penalty (a model's generation config may set one)
+            kwargs.update(logits_processor=processors, repetition_penalty=None)
         if on_text is not None:
             kwargs["streamer"] = _CallbackStreamer(self.tokenizer, on_text)
         counters = None
@@ -381,7 +414,10 @@ class ChatSession:
             raise NexusError("empty message")
         ids, chunks, notices = self.build_input(user_text)
         self.last_retrieved = chunks
-        new, seconds, drafted, accepted = self.generate(ids, on_text)
+        plain = None
+        if chunks and self.options.cad > 0:
+            plain = self._encode([*self.history, {"role": "user", "content": user_text}])
+        new, seconds, drafted, accepted = self.generate(ids, on_text, plain)
         text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
         self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
         if self.options.cite and chunks:
