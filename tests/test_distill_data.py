@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from nexus.data.corpus import build_corpus, parse_builtin
+from nexus.data.corpus import build_corpus, load_source, parse_builtin
 from nexus.data.formats import Example
 from nexus.data.packing import IGNORE_INDEX, Document, encode_example, pack_documents, split_heldout
 from nexus.errors import NexusError
@@ -97,6 +97,7 @@ def test_builtin_spec_and_text_files(tiny_tokenizer, tmp_path):
         "rag": 0,
         "general": 0,
         "docs": 0,
+        "copy": 0,
     }
     assert parse_builtin("builtin:rag=5")["rag"] == 5
     with pytest.raises(NexusError, match="bad builtin"):
@@ -162,3 +163,26 @@ def test_builtin_docs_and_general_rows(tiny_llama_dir, tiny_tokenizer, tmp_path,
     # unused extra counts leave the fingerprint of older specs unchanged
     assert "general" not in source_fingerprint("builtin:code=3")
     assert "general_sampling" in source_fingerprint("builtin:general=3")
+
+
+def test_builtin_copy_rows_repeat_a_random_run_of_whole_words(tiny_tokenizer):
+    from nexus.data.copying import MAX_WORDS, MIN_WORDS, copy_examples
+
+    rows = copy_examples(50, tiny_tokenizer, seed=3)
+    assert rows == copy_examples(50, tiny_tokenizer, seed=3) and rows != copy_examples(
+        50, tiny_tokenizer, seed=4
+    )
+    for row in rows:
+        first, second = row.text.split("\n")
+        assert first == second and MIN_WORDS <= len(first.split()) <= MAX_WORDS
+        assert row.kind == "text" and row.domain == "chat"
+    assert len({row.text for row in rows}) == 50
+    assert parse_builtin("builtin:copy=7")["copy"] == 7
+    with_copy = load_source("builtin:code=0,math=0,chat=0,copy=7", tokenizer=tiny_tokenizer)
+    assert [ex.text for ex in with_copy] == [ex.text for ex in copy_examples(7, tiny_tokenizer)]
+    # the benchmark's overlap check reads prompts without a tokenizer: copy rows have none
+    assert load_source("builtin:code=0,math=0,chat=0,copy=7", chat_answers=False) == []
+    corpus = build_corpus(
+        ["builtin:code=0,math=0,chat=0,copy=40"], tiny_tokenizer, seq_len=64, heldout_fraction=0.0
+    )
+    assert len(corpus.train) >= 1

@@ -6,8 +6,10 @@ A source is one of:
   generated math with worked answers, and the teacher's own greedy answers to built-in chat
   prompts); ``builtin:code=200,math=400,chat=60`` sets the counts, ``rag=N`` adds N
   retrieval-grounded answers in the chat's RAG layout (:mod:`nexus.data.grounded`), ``general=N``
-  the teacher's sampled answers to N diverse everyday prompts and ``docs=N`` N blocks of the
-  interpreter's reference docs (:mod:`nexus.data.general`; these three are 0 unless set);
+  the teacher's sampled answers to N diverse everyday prompts, ``docs=N`` N blocks of the
+  interpreter's reference docs (:mod:`nexus.data.general`) and ``copy=N`` N repeated random runs
+  of words that restore a pruned student's copying (:mod:`nexus.data.copying`; these four are 0
+  unless set);
 * a file: JSONL / JSON / ``.gz`` in any format :func:`nexus.data.load_examples` reads, or a
   ``.txt`` / ``.md`` text file (blank-line separated blocks);
 * a directory: every such file in it, sorted;
@@ -43,7 +45,7 @@ from nexus.utils import atomic_write_json, make_temp_dir
 log = logging.getLogger(__name__)
 
 DATA_SUFFIXES = (".jsonl", ".json", ".gz", ".txt", ".md")
-BUILTIN_DEFAULTS = {"code": 200, "math": 400, "chat": 60, "rag": 0, "general": 0, "docs": 0}
+BUILTIN_DEFAULTS = {"code": 200, "math": 400, "chat": 60, "rag": 0, "general": 0, "docs": 0, "copy": 0}
 # How the teacher writes the ``general`` rows: sampled (diverse text from its own distribution),
 # long enough for a paragraph; batched because generation is the cost of these rows.
 GENERAL_SAMPLING = {
@@ -65,7 +67,7 @@ def parse_builtin(source: str) -> dict[str, int]:
         if not sep or key not in counts or not value.isdigit():
             raise NexusError(
                 f"bad builtin data spec {source!r}: expected e.g. "
-                "builtin:code=200,math=400,chat=60,rag=600,general=800,docs=300"
+                "builtin:code=200,math=400,chat=60,rag=600,general=800,docs=300,copy=600"
             )
         counts[key] = int(value)
     return counts
@@ -100,7 +102,7 @@ def source_fingerprint(source: str, teacher_id: str | None = None) -> str:
     """Identity of a source's content (files) or definition (builtin, with the teacher answering)."""
     if source.startswith("builtin"):
         counts = parse_builtin(source)
-        for extra in ("general", "docs"):  # absent when unused: older corpus keys stay valid
+        for extra in ("general", "docs", "copy"):  # absent when unused: older corpus keys stay valid
             if not counts[extra]:
                 del counts[extra]
         if counts.get("general"):
@@ -158,6 +160,12 @@ def load_source(
             from nexus.data.grounded import grounded_qa_examples
 
             examples += grounded_qa_examples(counts["rag"], seed)
+        if counts["copy"] and (chat_answers or tokenizer is not None):  # prompts only: they have none
+            if tokenizer is None:
+                raise NexusError("the built-in copy rows need the tokenizer (they are drawn from its words)")
+            from nexus.data.copying import copy_examples
+
+            examples += copy_examples(counts["copy"], tokenizer, seed)
         return examples
     if is_hf_source(source):
         examples = _hf_examples(source, limit)
