@@ -160,12 +160,12 @@ def load_source(
             from nexus.data.grounded import grounded_qa_examples
 
             examples += grounded_qa_examples(counts["rag"], seed)
-        if counts["copy"] and (chat_answers or tokenizer is not None):  # prompts only: they have none
-            if tokenizer is None:
-                raise NexusError("the built-in copy rows need the tokenizer (they are drawn from its words)")
+        if counts["copy"] and tokenizer is not None:
             from nexus.data.copying import copy_examples
 
             examples += copy_examples(counts["copy"], tokenizer, seed)
+        elif counts["copy"] and chat_answers:  # a prompts-only read has no use for them
+            raise NexusError("the built-in copy rows need the tokenizer (they are drawn from its words)")
         return examples
     if is_hf_source(source):
         examples = _hf_examples(source, limit)
