@@ -1,5 +1,5 @@
-"""Checkpoints carry the CUDA RNG state (issue 14): saved when CUDA is in use, restored on
-resume, tolerated when missing or saved with another GPU count. The CPU tests stand in for
+"""Checkpoints carry every rank's RNG states, CUDA's too (issue 14): saved when CUDA is in use,
+restored on resume, tolerated when missing or saved with another GPU or process count. The CPU tests stand in for
 CUDA with monkeypatched RNG functions; the ``gpu`` test does the real round trip."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def test_checkpoint_saves_and_resume_restores_the_cuda_rng(tiny_tokenizer, tmp_p
     fake = FakeCuda(monkeypatch)
     path = trainer.save_checkpoint()
     state = ckpt.load_trainer_state(path)
-    assert [s.tolist() for s in state["rng_cuda"]] == [s.tolist() for s in fake.states]
+    assert [s.tolist() for s in state["rng"][0]["cuda"]] == [s.tolist() for s in fake.states]
 
     resumed = _trainer(tiny_tokenizer, tmp_path)
     assert resumed.try_resume() == path
@@ -82,13 +82,33 @@ def test_resume_without_cuda_rng_state_leaves_the_cuda_rng_alone(tiny_tokenizer,
     trainer = _trainer(tiny_tokenizer, tmp_path)
     trainer.fit()
     path = trainer.save_checkpoint()  # CUDA not initialised here: nothing to save
-    assert ckpt.load_trainer_state(path)["rng_cuda"] is None
     state = ckpt.load_trainer_state(path)
-    del state["rng_cuda"]  # a checkpoint written before the field existed
+    assert state["rng"][0]["cuda"] is None
+    # a checkpoint written before per-rank states, and before the CUDA field existed
+    (old,) = state.pop("rng")
+    state.update(rng_torch=old["torch"], rng_python=old["python"])
     torch.save(state, path / "trainer_state.pt")
     fake = FakeCuda(monkeypatch)
+    torch.manual_seed(1234)
     assert _trainer(tiny_tokenizer, tmp_path).try_resume() == path
-    assert fake.restored == {}
+    assert fake.restored == {} and torch.equal(torch.get_rng_state(), old["torch"])
+
+
+def test_each_rank_restores_its_own_rng_state(caplog):
+    """A DDP checkpoint holds one state per rank (gathered at save); rank r resumes from its own."""
+    states = []
+    for seed in (11, 22):
+        torch.manual_seed(seed)
+        states.append(ckpt.rng_state())
+    for rank, seed in enumerate((11, 22)):
+        ckpt.restore_rng({"rng": states}, rank, 2)
+        torch.manual_seed(seed)
+        expected = torch.rand(3)
+        ckpt.restore_rng({"rng": states}, rank, 2)
+        assert torch.equal(torch.rand(3), expected)
+    with caplog.at_level(logging.WARNING, logger="nexus.trainer.checkpoint"):
+        ckpt.restore_rng({"rng": states}, 0, 3)  # resumed on another process count: warned
+    assert "RNG states of 2 process(es), this run has 3" in caplog.text
 
 
 @pytest.mark.gpu

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from nexus.data.builtin import arithmetic_word_problems, python_source_snippets
+from nexus.trainer import checkpoint as ckpt
 
 
 def _args(teacher: Path, data: Path, out: Path, batch: int, accum: int) -> list[str]:
@@ -69,6 +70,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_llama_d
     assert [p.name for p in (double / "checkpoints").iterdir()] == ["checkpoint-5"]
     meta = json.loads((double / "checkpoints" / "checkpoint-5" / "meta.json").read_text())
     assert meta["world_size"] == 2
+    state = ckpt.load_trainer_state(double / "checkpoints" / "checkpoint-5")
+    assert len(state["rng"]) == 2  # every rank's RNG states, gathered by rank 0
 
 
 # ----------------------------------------------------------------------------------------

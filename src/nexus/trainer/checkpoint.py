@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import random
 import re
 import shutil
 from collections.abc import Callable
@@ -122,6 +123,38 @@ def restore_cuda_rng(states: list[torch.Tensor] | None) -> None:
         )
     for device, state in enumerate(states[:count]):
         torch.cuda.set_rng_state(state, device)
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (torch CPU, Python, CUDA when used); a checkpoint keeps one per rank."""
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "cuda": cuda_rng_state()}
+
+
+def restore_rng(trainer_state: dict[str, Any], rank: int, world: int) -> None:
+    """Restore rank ``rank``'s RNG states from a checkpoint's trainer state. Checkpoints written
+    before per-rank states hold rank 0's only, which every rank then takes (as they did); on
+    another number of processes rank ``r`` takes state ``r mod saved`` with a warning (resume is
+    then not bit-exact where dropout or sampling uses the global RNG)."""
+    per_rank = trainer_state.get("rng")
+    if per_rank is None:
+        per_rank = [
+            {
+                "torch": trainer_state["rng_torch"],
+                "python": trainer_state["rng_python"],
+                "cuda": trainer_state.get("rng_cuda"),
+            }
+        ]
+    elif len(per_rank) != world and rank == 0:
+        log.warning(
+            "the checkpoint holds the RNG states of %d process(es), this run has %d: not bit-exact "
+            "where dropout or sampling uses the global RNG",
+            len(per_rank),
+            world,
+        )
+    mine = per_rank[rank % len(per_rank)]
+    torch.set_rng_state(mine["torch"])
+    random.setstate((3, tuple(mine["python"]), None))
+    restore_cuda_rng(mine["cuda"])
 
 
 def read_meta(checkpoint: Path) -> dict[str, Any]:

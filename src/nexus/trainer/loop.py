@@ -263,6 +263,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         student_state, extra, optim_state = self._weights(optimizer=True)
+        rng = self.dist.all_gather_object(ckpt.rng_state())  # collective: every rank's RNG
         if self.dist.is_main:
 
             def write(tmp: Path) -> None:
@@ -280,9 +281,7 @@ class Trainer:
                     "data_position": self.step * self.global_batch,
                     "optimizer": optim_state,
                     "scheduler": self.scheduler.state_dict(),
-                    "rng_torch": torch.get_rng_state(),
-                    "rng_python": list(random.getstate()[1]),
-                    "rng_cuda": ckpt.cuda_rng_state(),
+                    "rng": rng,  # one entry per rank
                 }
                 torch.save(state, tmp / "trainer_state.pt")
                 save_resolved(self.run_config, tmp)
@@ -330,9 +329,7 @@ class Trainer:
             state = ckpt.load_trainer_state(latest)
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_torch"])
-        random.setstate((3, tuple(state["rng_python"]), None))
-        ckpt.restore_cuda_rng(state.get("rng_cuda"))
+        ckpt.restore_rng(state, self.dist.rank, self.dist.world)
         self.step, self.nan_steps, self.tokens_seen = state["step"], state["nan_steps"], state["tokens_seen"]
         log.info("resuming from %s (step %d)", latest, self.step)
         return latest

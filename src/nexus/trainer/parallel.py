@@ -372,6 +372,16 @@ class DistContext:
             dist.all_reduce(tensor)
         return tensor
 
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank (collective)."""
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
     def broadcast_flag(self, value: bool) -> bool:
         if not self.enabled:
             return value
