@@ -35,6 +35,23 @@ def test_top_p_keeps_the_nucleus_only_and_bad_settings_are_refused():
     scores = torch.tensor([[5.0, 1.0, 0.9, 0.8]])
     sampler = TopKSampler(1.0, top_k=4, top_p=0.5, generator=torch.Generator().manual_seed(0))
     assert set(_draws(sampler, scores, 200).flatten().tolist()) == {0}
-    for bad in ({"temperature": 0.0}, {"temperature": 1.0, "top_k": 0}, {"temperature": 1.0, "top_p": 0.0}):
+    for bad in ({"temperature": 0.0}, {"temperature": 1.0, "top_k": -1}, {"temperature": 1.0, "top_p": 0.0}):
         with pytest.raises(ValueError, match="bad sampling"):
             TopKSampler(**bad)
+
+
+def test_whole_vocabulary_sampling_follows_the_tempered_distribution():
+    """top_k=0 (on-policy distillation's sampler) draws from every token, never a masked one."""
+    scores = torch.tensor([[2.0, float("-inf"), 1.0, 0.0, -1.0, float("-inf")]])
+    sampler = TopKSampler(0.7, top_k=0, generator=torch.Generator().manual_seed(0))
+    draws = _draws(sampler, scores.expand(3, -1), 3000).flatten()
+    counts = torch.bincount(draws, minlength=6).float() / draws.numel()
+    expected = torch.softmax(scores[0] / 0.7, -1)
+    assert counts[1] == 0 and counts[5] == 0 and torch.allclose(counts, expected, atol=0.02)
+    out = TopKSampler(1.0, top_k=0, generator=torch.Generator().manual_seed(3))(None, torch.randn(5, 40))
+    assert (torch.isfinite(out).sum(-1) == 1).all()
+    a = _draws(TopKSampler(1.0, top_k=0, generator=torch.Generator().manual_seed(1)), scores, 50)
+    b = _draws(TopKSampler(1.0, top_k=0, generator=torch.Generator().manual_seed(1)), scores, 50)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="bad sampling"):
+        TopKSampler(1.0, top_k=0, top_p=0.9)

@@ -15,8 +15,8 @@ Everything that decides an on-policy step is a pure function of ``(seed, step)``
   below ``lmbda`` (per optimizer step, so the global batch has one kind and its token count is
   the loss normalizer of one big batch);
 * its prompts: a seeded permutation of the prompt list, like the data order;
-* the sampling RNG: ``torch.manual_seed`` of ``(seed, step, rank, micro-batch)`` inside
-  ``torch.random.fork_rng``, so the global RNG stream (and ``lmbda = 0``) is untouched.
+* the sampling RNG: a ``torch.Generator`` seeded with ``(seed, step, rank, micro-batch)``, so the
+  global RNG stream (and ``lmbda = 0``) is untouched.
 
 So a resumed run samples exactly what an uninterrupted one would: there is no extra RNG state
 to checkpoint.
@@ -29,7 +29,9 @@ the unscored prefix for rows packed with ``loss_on: response``, and the first
 Speed: under bf16 the student's float32 master weights would be cast to bf16 by autocast at
 every decoding step (a full pass over the weights per generated token, which on a CPU costs more
 than the decode itself); a bf16 copy of the student, refreshed once per on-policy step, decodes
-instead. In float32 the student itself generates.
+instead. In float32 the student itself generates. The draw from the whole vocabulary is
+:class:`nexus.inference.sampling.TopKSampler` with ``top_k=0`` (one uniform number per row, where
+transformers' ``multinomial`` draws one per vocabulary entry).
 """
 
 from __future__ import annotations
@@ -186,7 +188,9 @@ class OnPolicyBatches:
     ) -> list[np.ndarray]:
         """Completions (each ending at its first EOS, or at ``max_new_tokens``) of the prompts
         ``prompt_ids`` (indices into the prompt list), sampled by ``student``."""
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        from nexus.inference.sampling import TopKSampler
 
         s = self.settings
         prompts = [self.prompts[int(i)] for i in prompt_ids]
@@ -196,30 +200,30 @@ class OnPolicyBatches:
         for i, p in enumerate(prompts):  # left padding: every prompt ends where decoding starts
             ids[i, width - len(p) :] = torch.from_numpy(p)
             mask[i, width - len(p) :] = 1
-        sample = s.temperature > 0
         config = GenerationConfig(
             max_new_tokens=s.max_new_tokens,
             min_new_tokens=self.min_new_tokens or None,
-            do_sample=sample,
-            temperature=s.temperature if sample else None,
-            top_k=0 if sample else None,
-            top_p=1.0 if sample else None,
+            do_sample=False,  # sampling, if any, is the processor's draw, which greedy then emits
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids,
             use_cache=True,
         )
+        processors = LogitsProcessorList()
+        if s.temperature > 0:  # the whole tempered distribution, from a seeded generator
+            generator = torch.Generator(device=device).manual_seed(_seed_of(s.seed, *seed_words))
+            processors.append(TopKSampler(s.temperature, top_k=0, generator=generator))
         model = self._generator(student)
         was_training = model.training
         model.eval()
-        devices = [device] if device.type == "cuda" else []
         try:
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(_seed_of(s.seed, *seed_words))
-                ctx = autocast(self.precision, device) if model is student else contextlib.nullcontext()
-                with ctx:
-                    out = model.generate(
-                        input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
-                    )
+            ctx = autocast(self.precision, device) if model is student else contextlib.nullcontext()
+            with ctx:
+                out = model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    generation_config=config,
+                    logits_processor=processors,
+                )
         finally:
             model.train(was_training)
         completions = out[:, width:].cpu().numpy()
