@@ -3,25 +3,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 import tiny
+from bench_import import load_benchmark
 
-REPO = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).parent / "assets" / "cross_tokenizer"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "bench_cross_tokenizer", REPO / "benchmarks" / "bench_cross_tokenizer.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_cross_tokenizer")
 
 
 @pytest.fixture(scope="module")

@@ -3,25 +3,19 @@ random Llama (layers 1, 2 and 4 of 5 removed: 1 and 2 fold into 0, 4 into 3)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import tiny
 import torch
+from bench_import import load_benchmark
 
 from nexus.models import build_student, decoder_layers
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_layer_merge.py"
 KEEP = [0, 3]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_layer_merge", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("bench_layer_merge")
 
 
 @pytest.mark.parametrize("weight", [0.0, 0.5, None])
