@@ -1,5 +1,7 @@
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,8 +45,8 @@ def cases(outside: Path) -> dict[str, tuple[str, str]]:
         "timeout": ("while True:\n    pass\n", "timeout"),
         "fork_bomb": ("import os\nwhile True:\n    os.fork()\n", "failed"),
         "subprocess": ("import subprocess\nsubprocess.run(['true'])\n", "failed"),
-        "process_limit_applied": (
-            "import resource\nassert resource.getrlimit(resource.RLIMIT_NPROC) == (1, 1)\n",
+        "threads_work": (  # the filter refuses processes, not threads (for any account)
+            "import threading\nt = threading.Thread(target=print, args=('t',))\nt.start()\nt.join()\n",
             "passed",
         ),
         "humaneval_pass": (humaneval_program(ADD_PROMPT, "    return a + b\n", ADD_TEST, "add"), "passed"),
@@ -288,6 +290,158 @@ def test_write_outside_the_directory_fails_and_leaves_no_file(outside):
     assert not target.exists()
     inside = run_sandboxed("open('mine.txt', 'w').write('x')\nassert open('mine.txt').read() == 'x'\n")
     assert inside.passed
+
+
+# Reads what it is given (files: their text or the error's name; directories: their names) and
+# where it runs from, as JSON on stdout.
+READER = """
+import json, os, sys
+out = {"files": {}, "dirs": {}, "cwd": os.getcwd(), "interpreter": [sys.prefix, sys.base_prefix, *sys.path]}
+for path in %r:
+    try:
+        with open(path, "rb") as f:
+            out["files"][path] = f.read(200).decode("utf-8", "replace")
+    except OSError as e:
+        out["files"][path] = type(e).__name__
+for path in %r:
+    try:
+        out["dirs"][path] = sorted(os.listdir(path))
+    except OSError as e:
+        out["dirs"][path] = type(e).__name__
+print(json.dumps(out))
+"""
+
+
+def _read_in_sandbox(files: list[str], dirs: list[str]) -> dict:
+    result = run_sandboxed(READER % (files, dirs), output_chars=100_000)
+    assert result.passed, result.stderr
+    return json.loads(result.stdout)
+
+
+def _only_the_way_to_kept_paths(seen: dict) -> dict[str, list[str]]:
+    """Names listed in a hidden directory that are not on the way to the interpreter's own
+    directories or to the working directory (the only things bound back there)."""
+    kept = [*seen["interpreter"], seen["cwd"]]
+    return {
+        path: [n for n in names if not any(within(k, f"{path.rstrip('/')}/{n}") for k in kept)]
+        for path, names in seen["dirs"].items()
+        if isinstance(names, list)
+    }
+
+
+def within(path: str, top: str) -> bool:
+    return path == top or path.startswith(top + "/")
+
+
+@pytest.fixture
+def needs_namespaces():
+    if isolation_mode() != "namespaces":
+        pytest.skip("reads are confined only with the namespaces isolation (unshare)")
+
+
+def test_home_and_temporary_files_cannot_be_read_or_listed(needs_namespaces):
+    """Files planted where this account keeps its data (its home, /home, the temporary directory
+    next to the sandbox's working directory, /var/tmp, /dev/shm) are neither readable nor listed."""
+    name = f".nexus-sandbox-secret-{os.getpid()}"
+    places = dict.fromkeys(
+        [str(Path.home()), "/root", "/home", tempfile.gettempdir(), "/var/tmp", "/dev/shm"]
+    )
+    planted = []
+    try:
+        for place in places:
+            with contextlib.suppress(OSError):
+                (Path(place) / name).write_text("SECRET")
+                planted.append(str(Path(place) / name))
+        assert planted
+        seen = _read_in_sandbox([*planted, "/etc/shadow"], list(places))
+    finally:
+        for path in planted:
+            Path(path).unlink(missing_ok=True)
+    assert all(seen["files"][p] == "FileNotFoundError" for p in planted), seen["files"]
+    assert seen["files"]["/etc/shadow"] in ("", "FileNotFoundError")  # /dev/null over it
+    assert not any(name in names for names in seen["dirs"].values()), seen["dirs"]
+    # nor anything else there (/home's other accounts, other runs' temporary files)
+    assert not any(_only_the_way_to_kept_paths(seen).values()), seen["dirs"]
+
+
+def test_a_home_elsewhere_and_the_temporary_directory_are_hidden(needs_namespaces, tmp_path, monkeypatch):
+    """HOME (wherever it is) and the directory that holds the working directory are hidden on
+    their own, not only as part of /home or /tmp; what is next to them stays readable."""
+    home, temp, public = tmp_path / "home", tmp_path / "tmp", tmp_path / "public"
+    for path in (home, temp / "other-run"):
+        path.mkdir(parents=True)
+        (path / "secret").write_text("SECRET")
+    public.write_text("PUBLIC")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    fixed = tuple(p for p in sandbox._PRIVATE_PLACES if not within(str(tmp_path.resolve()), p))
+    monkeypatch.setattr(sandbox, "_PRIVATE_PLACES", fixed)
+    places = sandbox._private_places(temp / "nexus-sandbox-x")
+    assert str(home.resolve()) in places and str(temp.resolve()) in places
+    if any(within(str(public.resolve()), p) for p in places):
+        pytest.skip("this account's home holds the temporary directory")
+    files = [str(home / "secret"), str(temp / "other-run" / "secret"), str(public)]
+    seen = _read_in_sandbox(files, [str(tmp_path), str(home), str(temp)])
+    assert seen["files"] == {files[0]: "FileNotFoundError", files[1]: "FileNotFoundError", files[2]: "PUBLIC"}
+    assert seen["dirs"][str(tmp_path)] == ["home", "public", "tmp"]
+    assert seen["dirs"][str(home)] == [] and seen["dirs"][str(temp)] == [Path(seen["cwd"]).name]
+
+
+def test_an_interpreter_inside_a_hidden_home_still_works(needs_namespaces, monkeypatch):
+    """With HOME the directory that holds this interpreter's prefix (a venv in one's home), the
+    prefixes and sys.path entries are bound back read-only; their neighbours stay hidden."""
+    home = os.path.dirname(os.path.realpath(sys.prefix))
+    monkeypatch.setenv("HOME", home)
+    if home not in sandbox._private_places(Path(tempfile.gettempdir()) / "x"):
+        pytest.skip(f"{home} is a system directory: never hidden")
+    program = (
+        "import collections, datetime, decimal, hashlib, json, math, re, sys, unicodedata, zlib\n"
+        "assert json.loads(json.dumps({'a': [1, 2]})) == {'a': [1, 2]} and math.isqrt(17) == 4\n"
+        "assert collections.Counter('abca')['a'] == 2 and re.fullmatch(r'a+b', 'aab')\n"
+        "assert str(decimal.Decimal(1) / 4) == '0.25' and zlib.decompress(zlib.compress(b'x')) == b'x'\n"
+        "assert hashlib.sha256(b'').hexdigest().startswith('e3b0') and unicodedata.name('a')\n"
+        "import os\nassert sorted(os.listdir('.')) == ['_guard.py', 'program.py']\n"
+        "assert 'collections' in open('program.py').read() and os.path.isdir(sys.prefix)\n"
+        "print(json.dumps({'cwd': os.getcwd(), 'interpreter': [sys.prefix, sys.base_prefix, *sys.path],\n"
+        f"                  'dirs': {{{home!r}: sorted(os.listdir({home!r}))}}}}))\n"
+    )
+    result = run_sandboxed(program, output_chars=100_000)
+    assert result.passed, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["dirs"][home], "the interpreter's directories are bound back"
+    assert not any(_only_the_way_to_kept_paths(seen).values()), (seen["dirs"], os.listdir(home))
+
+
+def test_private_places_given_to_the_launcher(monkeypatch, tmp_path):
+    workdir = tmp_path / "nexus-sandbox-x"
+    places = sandbox._private_places(workdir)
+    assert {"/root", "/home", "/tmp", "/var", "/run", "/dev", "/etc/shadow"} <= set(places)
+    assert str(tmp_path.resolve()) in places  # other runs' working directories
+    assert sandbox._command(workdir, "namespaces", sandbox.Limits(1, 1, 1, 1))[-len(places) :] == places
+    assert sandbox._command(workdir, "none", sandbox.Limits(1, 1, 1, 1))[-1] == str(sandbox._DONE_LINE)
+    monkeypatch.setenv("HOME", "/srv/somebody/else")
+    assert "/srv/somebody/else" in sandbox._private_places(workdir)
+    for system_home in ("/", "/usr/sbin", "/bin", "/usr", "/etc"):
+        monkeypatch.setenv("HOME", system_home)
+        assert system_home not in sandbox._private_places(workdir)[len(sandbox._PRIVATE_PLACES) :]
+
+
+@pytest.mark.parametrize(
+    ("tmpfs", "message"), [("exit 0", r"\S+ is not hidden"), ("exit 1", r"could not hide \S+")]
+)
+def test_the_program_does_not_run_when_hiding_fails(needs_namespaces, monkeypatch, tmp_path, tmpfs, message):
+    """A mount that does nothing (or fails) for the tmpfs over a hidden place: the launcher's
+    check refuses to run the program, with one line."""
+    which = shutil.which
+    wrapper = tmp_path / "mount"
+    wrapper.write_text(f'#!/bin/sh\ncase " $* " in *" tmpfs "*) {tmpfs};; esac\nexec {which("mount")} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(
+        sandbox.shutil, "which", lambda name: str(wrapper) if name == "mount" else which(name)
+    )
+    result = run_sandboxed("print('ran')\n")
+    assert result.status == "failed" and "ran" not in result.stdout
+    assert re.fullmatch(f"sandbox: {message}\n", result.stderr), result.stderr
 
 
 def test_endless_output_is_bounded_by_the_file_size_limit():

@@ -9,17 +9,47 @@ temporary working directory (deleted afterwards; ``HOME`` and ``TMPDIR`` point i
 Isolation (what really confines the program), when the kernel allows it (:func:`isolation_mode`
 is ``"namespaces"``): ``unshare`` puts the interpreter in new user, mount, network and PID
 namespaces. Before the program runs, the launcher (the first lines of the interpreter, trusted)
-binds the working directory onto itself and remounts every other mount read-only, then checks
-that each one is; there is no network (an empty network namespace) and no other process is
-visible or reachable. Where this is not available, :func:`run_sandboxed` refuses to run code
-(:class:`SandboxUnavailable`, a one-line error) unless the caller passes
-``allow_unsandboxed=True`` (``nexus benchmark --allow-unsandboxed-code``).
+confines, in its private mount namespace:
+
+- writes: it binds the working directory onto itself and remounts every other mount read-only;
+- reads: it hides where user data and secrets are kept (:func:`_private_places`): ``/root``,
+  ``/home``, ``/var``, ``/srv``, ``/mnt``, ``/media``, ``/run``, ``/tmp``, ``/lost+found``,
+  ``/etc/ssh``, ``/etc/ssl/private``, ``/dev``, the invoking account's home (``HOME`` and the
+  password database's, wherever they are) and the temporary directory that holds the working
+  directory (other runs' files), each under an empty read-only tmpfs, and ``/etc/shadow``,
+  ``/etc/gshadow`` and their ``-`` backups under ``/dev/null``. Then it binds back, from
+  descriptors opened before, what must stay readable under them: the interpreter's prefixes
+  (``sys.prefix``, ``sys.base_prefix``, the exec prefixes, whole: the standard library, extension
+  modules and libraries kept there as in a conda environment; a venv or pyenv in one's home
+  works) and ``sys.path`` entries, read-only (a library that an extension module loads from
+  another hidden place is missing); ``/dev/null``, ``zero``, ``full``, ``random``, ``urandom``
+  (and new ``fd``, ``stdin``, ``stdout``, ``stderr`` links to ``/proc/self/fd``); and the
+  working directory.
+
+Then it checks all of it: each hidden directory is the new tmpfs and holds only what was bound
+back, each hidden file is ``/dev/null``, each path bound back is the original, every mount but the
+working directory is read-only; if not, the program does not run (exit 3, one line on stderr,
+and :func:`isolation_mode`'s probe reports ``"none"``). Everything else the account can read stays
+readable: ``/usr``, ``/etc`` (but the files above), ``/opt``, ``/sys``, other top-level
+directories (a project directory such as ``/work``), the same files where another mount shows
+them, and the paths (not the contents) of the hidden places and kept directories in
+``/proc/self/mountinfo``. ``/proc`` is the PID namespace's own: only the sandbox's processes, and
+the launcher's descriptors on the originals are closed before the program runs. There is no
+network (an empty network namespace) and no other process is visible or reachable.
+
+Where this is not available, :func:`run_sandboxed` refuses to run code (:class:`SandboxUnavailable`,
+a one-line error) unless the caller passes ``allow_unsandboxed=True`` (``nexus benchmark
+--allow-unsandboxed-code``): then nothing is hidden and the kernel confines neither writes nor
+reads. The guard still refuses writes outside the working directory, but not reads: the program
+can read every file the invoking account can read (``~/.ssh``, tokens under ``~/.cache``, other
+accounts' readable files) and print it into the benchmark's output.
 
 Then, for the checked program only (after the launcher's own setup, so the setup can still start
-``mount``): resource limits on address space, CPU seconds, file size, processes (``RLIMIT_NPROC``)
-and no core dumps, and a seccomp filter that refuses ``execve`` and new processes (threads still
-work): the kernel exempts the host's root from ``RLIMIT_NPROC`` (also as root of a user
-namespace), not from the filter.
+``mount``): resource limits on address space, CPU seconds, file size and no core dumps, and a
+seccomp filter that refuses ``execve`` and new processes (threads still work). Where the filter
+cannot be installed (another architecture, a kernel that refuses it), ``RLIMIT_NPROC`` refuses new
+processes instead, for ordinary accounts only (the kernel exempts the host's root, also as root of
+a user namespace) and at the cost of threads (it counts them too).
 
 Defence in depth, the guard: an audit hook (PEP 578, cannot be removed once installed) refuses
 writes, deletes and renames outside the working directory, opening a directory outside it and
@@ -48,6 +78,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -61,9 +92,9 @@ from pathlib import Path
 from nexus.errors import NexusError
 
 # The launcher and guard: runs first inside the sandboxed interpreter, as `python -I -B _guard.py
-# ROOT MEMORY CPU FSIZE NPROC DONE_LINE [MOUNT]`. The program never sees this module: it runs in a
-# fresh `__main__`, and the hook is built in a private namespace and referenced only by the
-# interpreter's hook list.
+# ROOT MEMORY CPU FSIZE NPROC DONE_LINE [MOUNT PLACE...]` (the PLACEs: what to hide, see
+# _private_places). The program never sees this module: it runs in a fresh `__main__`, and the hook
+# is built in a private namespace and referenced only by the interpreter's hook list.
 _GUARD = r'''
 import sys
 
@@ -256,6 +287,7 @@ def _setup():
     root = os.path.realpath(sys.argv[1])  # the hook compares resolved paths
     memory, cpu, fsize, nproc, done_line = (int(a) for a in sys.argv[2:7])
     mount = sys.argv[7] if len(sys.argv) > 7 else ""
+    places = sys.argv[8:]  # to hide from the program
     marker = b""
     while not marker.endswith(b"\n"):  # one line from the parent, then EOF
         chunk = os.read(0, 256)
@@ -266,21 +298,24 @@ def _setup():
     os.dup2(null, 0)
     os.close(null)
     if mount:
-        _read_only(os, mount, root)
+        _confine(os, stat, mount, root, places)
     os.chdir(root)
     for limit, value in (
         (resource.RLIMIT_AS, (memory, memory)),
         (resource.RLIMIT_CPU, (cpu, cpu + 1)),
         (resource.RLIMIT_FSIZE, (fsize, fsize)),
         (resource.RLIMIT_CORE, (0, 0)),
-        (resource.RLIMIT_NPROC, (nproc, nproc)),
     ):
         resource.setrlimit(limit, value)
     private = {"__builtins__": dict(vars(builtins)), "__name__": "nexus_sandbox_guard"}
     factory = type(_setup)(_hook_factory.__code__, private)
     if done_line == 0:  # isolation_mode's probe: the kernel's confinement alone
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
         return
-    _seccomp(forks=nproc > 1)
+    if not _seccomp(forks=nproc > 1) or nproc > 1:
+        # Without the filter, the process limit is what refuses new processes. With it, a limit
+        # of 1 would refuse threads too for an ordinary account (RLIMIT_NPROC counts them).
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     read_file = type(_setup)(_read_file.__code__, {"__builtins__": {}})
     read_file.__defaults__ = (posix.open, posix.read, posix.close, posix.O_RDONLY)
     os_calls = (posix.write, posix.getcwd, posix.readlink, posix.stat, stat.S_ISDIR, read_file)
@@ -293,7 +328,8 @@ def _seccomp(forks):
     """A seccomp filter (kernel-enforced, for root too, where RLIMIT_NPROC does not apply): no
     execve, and no new process (clone without CLONE_THREAD, fork, vfork) unless ``forks``;
     threads still work (clone3 answers ENOSYS, so the C library falls back to clone). Skipped
-    on other architectures or where the kernel refuses it (the guard still applies)."""
+    on other architectures or where the kernel refuses it (the guard still applies). True when
+    the filter is in place."""
     import platform
 
     arch = platform.machine()
@@ -312,7 +348,7 @@ def _seccomp(forks):
         "aarch64": (0xC00000B7, 220, 435, [], [221, 281], [33, 40, 39, 41, 51, 117, 97, 268, 265]),
     }
     if arch not in table:
-        return
+        return False
     audit_arch, clone, clone3, new_process, exec_, refused = table[arch]
     allow, enosys = 0x7FFF0000, 0x00050000 | 38
     eperm, eagain = 0x00050000 | 1, 0x00050000 | 11
@@ -341,24 +377,43 @@ def _seccomp(forks):
         filters = (Filter * len(prog))(*[Filter(*ins) for ins in prog])
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-        if libc.prctl(38, 1, 0, 0, 0) == 0:  # PR_SET_NO_NEW_PRIVS
-            fprog = Program(len(prog), filters)
-            libc.prctl(22, 2, ctypes.cast(ctypes.pointer(fprog), ctypes.c_void_p).value, 0, 0)  # PR_SET_SECCOMP
+        if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+            return False
+        fprog = Program(len(prog), filters)
+        address = ctypes.cast(ctypes.pointer(fprog), ctypes.c_void_p).value
+        return libc.prctl(22, 2, address, 0, 0) == 0  # PR_SET_SECCOMP
     except (ImportError, OSError, AttributeError):
-        pass
+        return False
     finally:
         for name in [m for m in sys.modules if m in ("ctypes", "_ctypes", "platform") or m.startswith("ctypes.")]:
             del sys.modules[name]
 
 
-def _read_only(os, mount, root):
-    """Inside the new mount namespace: the working directory stays writable (bound onto itself
-    first), every other mount becomes read-only; exit 3 if one stays writable."""
+def _confine(os, stat, mount, root, places):
+    """Inside the new mount namespace, before the program runs; exit 3 (one line on stderr) when
+    any of it is not as it should be.
+
+    Writes: the working directory stays writable (bound onto itself first), every other mount
+    becomes read-only. Reads: each of ``places`` that exists is hidden (a directory under an empty
+    tmpfs, a file under /dev/null), then what lies under them and must stay readable is bound back
+    from descriptors opened before: the interpreter's prefixes and ``sys.path`` entries, /dev's
+    null, zero, full, random and urandom, and the working directory. Paths are handled parents
+    first, so a place hidden inside a kept one is hidden again. Then checks: every hidden
+    directory holds only what the launcher put there, every hidden file is /dev/null, every kept
+    path is the original, and every mount but the working directory is read-only."""
+    null = os.open(os.devnull, os.O_WRONLY)  # before /dev is hidden
+    me = os.getpid()
 
     def run(*args):
-        null = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_WRONLY, 0) for fd in (1, 2)]
-        pid = os.posix_spawn(mount, [mount, *args], {"PATH": "/usr/bin:/bin"}, file_actions=null)
+        to_null = [(os.POSIX_SPAWN_DUP2, null, 1), (os.POSIX_SPAWN_DUP2, null, 2)]
+        # LIBMOUNT_UTAB: libmount would otherwise make /run/mount in the hidden /run
+        env = {"PATH": "/usr/bin:/bin", "LIBMOUNT_UTAB": "/dev/null"}
+        pid = os.posix_spawn(mount, [mount, *args], env, file_actions=to_null)
         return os.waitpid(pid, 0)[1] == 0
+
+    def fail(message):
+        sys.stderr.write("sandbox: " + message + "\n")
+        os._exit(3)
 
     def mount_points():
         points = []
@@ -370,12 +425,130 @@ def _read_only(os, mount, root):
                 points.append(field)
         return points
 
+    def within(path, top):
+        return path == top or path.startswith(top + "/")
+
+    def unexpected(path):
+        """The first entry under the hidden directory ``path`` that the launcher did not make."""
+        for name in os.listdir(path):
+            full = path + "/" + name
+            if full not in made:
+                return full
+            if made[full] == "dir":
+                found = unexpected(full)
+                if found:
+                    return found
+        return None
+
     if not (run("--bind", root, root) and run("-o", "remount,bind,rw", root)):
-        sys.stderr.write("sandbox: could not bind the working directory\n")
-        os._exit(3)
+        fail("could not bind the working directory")
     for point in mount_points():
         if point != root:
             run("-o", "remount,bind,ro", point)
+
+    # (path, 0 kept | 1 hidden | 2 the working directory), parents first; at one path, a kept
+    # path is hidden again and the working directory always stays
+    kept = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path]
+    kept = [os.path.abspath(p) for p in kept if type(p) is str and p]
+    kept += [os.path.realpath(p) for p in kept]
+    kept += ["/dev/" + name for name in ("null", "zero", "full", "random", "urandom")]
+    hidden = [os.path.realpath(p) for p in places if p.startswith("/")]
+    actions = {(p, 0) for p in kept} | {(p, 1) for p in hidden if p != "/" and os.path.lexists(p)}
+    actions = sorted(actions | {(root, 2)}, key=lambda a: (a[0].split("/"), a[1]))
+    fds = {}
+    for path, kind in actions:
+        if kind != 1 and path not in fds:
+            try:
+                fds[path] = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                pass  # missing, or not this account's to read anyway
+    if "/dev/null" not in fds:
+        fail("cannot open /dev/null")
+    null_device = os.fstat(fds["/dev/null"]).st_rdev
+    done = []  # (path, kind) applied
+    made = {}  # in the hidden tmpfs: path -> "dir" (on the way to what follows) or "end"
+    tmpfs = {}  # hidden directory -> the st_dev of its tmpfs
+    to_seal = []  # those of them still writable
+    blanked = []
+    for path, kind in actions:
+        over = max((a for a in done if within(path, a[0])), key=lambda a: len(a[0]), default=None)
+        if kind == 1:
+            if within(path, root) or (over and over[1] == 1):
+                continue  # inside the working directory, or hidden already
+            try:
+                before = os.stat(path)
+            except OSError:
+                fail("could not hide " + path)
+            if stat.S_ISDIR(before.st_mode):
+                # read-only at once, unless something is to be bound back in it
+                filled = path == "/dev" or any(k != 1 and p.startswith(path + "/") for p, k in actions)
+                options = "mode=0755,size=64k" + ("" if filled else ",ro")
+                if not run("-t", "tmpfs", "-o", options, "nexus-hidden", path):
+                    fail("could not hide " + path)
+                tmpfs[path] = os.stat(path).st_dev
+                if filled:
+                    to_seal.append(path)
+                if tmpfs[path] == before.st_dev:
+                    fail(path + " is not hidden")
+            else:
+                if not run("-c", "--bind", f"/proc/{me}/fd/{fds['/dev/null']}", path):
+                    fail("could not hide " + path)
+                blanked.append(path)
+        else:
+            if path not in fds or not over or over[1] != 1:
+                continue  # missing, or readable anyway
+            step = os.path.dirname(path)
+            while step != over[0]:
+                made.setdefault(step, "dir")
+                step = os.path.dirname(step)
+            made[path] = "end"
+            try:
+                os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+                if stat.S_ISDIR(os.fstat(fds[path]).st_mode):
+                    os.makedirs(path, mode=0o755, exist_ok=True)
+                else:
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
+            except OSError:
+                fail("could not keep " + path + " readable")
+            if not run("-c", "--rbind", f"/proc/{me}/fd/{fds[path]}", path):
+                fail("could not keep " + path + " readable")
+        done.append((path, kind))
+    if "/dev" in tmpfs:
+        for name, target in (("fd", ""), ("stdin", "/0"), ("stdout", "/1"), ("stderr", "/2")):
+            try:
+                os.symlink("/proc/self/fd" + target, "/dev/" + name)
+            except OSError:
+                fail("could not make /dev/" + name)
+            made["/dev/" + name] = "end"
+    for path in to_seal:
+        if not run("-o", "remount,bind,ro", path):
+            fail("could not make " + path + " read-only")
+
+    for path, dev in tmpfs.items():
+        try:
+            extra = "" if os.stat(path).st_dev == dev else path
+            extra = extra or unexpected(path)
+        except OSError:
+            extra = path
+        if extra:
+            fail(path + " is not hidden (" + extra + " is visible)")
+    for path in blanked:
+        try:
+            st = os.stat(path)
+        except OSError:
+            st = None
+        if not (st and stat.S_ISCHR(st.st_mode) and st.st_rdev == null_device):
+            fail(path + " is not hidden")
+    for path, kind in done:
+        if kind != 1:
+            try:
+                same = os.path.samestat(os.stat(path), os.fstat(fds[path]))
+            except OSError:
+                same = False
+            if not same:
+                fail("could not keep " + path + " readable")
+    for fd in [*fds.values(), null]:
+        os.close(fd)
     for point in dict.fromkeys(mount_points()):
         if point == root:
             continue
@@ -384,12 +557,11 @@ def _read_only(os, mount, root):
         except OSError:
             continue  # not reachable from here
         if writable:
-            sys.stderr.write(f"sandbox: could not make {point} read-only\n")
-            os._exit(3)
+            fail("could not make " + point + " read-only")
 
 
 _setup()
-del _setup, _hook_factory, _read_file, _read_only, _seccomp
+del _setup, _hook_factory, _read_file, _confine, _seccomp
 
 
 def _run():
@@ -441,10 +613,55 @@ class Limits:
     max_processes: int
 
 
+# Hidden from the program in the namespaces mode (see _private_places): where user data and secrets
+# are kept. What the interpreter needs under them is bound back by the launcher.
+_PRIVATE_PLACES = (
+    "/root",
+    "/home",
+    "/var",
+    "/srv",
+    "/mnt",
+    "/media",
+    "/run",
+    "/tmp",
+    "/lost+found",
+    "/dev",  # all but null, zero, full, random, urandom and the fd, stdin, stdout, stderr links
+    "/etc/ssh",
+    "/etc/ssl/private",
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+)
+# Never hidden as the account's home or the temporary directory (a system account's home can be /
+# or /usr/sbin): the interpreter and mount live there.
+_SYSTEM_PLACES = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", "/sys")
+
+
+def _private_places(workdir: Path) -> list[str]:
+    """What the launcher hides: :data:`_PRIVATE_PLACES`, the invoking account's home (``HOME`` and
+    the password database's) and the temporary directory that holds ``workdir`` (other runs' and
+    programs' files), unless one of those is ``/`` or overlaps a system directory."""
+    extra = [os.environ.get("HOME", ""), str(workdir.parent)]
+    with contextlib.suppress(KeyError):
+        extra.append(pwd.getpwuid(os.getuid()).pw_dir)
+    places = list(_PRIVATE_PLACES)
+    for path in extra:
+        if not path.startswith("/"):
+            continue
+        path = os.path.realpath(path)
+        if path != "/" and not any(
+            path == s or path.startswith(s + "/") or s.startswith(path + "/") for s in _SYSTEM_PLACES
+        ):
+            places.append(path)
+    return list(dict.fromkeys(places))
+
+
 def _command(workdir: Path, mode: str, limits: Limits, done_line: int = _DONE_LINE) -> list[str]:
     """The launcher's command line: the guard with its limits, in new namespaces for
     ``mode == "namespaces"`` (``unshare`` maps the caller to root in the new user namespace;
-    the guard remounts with ``mount`` before it applies the limits)."""
+    the guard remounts and hides :func:`_private_places` with ``mount`` before it applies the
+    limits)."""
     mb = 1024 * 1024
     args = [str(workdir), str(limits.memory_mb * mb), str(limits.cpu_s), str(limits.max_file_mb * mb)]
     cmd = [sys.executable, "-I", "-B", "_guard.py", *args, str(limits.max_processes), str(done_line)]
@@ -461,7 +678,7 @@ def _command(workdir: Path, mode: str, limits: Limits, done_line: int = _DONE_LI
         "--kill-child",
         "--mount-proc",
     ]
-    return [unshare, *flags, "--", *cmd, shutil.which("mount") or "mount"]
+    return [unshare, *flags, "--", *cmd, shutil.which("mount") or "mount", *_private_places(workdir)]
 
 
 # The probe's program: with the guard left out (DONE_LINE 0), only the kernel can refuse the write.
@@ -477,9 +694,9 @@ except OSError:
 @functools.cache
 def isolation_mode() -> str:
     """``"namespaces"`` when the launcher works in new user, mount, network and PID namespaces
-    with every mount but the working directory read-only (probed once, with the guard left out:
-    a write in the working directory must work and one next to it must fail); ``"none"``
-    otherwise."""
+    with every mount but the working directory read-only and the private places hidden (probed
+    once, with the guard left out: a write in the working directory must work and one next to it
+    must fail, and the launcher's checks must pass); ``"none"`` otherwise."""
     if not (shutil.which("unshare") and shutil.which("mount")):
         return "none"
     probe = Path(tempfile.mkdtemp(prefix="nexus-sandbox-probe-"))
