@@ -109,9 +109,13 @@ def test_sigkill_in_every_training_phase_then_resume_is_bit_identical(tiny_llama
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
             # Step 2 reported means checkpoint-1 is on disk, so the rerun must resume, not restart.
-            wait_for(proc, results / "status.json", lambda s, n=number: s["phase"] == n and s["step"] >= 2,
-                     f"phase {number} step 2")  # fmt: skip
-            time.sleep(rng.uniform(0.0, 0.15))
+            # The kill lands at a random step (2 .. STEPS - 3) plus a random instant within a step
+            # or two: a tiny model's steps take milliseconds, so a delay in seconds alone could let
+            # the phase finish first.
+            at = rng.randint(2, STEPS - 3)
+            wait_for(proc, results / "status.json", lambda s, n=number, k=at: s["phase"] == n and s["step"] >= k,
+                     f"phase {number} step {at}")  # fmt: skip
+            time.sleep(rng.uniform(0.0, 0.02))
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
