@@ -102,6 +102,13 @@ def test_builtin_spec_and_text_files(tiny_tokenizer, tmp_path):
     assert parse_builtin("builtin:rag=5")["rag"] == 5
     with pytest.raises(NexusError, match="bad builtin"):
         parse_builtin("builtin:poems=3")
+    from nexus.data.general import general_prompt_count, general_prompts
+
+    most = general_prompt_count()
+    assert len(set(general_prompts(most))) == most
+    assert parse_builtin(f"builtin:general={most}")["general"] == most
+    with pytest.raises(NexusError, match=f"there are {most} distinct general prompts"):
+        parse_builtin(f"builtin:general={most + 1}")
     corpus = build_corpus(["builtin:code=3,math=5,chat=0"], tiny_tokenizer, seq_len=64, heldout_fraction=0.0)
     assert len(corpus.train) >= 2 and corpus.heldout is None
     text = tmp_path / "notes.txt"

@@ -70,6 +70,13 @@ def parse_builtin(source: str) -> dict[str, int]:
                 "builtin:code=200,math=400,chat=60,rag=600,general=800,docs=300,copy=600"
             )
         counts[key] = int(value)
+    from nexus.data.general import general_prompt_count
+
+    if counts["general"] > (most := general_prompt_count()):
+        raise NexusError(
+            f"bad builtin data spec {source!r}: general={counts['general']}, but there are "
+            f"{most} distinct general prompts"
+        )
     return counts
 
 

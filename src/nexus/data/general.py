@@ -277,12 +277,22 @@ TEMPLATES = {
 }
 
 
-def general_prompts(n: int, seed: int = 0) -> list[str]:
-    """``n`` distinct prompts (every subject x each template of its family), shuffled by ``seed``."""
+def _all_prompts() -> list[str]:
     combos: list[str] = []
     for kind, subjects in (("object", OBJECTS), ("task", TASKS), ("concept", CONCEPTS), ("place", PLACES)):
         combos += [t.format(x=s) for s in subjects for t in TEMPLATES[kind]]
     combos += [t.format(a=a, b=b) for a, b in PAIRS for t in TEMPLATES["pair"]]
+    return combos
+
+
+def general_prompt_count() -> int:
+    """How many distinct prompts :func:`general_prompts` can give."""
+    return len(_all_prompts())
+
+
+def general_prompts(n: int, seed: int = 0) -> list[str]:
+    """``n`` distinct prompts (every subject x each template of its family), shuffled by ``seed``."""
+    combos = _all_prompts()
     rng = random.Random(seed)
     rng.shuffle(combos)
     if n > len(combos):
