@@ -409,3 +409,26 @@ def test_apply_umask_opens_a_private_tree(tmp_path):
     assert _modes(tmp_path)["sub/model.safetensors"] == 0o640
     assert _modes(tmp_path)["run.sh"] == 0o750
     assert (tmp_path / "link").is_symlink()
+
+
+def test_torch_writer_failure_is_one_error_naming_the_free_space(tmp_path):
+    """torch.save reports a full disk as a RuntimeError with no errno: one NexusError, old copy kept."""
+    from nexus.errors import NexusError
+
+    final = tmp_path / "checkpoint-2"
+    write_dir_atomically(final, lambda tmp: (tmp / "state.pt").write_bytes(b"old"))
+
+    def torch_full(tmp):
+        (tmp / "state.pt").write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 633558336 vs 633558224")
+
+    with pytest.raises(NexusError, match=r"PyTorch writer failed .*unexpected pos.*MiB free there now: disk full\?; kept"):
+        write_dir_atomically(final, torch_full, what="checkpoint", kept=lambda: "kept")
+    assert (final / "state.pt").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]  # no temp dir left
+
+    def bug(tmp):
+        raise RuntimeError("a bug, not a write failure")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        write_dir_atomically(final, bug)

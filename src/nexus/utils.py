@@ -150,17 +150,27 @@ def dir_lock(path: str | Path, *, shared: bool = False, blocking: bool = True) -
         os.close(fd)  # releases the lock
 
 
-def write_failure(exc: BaseException) -> str | None:
+def write_failure(exc: BaseException, where: str | Path | None = None) -> str | None:
     """Why writing files failed ("disk full", the OS message), or None if ``exc`` is no I/O failure.
 
     safetensors reports the I/O errors of its writer as ``SafetensorError("... I/O error: ...
-    (os error 28)")``, not as ``OSError``.
+    (os error 28)")``, not as ``OSError``; ``torch.save``'s zip writer as a ``RuntimeError``
+    without the errno ("[enforce fail at inline_container.cc:...] . unexpected pos ...",
+    "PytorchStreamWriter failed writing file ..."): for those, the free space left on ``where``'s
+    file system is named, since a full disk is their usual cause.
     """
     if isinstance(exc, OSError):
         return "disk full" if exc.errno == errno.ENOSPC else str(exc)
     text = str(exc)
     if type(exc).__name__ == "SafetensorError" and "I/O error" in text:
         return "disk full" if f"os error {errno.ENOSPC})" in text else text
+    if isinstance(exc, RuntimeError) and ("PytorchStreamWriter" in text or "inline_container" in text):
+        reason = f"the PyTorch writer failed ({text.strip().splitlines()[0][:160]})"
+        try:
+            free = shutil.disk_usage(where).free if where is not None else None
+        except OSError:
+            free = None
+        return reason + (f"; {free / 2**20:,.0f} MiB free there now: disk full?" if free is not None else "")
     return None
 
 
@@ -282,7 +292,7 @@ def write_dir_atomically(
     except BaseException as exc:
         if tmp is not None:
             _discard(tmp)
-        reason = write_failure(exc)
+        reason = write_failure(exc, final.parent)
         if reason is None:
             raise
         raise NexusError(f"cannot write {what} {final}: {reason}" + (f"; {kept()}" if kept else "")) from None
