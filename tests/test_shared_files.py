@@ -420,9 +420,13 @@ def test_torch_writer_failure_is_one_error_naming_the_free_space(tmp_path):
 
     def torch_full(tmp):
         (tmp / "state.pt").write_bytes(b"partial")
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 633558336 vs 633558224")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . unexpected pos 633558336 vs 633558224"
+        )
 
-    with pytest.raises(NexusError, match=r"PyTorch writer failed .*unexpected pos.*MiB free there now: disk full\?; kept"):
+    with pytest.raises(
+        NexusError, match=r"PyTorch writer failed .*unexpected pos.*MiB free there now: disk full\?; kept"
+    ):
         write_dir_atomically(final, torch_full, what="checkpoint", kept=lambda: "kept")
     assert (final / "state.pt").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2"]  # no temp dir left
