@@ -60,20 +60,20 @@ def build_set_index(eval_set: EvalSet, where: Path) -> Path:
     return grounding.build_set_index(eval_set, where, fallback_docs=[ROOT / "docs", ROOT / "README.md"])
 
 
-def table(rows: list[tuple[str, str, int, float, str, dict]]) -> str:
+def table(rows: list[tuple[str, str, int, int, float, str, dict]]) -> str:
     def pct(x):
         return "-" if x != x else f"{100 * x:.0f}%"
 
     head = (
-        "| model | layout | k | cad | penalty on | answerable right | "
+        "| model | layout | k | focus | cad | penalty on | answerable right | "
         + " | ".join(TYPES)
         + " | declined: absent | declined: answerable | context had it |"
     )
-    lines = [head, "| --- | --- | ---: | ---: | --- |" + " ---: |" * (len(TYPES) + 4)]
-    for spec, layout, k, cad, scope, s in rows:
+    lines = [head, "| --- | --- | ---: | ---: | ---: | --- |" + " ---: |" * (len(TYPES) + 4)]
+    for spec, layout, k, focus, cad, scope, s in rows:
         cells = [pct(s["per_type"][t]) for t in TYPES]
         lines.append(
-            f"| {spec} | {layout} | {k} | {cad:g} | {scope} | {pct(s['answerable'])} (n={s['n_answerable']}) | "
+            f"| {spec} | {layout} | {k} | {focus} | {cad:g} | {scope} | {pct(s['answerable'])} (n={s['n_answerable']}) | "
             + " | ".join(cells)
             + f" | {pct(s['declined_absent'])} (n={s['n_absent']}) | {pct(s['declined_answerable'])} | {pct(s['in_context'])} |"
         )
@@ -88,6 +88,8 @@ def main() -> None:
     parser.add_argument("--set", default="heldout", choices=["heldout", "dev", "nexus-docs"])
     parser.add_argument("--layout", action="append", help=f"context layout (repeatable, or 'all'): {', '.join(LAYOUTS)}; default {DEFAULT_LAYOUT.name}")  # fmt: skip
     parser.add_argument("--k", type=int, action="append", help="chunks to retrieve (repeatable; default 4)")
+    parser.add_argument("--focus", type=int, action="append",
+                        help=f"sentences of the chunks kept, 0 = whole chunks (repeatable; default {ChatOptions.focus})")  # fmt: skip
     parser.add_argument(
         "--knowledge", help="nexus-docs: knowledge index directory (default: the model's own, else docs/)"
     )
@@ -109,6 +111,7 @@ def main() -> None:
         if name not in LAYOUTS:
             parser.error(f"unknown layout {name!r}: {', '.join(LAYOUTS)}")
     ks = args.k or [4]
+    focuses = args.focus or [ChatOptions.focus]
     cads = args.cad or [ChatOptions.cad]
     scopes = args.penalty_scope or [ChatOptions.penalty_scope]
     eval_set = {"heldout": heldout_set, "dev": dev_set, "nexus-docs": nexus_docs_set}[args.set]()
@@ -131,9 +134,9 @@ def main() -> None:
                     shared_index = build_set_index(eval_set, Path(tmp))
                 index = shared_index
             tower = KnowledgeTower.load(index)
-            for layout, k, cad, scope in itertools.product(layouts, ks, cads, scopes):
+            for layout, k, focus, cad, scope in itertools.product(layouts, ks, focuses, cads, scopes):
                 print(
-                    f"{spec} / {layout} / k={k} / cad={cad:g} / penalty on {scope} on {eval_set.name}:",
+                    f"{spec} / {layout} / k={k} / focus={focus} / cad={cad:g} / penalty on {scope} on {eval_set.name}:",
                     flush=True,
                 )
                 t0 = time.perf_counter()
@@ -148,10 +151,11 @@ def main() -> None:
                     not args.quiet,
                     cad,
                     scope,
+                    focus,
                 )
                 summary = summarize(records)
-                rows.append((spec, layout, k, cad, scope, summary))
-                dump.append({"model": spec, "layout": layout, "k": k, "cad": cad, "penalty_scope": scope, "set": eval_set.name,
+                rows.append((spec, layout, k, focus, cad, scope, summary))
+                dump.append({"model": spec, "layout": layout, "k": k, "focus": focus, "cad": cad, "penalty_scope": scope, "set": eval_set.name,
                              "summary": summary, "seconds": time.perf_counter() - t0, "records": records})  # fmt: skip
     print()
     print(table(rows))

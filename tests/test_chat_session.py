@@ -39,7 +39,7 @@ class FakeTower:
     def __len__(self):
         return 1
 
-    def select_context(self, prompt, *, k=None, max_tokens=None):
+    def select_context(self, prompt, *, k=None, max_tokens=None, focus=0):
         self.calls += 1
         return [self.chunk]
 
@@ -376,3 +376,15 @@ def test_answer_scoped_penalty_leaves_the_prompt_unpenalized(tiny):
     assert outs["answer"] != outs["conversation"], "penalizing the prompt's tokens must change this answer"
     with pytest.raises(ValueError, match="penalty_scope"):
         ChatOptions(penalty_scope="prompt")
+
+
+def test_chat_focus_option_and_command(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="focus must be >= 0"):
+        ChatOptions(focus=-1)
+    session = ChatSession(model, tok, options=ChatOptions(focus=2))
+    assert session.command("/focus 0") == "focus = 0 (whole chunks)" and session.options.focus == 0
+    assert session.command("/focus 3") == "focus = 3 sentences" and session.options.focus == 3
+    for bad in ("/focus", "/focus -1", "/focus two"):
+        with pytest.raises(NexusError, match="usage: /focus N"):
+            session.command(bad)

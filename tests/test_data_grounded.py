@@ -3,6 +3,9 @@ context holds, the chat's own RAG layout, determinism."""
 
 from __future__ import annotations
 
+import pytest
+
+from nexus.data import grounded
 from nexus.data.corpus import load_source
 from nexus.data.grounded import api_qa_examples, grounded_qa_examples, guide_qa_examples, stdlib_entries
 from nexus.knowledge.tower import DEFAULT_LAYOUT, QUESTION_PREFIX
@@ -34,6 +37,13 @@ def _private():
 def undocumented():
     pass
 '''
+
+
+@pytest.fixture(autouse=True)
+def whole_chunks(monkeypatch):
+    """These tests are about what the rows say; sentence focus (FOCUS) is tested in
+    tests/test_knowledge_focus.py."""
+    monkeypatch.setattr(grounded, "FOCUS", 0)
 
 
 def write_module(tmp_path):

@@ -55,6 +55,29 @@ def test_keep_whole_packing_never_splits_a_document_that_fits_a_row():
     assert len(rows) * 16 - tokens < 16 * 4
 
 
+def test_gold_documents_mark_their_scored_tokens_through_packing_mixing_and_the_cache(
+    tmp_path, tiny_tokenizer
+):
+    from nexus.data import corpus
+    from nexus.data.domains import _rows
+
+    docs = [Document([1, 2, 3], [False, True, True], gold=True), Document([4, 5, 6], [True] * 3)]
+    rows = pack_documents(docs, seq_len=8, pad_id=0)
+    assert rows.labels.tolist() == [[2, 3, -100, 5, 6, -100, -100, -100]]
+    assert rows.gold.tolist() == [[True, True, False, False, False, False, False, False]]
+    assert rows.batch([0])["gold_mask"].tolist() == rows.gold.tolist()
+    assert pack_documents(docs[1:], seq_len=8, pad_id=0).gold is None  # no gold rows: no mask
+    assert "gold_mask" not in pack_documents(docs[1:], seq_len=8, pad_id=0).batch([0])
+    plain = pack_documents(docs[1:], seq_len=8, pad_id=0)
+    mixed = _rows([(0, plain), (2, rows)], np.array([1, 0]), ("code", "math", "chat"))
+    assert mixed.gold.tolist() == [rows.gold[0].tolist(), [False] * 8] and mixed.domain_ids.tolist() == [2, 0]
+    corpus._save(corpus.Corpus(rows, None, "k", None), tmp_path / "k", 2)
+    assert np.array_equal(corpus._load_cached(tmp_path / "k").train.gold, rows.gold)
+    gold = Example("chat", "x:1", prompt="q", response="a", extra={"gold": True})
+    assert encode_example(tiny_tokenizer, gold).gold
+    assert not encode_example(tiny_tokenizer, Example("chat", "x:2", prompt="q", response="a")).gold
+
+
 def test_response_only_targets(tiny_tokenizer):
     ex = Example("chat", "x:1", prompt="What is 2 + 2?", response="4")
     full = encode_example(tiny_tokenizer, ex, loss_on="all")

@@ -114,6 +114,33 @@ def test_fused_chunked_loss_matches_reference_values_and_gradients(kind, chunk, 
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("chunk,row_block", [(1024, None), (7, 3)])
+def test_per_token_weights_score_gold_tokens_by_ce_alone(chunk, row_block):
+    """gold_weight: some tokens get CE only (their own answer is the target), the rest KD + CE."""
+    hidden, weight, th, tw, labels = _case()
+    gold = torch.arange(len(labels)) % 3 == 0
+    kd_w, ce_w = torch.where(gold, 0.0, 0.7), torch.where(gold, 1.5, 0.3)
+    fused, kd, ce = fused_lm_head_loss(
+        hidden, weight, labels, LiveTeacher(th, tw), normalizer=60.0, kd_weight=kd_w, ce_weight=ce_w,
+        chunk_size=chunk, row_block=row_block, temperature=1.5,
+    )  # fmt: skip
+    logits = hidden @ weight.t()
+    per_kd = kd_loss(logits, th @ tw.t(), kind="forward_kl", temperature=1.5)
+    per_ce = ce_loss(logits, labels)
+    ref = ((kd_w * per_kd).sum() + (ce_w * per_ce).sum()) / 60.0
+    torch.testing.assert_close(fused, ref)
+    # the metrics: unweighted, over the tokens that use each term
+    torch.testing.assert_close(kd, per_kd[~gold].sum().detach() / 60.0)
+    torch.testing.assert_close(ce, per_ce.sum().detach() / 60.0)
+    g_fused = torch.autograd.grad(fused, (hidden, weight))
+    for a, b in zip(g_fused, torch.autograd.grad(ref, (hidden, weight)), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # gold tokens' gradient does not depend on the teacher
+    other = fused_lm_head_loss(hidden, weight, labels, LiveTeacher(th * 3, tw), normalizer=60.0,
+                               kd_weight=kd_w, ce_weight=ce_w, temperature=1.5)[0]  # fmt: skip
+    torch.testing.assert_close(torch.autograd.grad(other, hidden)[0][gold], g_fused[0][gold])
+
+
 def test_fused_loss_bf16_compute_is_close_to_fp32():
     hidden, weight, th, tw, labels = _case()
     teacher = LiveTeacher(th, tw)

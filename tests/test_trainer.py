@@ -133,3 +133,47 @@ def test_a_phase_that_ends_further_from_the_teacher_says_so_and_resume_keeps_ste
 def test_settings_refuse_loss_weights_that_leave_nothing_to_train(kd, ce, message):
     with pytest.raises(ValueError, match=message):
         TrainSettings(kd_weight=kd, ce_weight=ce)
+
+
+def test_gold_rows_are_scored_by_their_own_answer_not_the_teacher(pair, tiny_tokenizer):
+    """gold_weight: a gold row's tokens count gold_weight * CE, whatever the teacher says; the other
+    rows keep kd_weight * KD + ce_weight * CE."""
+    from nexus.trainer.step import StudentLoss
+
+    teacher, student = pair
+    gold = Example("chat", "rag:1", prompt="Where is it? Document: it is in Oslo.", response="In Oslo.",
+                   extra={"gold": True})  # fmt: skip
+    plain = Example("chat", "chat:1", prompt="Say hi.", response="Hello there, friend.")
+    rows = pack_documents(encode_examples(tiny_tokenizer, [gold, plain], loss_on="response"), 64, pad_id=0)
+    batch = rows.batch(list(range(len(rows))))
+    assert batch["gold_mask"].sum() > 0 and (batch["loss_mask"] & ~batch["gold_mask"]).sum() > 0
+    n = float(batch["loss_mask"].sum())
+
+    def loss(settings, source):
+        return StudentLoss(student, settings)(batch, source(batch, None), n)[0].item()
+
+    live, other = LiveTeacherSource(copy.deepcopy(teacher)), LiveTeacherSource(copy.deepcopy(student))
+    base = {"kd_weight": 0.8, "ce_weight": 0.2}
+    with torch.no_grad():
+        ungold = loss(TrainSettings(**base), live)
+        mixed = loss(TrainSettings(**base, gold_weight=1.5), live)
+        changed = loss(TrainSettings(**base, gold_weight=1.5), other)
+        logits = student(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[
+            batch["loss_mask"]
+        ]
+        t_logits = teacher(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits[
+            batch["loss_mask"]
+        ]
+    g = batch["gold_mask"][batch["loss_mask"]]
+    ce = F.cross_entropy(logits, batch["labels"][batch["loss_mask"]], reduction="none")
+    kd = F.kl_div(
+        F.log_softmax(logits, -1), F.log_softmax(t_logits, -1), log_target=True, reduction="none"
+    ).sum(-1)
+    assert mixed == pytest.approx(
+        float((1.5 * ce[g]).sum() + (0.8 * kd[~g] + 0.2 * ce[~g]).sum()) / n, rel=1e-4
+    )
+    assert ungold == pytest.approx(float((0.8 * kd + 0.2 * ce).sum()) / n, rel=1e-4)
+    # another teacher changes only the non-gold tokens' KD
+    assert changed != pytest.approx(mixed)
+    with pytest.raises(ValueError, match="non-negative"):
+        TrainSettings(gold_weight=-1.0)

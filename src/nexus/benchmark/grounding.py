@@ -68,15 +68,22 @@ def evaluate(
     show: bool = False,
     cad: float = 0.0,
     penalty_scope: str = "conversation",
+    focus: int | None = None,
 ) -> list[dict]:
     """One record per question: the answer, whether it is right, declined, had its key in context."""
     from nexus.data.grounded import is_abstention
     from nexus.inference.session import ChatOptions, ChatSession
 
     records = []
+    focus = ChatOptions.focus if focus is None else focus
     for q in questions:
         options = ChatOptions(
-            max_new_tokens=max_new_tokens, k=k, layout=layout, cad=cad, penalty_scope=penalty_scope
+            max_new_tokens=max_new_tokens,
+            k=k,
+            layout=layout,
+            cad=cad,
+            penalty_scope=penalty_scope,
+            focus=focus,
         )
         result = ChatSession(model, tokenizer, tower=tower, options=options).respond(q.text)
         in_context = q.qtype != "absent" and any(has_key(c.text, q.answers) for c in result.retrieved)

@@ -55,7 +55,7 @@ GENERAL_SAMPLING = {
     "max_new_tokens": 192,
     "batch_size": 64,
 }
-CACHE_VERSION = 2  # 2: evaluation-split rows are dropped (nexus.data.splits)
+CACHE_VERSION = 3  # 2: evaluation-split rows are dropped (nexus.data.splits); 3: gold rows, focused RAG rows
 
 
 def parse_builtin(source: str) -> dict[str, int]:
@@ -235,7 +235,8 @@ def _load_cached(directory: Path) -> Corpus | None:
             np.load(directory / f"{prefix}_{n}.npy", mmap_mode="r")
             for n in ("input_ids", "position_ids", "labels")
         ]
-        return PackedRows(*arrays)
+        gold = directory / f"{prefix}_gold.npy"
+        return PackedRows(*arrays, np.load(gold, mmap_mode="r") if gold.is_file() else None)
 
     info = json.loads(meta.read_text())
     return Corpus(
@@ -370,8 +371,9 @@ def _save(corpus: Corpus, directory: Path, n_examples: int) -> None:
         for prefix, part in (("train", corpus.train), ("heldout", corpus.heldout)):
             if part is None:
                 continue
-            for name in ("input_ids", "position_ids", "labels"):
-                np.save(tmp / f"{prefix}_{name}.npy", getattr(part, name))
+            for name in ("input_ids", "position_ids", "labels", "gold"):
+                if getattr(part, name) is not None:
+                    np.save(tmp / f"{prefix}_{name}.npy", getattr(part, name))
         atomic_write_json(
             tmp / "meta.json",
             {

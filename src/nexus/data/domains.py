@@ -105,8 +105,14 @@ def _rows(parts: list[tuple[int, PackedRows]], order: np.ndarray, domains: tuple
     ids = np.concatenate([p.input_ids for _, p in parts])
     pos = np.concatenate([p.position_ids for _, p in parts])
     lab = np.concatenate([p.labels for _, p in parts])
+    gold = None
+    if any(p.gold is not None for _, p in parts):
+        gold = np.concatenate(
+            [p.gold if p.gold is not None else np.zeros(p.labels.shape, bool) for _, p in parts]
+        )
+        gold = gold[order]
     dom = np.concatenate([np.full(len(p), d, dtype=np.int64) for d, p in parts])
-    return DomainRows(ids[order], pos[order], lab[order], domain_ids=dom[order], domains=domains)
+    return DomainRows(ids[order], pos[order], lab[order], gold, domain_ids=dom[order], domains=domains)
 
 
 def build_domain_data(

@@ -31,6 +31,7 @@ stay a held-out test of the skill (``benchmarks/bench_grounding.py``). Determini
 from __future__ import annotations
 
 import ast
+import functools
 import random
 import re
 import sysconfig
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nexus.data.formats import Example
+from nexus.knowledge.tower import DEFAULT_FOCUS
 
 MAX_ENTRY_CHARS = 600  # one context chunk: about 150 model tokens
 MAX_CONTEXT_CHARS = 1500  # all chunks together: the row stays well inside 512 tokens
@@ -197,13 +199,37 @@ def _questions(entry: Entry) -> list[tuple[str, str]]:
     return pairs
 
 
-def _rag_example(source: str, chunks: list[tuple[str, str]], question: str, answer: str) -> Example:
-    """One chat example in the chat's RAG layout: the ``(text, file name)`` chunks, then the question."""
-    from nexus.knowledge.tower import Retrieved, augment_prompt, format_context
+# Sentences each row's context keeps (0 = whole chunks): the chat's default, so rows look like
+# the chat's turns.
+FOCUS = DEFAULT_FOCUS
+
+
+@functools.cache
+def _embedder():
+    from nexus.knowledge.embedder import Embedder
+
+    return Embedder("default")
+
+
+def _rag_example(
+    source: str, chunks: list[tuple[str, str]], question: str, answer: str, key: str | None = None
+) -> Example:
+    """One chat example in the chat's RAG layout: the ``(text, file name)`` chunks, then the
+    question. The chunks are cut to their ``FOCUS`` sentences nearest the question as the chat
+    cuts retrieved ones (:func:`~nexus.knowledge.tower.focus_sentences`, with the chat's embedder); when that drops ``key`` (the fact the answer gives), the context no longer
+    holds the answer and the row answers ABSTAIN_ANSWER, as the chat should then."""
+    from nexus.knowledge.index import document_title
+    from nexus.knowledge.tower import Retrieved, augment_prompt, focus_sentences, format_context
 
     retrieved = [Retrieved(rank, 0.0, text, name, 0, 0) for rank, (text, name) in enumerate(chunks, 1)]
+    if FOCUS:
+        titles = [document_title(c.text) for c in retrieved]
+        retrieved = focus_sentences(question, retrieved, FOCUS, _embedder(), titles)
+        if key is not None and not any(key in c.text for c in retrieved):
+            answer = ABSTAIN_ANSWER
     prompt = augment_prompt(format_context(retrieved), question)
-    return Example("chat", source, "chat", prompt=prompt, response=answer)
+    # gold: the answer itself is the target (the teacher does not read its context this well)
+    return Example("chat", source, "chat", prompt=prompt, response=answer, extra={"gold": True})
 
 
 def api_qa_examples(n: int, seed: int = 0, root: str | Path | None = None) -> list[Example]:
@@ -336,7 +362,7 @@ def guide_qa_examples(n: int, seed: int = 0) -> list[Example]:
                 chunks = rng.sample(pool, min(len(pool), rng.randint(0, 3)))
                 chunks.insert(rng.randint(0, len(chunks)), (text, f"{tool}.md"))
                 source = f"builtin:rag-guide:{seed}:{len(examples)}"
-                examples.append(_rag_example(source, chunks, question, answer))
+                examples.append(_rag_example(source, chunks, question, answer, key=answer))
     return examples
 
 
@@ -506,7 +532,9 @@ def fact_rows(n: int, seed: int = 0) -> list[FactRow]:
         if asked is group[0]:
             chunks.insert(rng.randint(0, len(chunks)), asked)
         named = [(p.text, f"{p.kind}s.md") for p in chunks]
-        example = _rag_example(f"builtin:rag-fact:{seed}:{len(rows)}", named, question, answer)
+        key = None if absent else asked.facts[qtype]
+        example = _rag_example(f"builtin:rag-fact:{seed}:{len(rows)}", named, question, answer, key)
+        absent = absent or example.response == ABSTAIN_ANSWER  # focus dropped the answer
         rows.append(FactRow(example, asked, qtype, absent))
     return rows
 

@@ -12,7 +12,12 @@ tokens for ``loss_on="response"``). Documents are concatenated greedily into row
 * ``labels``       ``(R, L)`` the next token when position ``t`` is scored, else ``-100``:
   ``labels[t] = input_ids[t + 1]`` if token ``t + 1`` is a target of the same document.
 
-``loss_mask = labels != -100`` marks the scored positions (KD and CE alike).
+``loss_mask = labels != -100`` marks the scored positions (KD and CE alike). Rows that hold a
+*gold* document (an example whose own answer is the target, ``extra["gold"]``: the grounded RAG
+rows, whose answer the teacher does not give) also carry
+
+* ``gold``         ``(R, L)`` True at the scored positions of gold documents (``gold_mask`` in a
+  batch): the trainer scores them by CE on the answer alone (``TrainSettings.gold_weight``).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ IGNORE_INDEX = -100
 class Document:
     ids: list[int]
     target: list[bool]
+    gold: bool = False  # the example's own answer is the target (see the module docstring)
 
 
 @dataclass
@@ -48,6 +54,7 @@ class PackedRows:
     input_ids: np.ndarray  # (R, L) int32
     position_ids: np.ndarray  # (R, L) int32
     labels: np.ndarray  # (R, L) int32, -100 where not scored
+    gold: np.ndarray | None = None  # (R, L) bool, scored positions of gold documents; None: none
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -62,15 +69,18 @@ class PackedRows:
 
     def batch(self, rows: list[int] | np.ndarray) -> dict[str, torch.Tensor]:
         """A training batch of the given rows: ``input_ids``, ``position_ids``, ``labels`` (long)
-        and ``loss_mask`` (bool), each ``(B, L)``."""
+        and ``loss_mask`` (bool), each ``(B, L)``; ``gold_mask`` (bool) where rows carry ``gold``."""
         idx = np.asarray(rows, dtype=np.int64)
         labels = torch.from_numpy(np.ascontiguousarray(self.labels[idx])).long()
-        return {
+        out = {
             "input_ids": torch.from_numpy(np.ascontiguousarray(self.input_ids[idx])).long(),
             "position_ids": torch.from_numpy(np.ascontiguousarray(self.position_ids[idx])).long(),
             "labels": labels,
             "loss_mask": labels != IGNORE_INDEX,
         }
+        if self.gold is not None:
+            out["gold_mask"] = torch.from_numpy(np.ascontiguousarray(self.gold[idx])).bool()
+        return out
 
 
 def encode_example(
@@ -94,7 +104,7 @@ def encode_example(
         raise NexusError(f"{example.source}: empty response")
     enc = encode_chat(tokenizer, prompt, response, max_length=max_length)
     target = list(enc.response_mask) if loss_on == "response" else [True] * len(enc.input_ids)
-    return Document(list(enc.input_ids), target)
+    return Document(list(enc.input_ids), target, bool(example.extra.get("gold")))
 
 
 def _empty_response(example: Example) -> bool:
@@ -130,7 +140,7 @@ def _fit_rows(docs: list[Document], seq_len: int) -> list[list[Document]]:
     pieces: list[Document] = []
     for doc in docs:
         for start in range(0, len(doc.ids), seq_len):
-            piece = Document(doc.ids[start : start + seq_len], doc.target[start : start + seq_len])
+            piece = Document(doc.ids[start : start + seq_len], doc.target[start : start + seq_len], doc.gold)
             if len(piece.ids) >= 2 or len(doc.ids) == 1:
                 pieces.append(piece)
     order = sorted(range(len(pieces)), key=lambda i: -len(pieces[i].ids))  # stable: ties keep input order
@@ -175,7 +185,7 @@ def pack_documents(
                     groups.append(row)  # do not start a document with a single token at the end of a row
                     row, used = [], 0
                     continue
-                piece = Document(doc.ids[start : start + room], doc.target[start : start + room])
+                piece = Document(doc.ids[start : start + room], doc.target[start : start + room], doc.gold)
                 row.append(piece)
                 used += len(piece.ids)
                 start += len(piece.ids)
@@ -190,6 +200,7 @@ def pack_documents(
     ids_out = np.full((len(groups), seq_len), pad_id, dtype=np.int32)
     pos_out = np.zeros((len(groups), seq_len), dtype=np.int32)
     lab_out = np.full((len(groups), seq_len), IGNORE_INDEX, dtype=np.int32)
+    gold_out = np.zeros((len(groups), seq_len), dtype=bool) if any(d.gold for d in docs) else None
     for r, pieces in enumerate(groups):
         at = 0
         for piece in pieces:
@@ -197,10 +208,12 @@ def pack_documents(
             ids_out[r, at : at + n] = piece.ids
             pos_out[r, at : at + n] = np.arange(n)
             lab_out[r, at : at + n] = _labels(piece.ids, piece.target)
+            if piece.gold:
+                gold_out[r, at : at + n] = lab_out[r, at : at + n] != IGNORE_INDEX
             at += n
         # Padding forms its own "document" (positions from 0) so it never attends to real text.
         pos_out[r, at:] = np.arange(seq_len - at)
-    return PackedRows(ids_out, pos_out, lab_out)
+    return PackedRows(ids_out, pos_out, lab_out, gold_out)
 
 
 def split_heldout(

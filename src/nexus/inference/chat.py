@@ -45,6 +45,10 @@ class ChatConfig:
         default=None, metadata={"help": "min cosine similarity of a retrieved chunk"}
     )
     context_tokens: int = field(default=512, metadata={"help": "token budget of the retrieved context"})
+    focus: int = field(
+        default=ChatOptions.focus,
+        metadata={"help": "keep the N retrieved sentences nearest the question (0 = whole chunks)"},
+    )
     cite: bool = field(
         default=False, metadata={"help": "append the context's documents and chunk numbers to each answer"}
     )
@@ -97,6 +101,7 @@ class ChatConfig:
             top_p=self.top_p,
             repetition_penalty=self.repetition_penalty,
             k=self.k,
+            focus=self.focus,
             draft_tokens=self.draft_tokens,
             cad=self.cad,
             penalty_scope=self.penalty_scope,
@@ -151,6 +156,7 @@ def open_session(config: ChatConfig, *, info: TextIO = sys.stderr, cwd: str | Pa
         rag=config.rag,
         k=config.k,
         context_tokens=config.context_tokens,
+        focus=config.focus,
         cite=config.cite,
         draft_tokens=config.draft_tokens,
         cad=config.cad,

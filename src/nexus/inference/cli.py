@@ -12,7 +12,7 @@ def register(subparsers) -> None:
         "chat",
         help="interactive chat with a model (RAG from its knowledge index; assisted generation)",
         description=(
-            "Chat with a model in the terminal. Commands: /reset, /rag on|off, /k N, /sources, /cite on|off, /help, /quit; "
+            "Chat with a model in the terminal. Commands: /reset, /rag on|off, /k N, /focus N, /sources, /cite on|off, /help, /quit; "
             "/image PATH for a vision-language model. "
             "With no --model_path the newest nexus-release-v* in the current directory is used."
         ),
@@ -34,6 +34,9 @@ def register(subparsers) -> None:
         action="store_true",
         help="append the documents and chunk numbers of the context to each answer",
     )
+    parser.add_argument("--focus", type=int, default=ChatOptions.focus, metavar="N",
+                        help="keep the N sentences of the retrieved chunks nearest the question "
+                        "(default %(default)s; 0 = whole chunks)")  # fmt: skip
     parser.add_argument("--context-tokens", type=int, default=512, help="token budget of retrieved context")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="max tokens per answer (default 256)")
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0 = greedy)")
@@ -76,6 +79,7 @@ def _chat(args: argparse.Namespace) -> int:
         "k": args.k,
         "threshold": args.threshold,
         "context_tokens": args.context_tokens,
+        "focus": args.focus,
         "cite": args.cite,
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 
 from nexus.data.templates import render_prompt
 from nexus.errors import NexusError
-from nexus.knowledge.tower import DEFAULT_LAYOUT, LAYOUTS, ContextLayout, Retrieved
+from nexus.knowledge.tower import DEFAULT_FOCUS, DEFAULT_LAYOUT, LAYOUTS, ContextLayout, Retrieved
 
 PENALTY_SCOPES = ("conversation", "answer")
 
 HELP = (
     "commands: /reset (forget the conversation), /rag on|off, /k N (chunks to retrieve), "
+    "/focus N (keep the N sentences nearest the question, 0 = whole chunks), "
     "/sources (what the last answer retrieved), /cite on|off (append them to answers), /help, /quit"
 )
 
@@ -177,6 +178,8 @@ class ChatOptions:
     rag: bool = True
     k: int = 4
     context_tokens: int = 512  # token budget of the retrieved context (model tokens)
+    # keep only the N sentences of the retrieved chunks most similar to the question (0 = whole chunks)
+    focus: int = DEFAULT_FOCUS
     cite: bool = False  # append the context's documents and chunk numbers to each answer
     layout: str = DEFAULT_LAYOUT.name  # how the context and the question are laid out (LAYOUTS)
     # assisted generation: draft tokens per teacher pass (None = transformers' default, up to 20,
@@ -196,6 +199,8 @@ class ChatOptions:
             raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.focus < 0:
+            raise ValueError(f"focus must be >= 0, got {self.focus}")
         if self.draft_tokens is not None and self.draft_tokens < 1:
             raise ValueError(f"draft_tokens must be >= 1, got {self.draft_tokens}")
         if self.penalty_scope not in PENALTY_SCOPES:
@@ -277,6 +282,13 @@ class ChatSession:
                 raise NexusError("usage: /k N with N >= 1")
             self.options.k = int(arg)
             return f"k = {self.options.k}"
+        if name == "/focus":
+            if not arg.isdigit():
+                raise NexusError("usage: /focus N with N >= 0 (0 = whole chunks)")
+            self.options.focus = int(arg)
+            return f"focus = {self.options.focus}" + (
+                " (whole chunks)" if not self.options.focus else " sentences"
+            )
         if name == "/cite":
             if arg not in ("on", "off", ""):
                 raise NexusError("usage: /cite on|off")
@@ -313,7 +325,7 @@ class ChatSession:
         chunks: list[Retrieved] = []
         if self.options.rag and self.tower is not None:
             chunks = self.tower.select_context(
-                user_text, k=self.options.k, max_tokens=self.options.context_tokens
+                user_text, k=self.options.k, max_tokens=self.options.context_tokens, focus=self.options.focus
             )
         history = list(self.history)
         limit = self.context_window - self.options.max_new_tokens

@@ -20,6 +20,8 @@ from nexus.knowledge.index import embedder_mismatch_message, read_index_dir
 DEFAULT_THRESHOLD = 0.3
 DEFAULT_K = 4
 DEFAULT_CONTEXT_TOKENS = 512
+# Sentences of the retrieved chunks kept in the context (0 = whole chunks): see focus_sentences.
+DEFAULT_FOCUS = 2
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,88 @@ def augment_prompt(context: str, prompt: str, layout: ContextLayout | None = Non
     return (layout or DEFAULT_LAYOUT).augment(context, prompt)
 
 
+# A unit ending in one of these (or in a single capital, an initial) goes on into the next one.
+_ABBREVIATIONS = frozenset(
+    [
+        "dr",
+        "mr",
+        "mrs",
+        "ms",
+        "mt",
+        "st",
+        "prof",
+        "jr",
+        "sr",
+        "vs",
+        "etc",
+        "e.g",
+        "i.e",
+        "no",
+        "fig",
+        "approx",
+    ]
+)
+
+
+def _sentences(text: str) -> list[tuple[int, str]]:
+    """(start offset, sentence) of ``text``'s sentences, Markdown headings left out: the
+    chunker's units, glued back where a unit ends in an abbreviation ("Dr.") or an initial."""
+    from nexus.knowledge.chunking import split_units
+
+    out: list[tuple[int, int]] = []
+    glue = False
+    for a, b in split_units(text):
+        if text.startswith("#", a):
+            glue = False
+            continue
+        if glue and out:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+        last = text[a:b].rsplit(None, 1)[-1]
+        glue = last.endswith(".") and (
+            last[:-1].lower() in _ABBREVIATIONS or (len(last) == 2 and last[0].isupper())
+        )
+    return [(a, text[a:b]) for a, b in out]
+
+
+def focus_sentences(
+    question: str, chunks: Sequence[Retrieved], sentences: int, embedder, titles: Sequence[str]
+) -> list[Retrieved]:
+    """Cut retrieved chunks down to the ``sentences`` sentences most similar to ``question``.
+
+    Each sentence of each chunk (Markdown headings aside) is embedded after its document's title
+    (``titles``, one per chunk), as the index embeds chunks, so "It opened in 1874." still says
+    whose opening it is. A chunk keeps its chosen sentences in their own order, after its title;
+    chunks keep their rank order and one left without a sentence is dropped. A small model finds
+    the fact it is asked about far more easily in two sentences than in four chunks.
+    """
+    import dataclasses
+
+    if sentences < 1 or not chunks:
+        return list(chunks)
+    candidates, seen = [], set()  # (chunk index, start offset, sentence)
+    for i, chunk in enumerate(chunks):
+        for a, text in _sentences(chunk.text):
+            key = " ".join(text.split())
+            if key not in seen:  # overlapping chunks repeat sentences: the better-ranked one keeps it
+                seen.add(key)
+                candidates.append((i, a, text))
+    if not candidates:
+        return list(chunks)
+    vectors = embedder.embed([f"{titles[i]}: {text}" if titles[i] else text for i, _, text in candidates])
+    scores = vectors @ embedder.embed([question])[0]
+    best = sorted(range(len(candidates)), key=lambda j: -float(scores[j]))[:sentences]
+    focused = []
+    for i, chunk in enumerate(chunks):
+        kept = sorted((candidates[j][1], candidates[j][2]) for j in best if candidates[j][0] == i)
+        if kept:
+            body = " ".join(" ".join(text.split()) for _, text in kept)
+            text = f"{titles[i]}: {body}" if titles[i] else body
+            focused.append(dataclasses.replace(chunk, rank=len(focused) + 1, text=text))
+    return focused
+
+
 class KnowledgeTower:
     """A loaded index plus the embedder it was built with (``KnowledgeTower.load(dir)``)."""
 
@@ -197,9 +281,11 @@ class KnowledgeTower:
         k: int | None = None,
         max_tokens: int | None = None,
         threshold: float | None = None,
+        focus: int = 0,
     ) -> list[Retrieved]:
         """Chunks above ``threshold`` that fit ``max_tokens`` (in rank order; also kept in
-        ``last_retrieved`` for ``/sources``)."""
+        ``last_retrieved`` for ``/sources``), cut to their ``focus`` sentences most similar to
+        ``prompt`` when ``focus`` > 0 (:func:`focus_sentences`)."""
         threshold = self.threshold if threshold is None else threshold
         budget = self.max_context_tokens if max_tokens is None else max_tokens
         relevant = [c for c in self.retrieve(prompt, k) if c.score >= threshold]
@@ -210,6 +296,9 @@ class KnowledgeTower:
                 break
             chosen.append(chunk)
             used += cost
+        if focus > 0:
+            titles = [self.docs[c.row].get("title", "") for c in chosen]
+            chosen = focus_sentences(prompt, chosen, focus, self.embedder, titles)
         self.last_retrieved = chosen
         return chosen
 

@@ -111,44 +111,56 @@ def chunk_loss_and_grad(
     kind: str,
     temperature: float,
     beta: float,
-    kd_weight: float,
-    ce_weight: float,
+    kd_weight: float | torch.Tensor,
+    ce_weight: float | torch.Tensor,
     need_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Loss of a few tokens and its gradient w.r.t. their ``(R, V)`` logits.
 
     ``teacher``: the teacher's ``(R, V)`` logits for the same tokens, or their cached top-k rows.
-    Returns the summed weighted loss, the summed KD and CE parts, and the float32 gradient of the
-    summed weighted loss (``None`` without ``need_grad``). Values equal :func:`kd_loss`,
-    :func:`topk_kd_loss` and :func:`ce_loss` summed; the gradient is their closed form.
+    ``kd_weight`` / ``ce_weight``: one weight, or an ``(R,)`` float32 tensor of per-token weights.
+    Returns the summed weighted loss, the KD and CE parts summed (unweighted) over the tokens whose
+    weight for them is not 0, and the float32
+    gradient of the summed weighted loss (``None`` without ``need_grad``). Values equal
+    :func:`kd_loss`, :func:`topk_kd_loss` and :func:`ce_loss` summed; the gradient is their
+    closed form.
     """
     zero = torch.zeros((), dtype=torch.float32, device=logits.device)
-    kd = ce = zero
+    kd = ce = total = zero
     grad = None
     t = float(temperature)
-    use_kd = bool(kd_weight) and teacher is not None
-    s = _log_softmax_at(logits, t) if use_kd or (ce_weight and t == 1.0) else None
+    per_token = isinstance(kd_weight, torch.Tensor)  # both are tensors or neither
+    use_kd = teacher is not None and bool(kd_weight.any() if per_token else kd_weight)
+    use_ce = bool(ce_weight.any() if per_token else ce_weight)
+    s = _log_softmax_at(logits, t) if use_kd or (use_ce and t == 1.0) else None
     q = s.exp() if s is not None else None
     if use_kd:
         if isinstance(teacher, CachedTeacher):
             rows, g = _topk_divergence_and_grad(s, q, teacher, kind, beta)
         else:
             rows, g = _divergence_and_grad(s, q, _log_softmax_at(teacher, t), kind, beta)
-        kd = rows.sum() * (t * t)
-        grad = g.mul_(kd_weight * t)  # d(kd_weight * T^2 * L)/d(logits) = kd_weight * T * dL/dz
-    if ce_weight:
+        if per_token:
+            kd = (rows * (kd_weight > 0)).sum() * (t * t)
+            total = (rows * kd_weight).sum() * (t * t)
+        else:
+            kd = rows.sum() * (t * t)
+            total = kd_weight * kd
+        # d(kd_weight * T^2 * L)/d(logits) = kd_weight * T * dL/dz
+        grad = g.mul_(kd_weight[:, None] * t if per_token else kd_weight * t)
+    if use_ce:
         if t == 1.0 and s is not None:
             logp, p = s, q
         else:
             logp = F.log_softmax(logits, dim=-1, dtype=torch.float32)
             p = logp.exp() if need_grad else None
         labels = labels.long()
-        ce = -logp.gather(-1, labels[:, None]).sum()
+        nll = -logp.gather(-1, labels[:, None])[:, 0]
+        ce = (nll * (ce_weight > 0)).sum() if per_token else nll.sum()
+        total = total + ((nll * ce_weight).sum() if per_token else ce_weight * ce)
         if need_grad:
-            g_ce = p * ce_weight
+            g_ce = p * (ce_weight[:, None] if per_token else ce_weight)
             g_ce[torch.arange(len(labels), device=labels.device), labels] -= ce_weight
             grad = g_ce if grad is None else grad.add_(g_ce)
-    total = kd_weight * kd + ce_weight * ce
     if need_grad and grad is None:  # no term here (the loss is elsewhere, e.g. cross-tokenizer KD)
         grad = torch.zeros_like(logits, dtype=torch.float32)
     return total, kd, ce, grad if need_grad else None
@@ -214,6 +226,12 @@ class _FusedHeadLoss(torch.autograd.Function):
                     target = teacher.rows(start + z.start, start + z.stop)
                 else:
                     target = None
+                kd_w, ce_w = opts["kd_weight"], opts["ce_weight"]
+                if isinstance(kd_w, torch.Tensor):  # per-token weights: this block's
+                    kd_w, ce_w = (
+                        kd_w[start + z.start : start + z.stop],
+                        ce_w[start + z.start : start + z.stop],
+                    )
                 loss, kd, ce, g = chunk_loss_and_grad(
                     logits[z],
                     target,
@@ -221,8 +239,8 @@ class _FusedHeadLoss(torch.autograd.Function):
                     kind=opts["kind"],
                     temperature=opts["temperature"],
                     beta=opts["beta"],
-                    kd_weight=opts["kd_weight"],
-                    ce_weight=opts["ce_weight"],
+                    kd_weight=kd_w,
+                    ce_weight=ce_w,
                     need_grad=need_grad,
                 )
                 total += loss
@@ -264,8 +282,8 @@ def fused_lm_head_loss(
     kind: str = "forward_kl",
     temperature: float = 1.0,
     beta: float = 0.5,
-    kd_weight: float = 1.0,
-    ce_weight: float = 0.0,
+    kd_weight: float | torch.Tensor = 1.0,
+    ce_weight: float | torch.Tensor = 0.0,
     head_bias: torch.Tensor | None = None,
     chunk_size: int = 1024,
     compute_dtype: torch.dtype = torch.float32,
@@ -275,10 +293,17 @@ def fused_lm_head_loss(
 
     ``hidden``: ``(N, H)`` student final hidden states (after the final norm) at the scored
     positions; ``head_weight``: ``(V, H)``; ``labels``: ``(N,)`` next-token ids (for CE);
-    ``teacher``: the teacher's targets for the same ``N`` positions. Returns the differentiable
-    total and the detached KD and CE parts (each divided by ``normalizer``).
-    Logit matmuls run in ``compute_dtype``; the softmax math runs in float32.
+    ``teacher``: the teacher's targets for the same ``N`` positions; ``kd_weight`` /
+    ``ce_weight``: one weight each, or ``(N,)`` per-token weights (either both or neither).
+    Returns the differentiable total and the detached KD and CE sums, unweighted, over the tokens
+    that use them (each divided by ``normalizer``). Logit matmuls run in ``compute_dtype``; the softmax math runs in float32.
     """
+    if isinstance(kd_weight, torch.Tensor) or isinstance(ce_weight, torch.Tensor):
+        n = hidden.shape[0]
+        kd_weight, ce_weight = (
+            torch.as_tensor(w, dtype=torch.float32, device=hidden.device).expand(n).contiguous()
+            for w in (kd_weight, ce_weight)
+        )
     opts = {
         "kind": kind,
         "temperature": temperature,

@@ -67,6 +67,13 @@ class TrainSettings:
     temperature: float = field(default=1.0, metadata=_help("KD temperature (loss scaled by T^2)"))
     kd_weight: float = field(default=1.0, metadata=_help("weight of KD from the teacher (0 = no teacher)"))
     ce_weight: float = field(default=0.0, metadata=_help("weight of CE on the data's own tokens"))
+    gold_weight: float | None = field(
+        default=None,
+        metadata=_help(
+            "rows whose own answer is the target (the grounded RAG rows): CE weight on their tokens, "
+            "no KD (default: scored like the other rows)"
+        ),
+    )
     # speed / precision / parallelism
     precision: Precision = field(
         default="auto", metadata=_help("training precision (auto: bf16 where supported)")
@@ -141,7 +148,7 @@ class TrainSettings:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        if min(self.kd_weight, self.ce_weight) < 0:
+        if min(self.kd_weight, self.ce_weight, self.gold_weight or 0.0) < 0:
             raise ValueError("loss weights must be non-negative")
         if self.kd_weight == 0 and self.ce_weight == 0:
             raise ValueError("kd_weight and ce_weight are both 0: there is no loss to train on")

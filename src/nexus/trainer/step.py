@@ -4,7 +4,10 @@ as one ``nn.Module`` (:class:`StudentLoss`, so DDP/FSDP see a single forward).
 The loss of one optimizer step is
 
     (kd_weight * sum KD + ce_weight * sum CE + anchor_weight * sum anchor) / (scored tokens of
-    the whole global batch)  +  mean over the micro-batches of all processes of extra_loss
+    the whole global batch)
+
+(with ``gold_weight`` set, the tokens of gold rows count ``gold_weight * CE`` instead of their KD
+and CE terms)  +  mean over the micro-batches of all processes of extra_loss
 
 so gradient accumulation and data parallelism reproduce one big batch. ``extra_loss(output,
 batch, step)`` gets the student's base-model output (``last_hidden_state``; a hook that needs
@@ -137,6 +140,13 @@ class StudentLoss(nn.Module):
         mask = batch["loss_mask"]
         hidden = out.last_hidden_state[mask]  # (N, H)
         head = self.student.get_output_embeddings()
+        kd_weight = s.kd_weight if teacher is not None else 0.0
+        ce_weight = s.ce_weight
+        if s.gold_weight is not None and "gold_mask" in batch:
+            # gold rows' tokens: CE on their own answer only; the others as configured
+            gold = batch["gold_mask"][mask].to(hidden.device)
+            kd_weight = torch.where(gold, 0.0, kd_weight)
+            ce_weight = torch.where(gold, float(s.gold_weight), ce_weight)
         loss, kd, ce = fused_lm_head_loss(
             hidden,
             head.weight,
@@ -146,8 +156,8 @@ class StudentLoss(nn.Module):
             kind=s.kd_kind,
             temperature=s.temperature,
             beta=s.jsd_beta,
-            kd_weight=s.kd_weight if teacher is not None else 0.0,
-            ce_weight=s.ce_weight,
+            kd_weight=kd_weight,
+            ce_weight=ce_weight,
             head_bias=getattr(head, "bias", None),
             chunk_size=s.chunk_size,
             compute_dtype=self.compute_dtype,
