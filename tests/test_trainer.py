@@ -175,5 +175,10 @@ def test_gold_rows_are_scored_by_their_own_answer_not_the_teacher(pair, tiny_tok
     assert ungold == pytest.approx(float((0.8 * kd + 0.2 * ce).sum()) / n, rel=1e-4)
     # another teacher changes only the non-gold tokens' KD
     assert changed != pytest.approx(mixed)
+    # held-out fidelity is measured where the teacher is the target: gold tokens count for CE only
+    got = evaluate_fidelity(student, LiveTeacherSource(copy.deepcopy(teacher)), rows, batch_size=4)
+    assert got["kd_tokens"] == int((~g).sum()) and got["tokens"] == len(g)
+    assert got["kd"] == pytest.approx(float(kd[~g].mean()), rel=1e-4)
+    assert got["ce"] == pytest.approx(float(ce.mean()), rel=1e-4)
     with pytest.raises(ValueError, match="non-negative"):
         TrainSettings(gold_weight=-1.0)

@@ -41,10 +41,12 @@ def score_batch(
     chunk_size: int,
     temperature: float = 1.0,
 ) -> dict[str, float]:
-    """Summed KL(teacher || student), CE and top-1 agreements of one batch, and its token count.
+    """Summed KL(teacher || student), CE and top-1 agreements of one batch, and its token counts.
 
     ``temperature``: that of a cached teacher's log-probs; the student is compared at the same one
-    (1 for a live teacher and for the held-out split of a cache)."""
+    (1 for a live teacher and for the held-out split of a cache). Tokens of gold rows
+    (``gold_mask``: trained on their own answer, not the teacher's) count for CE only
+    (``kd_tokens`` are the others)."""
     head = student.get_output_embeddings()
     chunk_size = vocab_chunk(chunk_size, head.weight.shape[0])  # bounded (C, V) temporaries
     with autocast(precision, device):
@@ -52,7 +54,9 @@ def score_batch(
     mask = batch["loss_mask"]
     hidden = out.last_hidden_state[mask]
     labels = batch["labels"][mask]
+    teacher_side = ~batch["gold_mask"][mask] if "gold_mask" in batch else None
     sums = {"kl": 0.0, "ce": 0.0, "agree": 0.0, "tokens": int(hidden.shape[0])}
+    sums["kd_tokens"] = sums["tokens"] if teacher_side is None else int(teacher_side.sum())
     for c in range(0, hidden.shape[0], chunk_size):
         e = min(hidden.shape[0], c + chunk_size)
         logits = F.linear(hidden[c:e].to(head.weight.dtype), head.weight, getattr(head, "bias", None)).float()
@@ -60,17 +64,18 @@ def score_batch(
         sums["ce"] += float(F.nll_loss(logp, labels[c:e], reduction="sum"))
         if targets is None:
             continue
+        keep = slice(None) if teacher_side is None else teacher_side[c:e]
         if cached:
             t = targets.target
             s_at = logp if temperature == 1.0 else F.log_softmax(logits / temperature, -1)
             s_logp, t_logp = topk_bins(s_at, t.topk_logp[c:e], t.topk_idx[c:e], t.tail_logp[c:e])
-            sums["kl"] += float(forward_kl_terms(t_logp, s_logp).sum())
+            sums["kl"] += float(forward_kl_terms(t_logp, s_logp)[keep].sum())
             teacher_top1 = t.topk_idx[c:e, 0].long()
         else:
             t_logits = targets.target.logits(c, e).float()
-            sums["kl"] += float(forward_kl_terms(F.log_softmax(t_logits, -1), logp).sum())
+            sums["kl"] += float(forward_kl_terms(F.log_softmax(t_logits, -1), logp)[keep].sum())
             teacher_top1 = t_logits.argmax(-1)
-        sums["agree"] += float(top1_matches(logits, teacher_top1))
+        sums["agree"] += float(top1_matches(logits[keep], teacher_top1[keep]))
     return sums
 
 
@@ -87,7 +92,8 @@ def evaluate_fidelity(
     chunk_size: int = 1024,
     scorer: Callable[..., dict[str, float]] | None = None,
 ) -> dict[str, float]:
-    """Mean per-token KL(teacher || student) at T=1, CE on the data and top-1 agreement.
+    """Mean per-token KL(teacher || student) at T=1, CE on the data and top-1 agreement (KL and
+    agreement over the tokens whose target is the teacher: not those of gold rows, ``kd_tokens``).
 
     With a cached teacher the KL is the top-k (K + 1 bins) one and is reported as
     ``kd_topk``; with a live teacher it is the full-vocabulary KL (``kd``). A cache's held-out
@@ -101,7 +107,7 @@ def evaluate_fidelity(
     was_training = student.training
     student.eval()
     n = len(rows) if max_rows is None else min(len(rows), max_rows)
-    sums = {"kl": 0.0, "ce": 0.0, "agree": 0.0, "tokens": 0}
+    sums = {"kl": 0.0, "ce": 0.0, "agree": 0.0, "tokens": 0, "kd_tokens": 0}
     cached = teacher is not None and not isinstance(teacher, LiveTeacherSource)
     temperature = float(getattr(teacher, "temperature", 1.0)) if cached else 1.0
     extra = {"temperature": temperature} if temperature != 1.0 else {}
@@ -115,14 +121,16 @@ def evaluate_fidelity(
             batch, targets, cached=cached, precision=precision, device=device, chunk_size=chunk_size, **extra
         )
         for key in sums:
-            sums[key] += part[key]
+            sums[key] += part.get(key, part["tokens"])  # a scorer without kd_tokens: every token
     student.train(was_training)
-    tokens = max(1, sums["tokens"])
+    tokens, kd_tokens = max(1, sums["tokens"]), max(1, sums["kd_tokens"])
     result = {"ce": sums["ce"] / tokens, "tokens": sums["tokens"]}
     if teacher is not None:
         key = ("kd_topk" if temperature == 1.0 else f"kd_topk_T{temperature:g}") if cached else "kd"
-        result[key] = sums["kl"] / tokens
-        result["top1_agreement"] = sums["agree"] / tokens
+        result[key] = sums["kl"] / kd_tokens
+        result["top1_agreement"] = sums["agree"] / kd_tokens
+        if sums["kd_tokens"] != sums["tokens"]:  # gold rows: scored by CE only
+            result["kd_tokens"] = sums["kd_tokens"]
     return result
 
 
