@@ -236,7 +236,7 @@ def _load_cached(directory: Path) -> Corpus | None:
             for n in ("input_ids", "position_ids", "labels")
         ]
         gold = directory / f"{prefix}_gold.npy"
-        return PackedRows(*arrays, np.load(gold, mmap_mode="r") if gold.is_file() else None)
+        return PackedRows(*arrays, gold=np.load(gold, mmap_mode="r") if gold.is_file() else None)
 
     info = json.loads(meta.read_text())
     return Corpus(

@@ -112,7 +112,7 @@ def _rows(parts: list[tuple[int, PackedRows]], order: np.ndarray, domains: tuple
         )
         gold = gold[order]
     dom = np.concatenate([np.full(len(p), d, dtype=np.int64) for d, p in parts])
-    return DomainRows(ids[order], pos[order], lab[order], gold, domain_ids=dom[order], domains=domains)
+    return DomainRows(ids[order], pos[order], lab[order], gold=gold, domain_ids=dom[order], domains=domains)
 
 
 def build_domain_data(

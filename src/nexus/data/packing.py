@@ -26,7 +26,7 @@ import bisect
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -54,7 +54,8 @@ class PackedRows:
     input_ids: np.ndarray  # (R, L) int32
     position_ids: np.ndarray  # (R, L) int32
     labels: np.ndarray  # (R, L) int32, -100 where not scored
-    gold: np.ndarray | None = None  # (R, L) bool, scored positions of gold documents; None: none
+    # (R, L) bool, scored positions of gold documents; None: none (keyword-only: subclasses add fields)
+    gold: np.ndarray | None = field(default=None, kw_only=True)
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -213,7 +214,7 @@ def pack_documents(
             at += n
         # Padding forms its own "document" (positions from 0) so it never attends to real text.
         pos_out[r, at:] = np.arange(seq_len - at)
-    return PackedRows(ids_out, pos_out, lab_out, gold_out)
+    return PackedRows(ids_out, pos_out, lab_out, gold=gold_out)
 
 
 def split_heldout(
