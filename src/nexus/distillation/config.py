@@ -186,7 +186,7 @@ class DistillConfig(TrainSettings):
     def result_hash(self) -> str:
         # their defaults leave the hash of configs written before these fields existed unchanged
         items = {k: v for k, v in to_dict(self).items() if k not in self.non_result_fields}
-        for name, default in (("cross_tokenizer", "none"), ("seq_kd", False)):
+        for name, default in (("cross_tokenizer", "none"), ("seq_kd", False), ("gold_weight", None)):
             if items[name] == default:
                 del items[name]
         if items["lmbda"] == 0:  # off-policy: the on-policy knobs change nothing

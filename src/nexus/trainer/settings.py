@@ -154,8 +154,12 @@ class TrainSettings:
             raise ValueError("kd_weight and ce_weight are both 0: there is no loss to train on")
 
     def result_hash(self) -> str:
-        """Hash of the fields that change the trained weights (a resume refuses a mismatch)."""
-        return config_hash({k: v for k, v in to_dict(self).items() if k not in self.non_result_fields})
+        """Hash of the fields that change the trained weights (a resume refuses a mismatch).
+        ``gold_weight`` counts only when set, so runs from before it existed keep their hash."""
+        values = to_dict(self)
+        if values.get("gold_weight") is None:
+            values.pop("gold_weight", None)
+        return config_hash({k: v for k, v in values.items() if k not in self.non_result_fields})
 
 
 def phase_default(name: str, default: Any) -> Any:
