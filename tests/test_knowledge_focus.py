@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nexus.knowledge.tower import Retrieved, focus_sentences
+from nexus.knowledge.tower import Retrieved, focus_sentences, format_context
 
 
 class WordEmbedder:
@@ -105,3 +105,12 @@ def test_training_rows_are_focused_like_the_chat_and_decline_when_focus_drops_th
         else:
             assert value in context and not row.absent  # the answer is in what the model sees
     assert declined_by_focus < len(rows) // 4
+
+
+def test_the_token_budget_counts_the_focused_sentences_not_the_whole_chunks(tower):
+    question = "What is the capital of Veloria?"
+    whole = tower.select_context(question, k=4)
+    cost = tower.count_tokens([format_context(whole[:1])])[0]
+    assert tower.select_context(question, k=4, max_tokens=cost - 1) == []  # no whole chunk fits
+    focused = tower.select_context(question, k=4, max_tokens=cost - 1, focus=2)
+    assert focused and any("Quendrath" in c.text for c in focused)

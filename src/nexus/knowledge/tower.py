@@ -284,11 +284,15 @@ class KnowledgeTower:
         focus: int = 0,
     ) -> list[Retrieved]:
         """Chunks above ``threshold`` that fit ``max_tokens`` (in rank order; also kept in
-        ``last_retrieved`` for ``/sources``), cut to their ``focus`` sentences most similar to
-        ``prompt`` when ``focus`` > 0 (:func:`focus_sentences`)."""
+        ``last_retrieved`` for ``/sources``). With ``focus`` > 0 the ``k`` chunks are first cut to
+        their ``focus`` sentences most similar to ``prompt`` (:func:`focus_sentences`), and the
+        budget applies to what is left."""
         threshold = self.threshold if threshold is None else threshold
         budget = self.max_context_tokens if max_tokens is None else max_tokens
         relevant = [c for c in self.retrieve(prompt, k) if c.score >= threshold]
+        if focus > 0 and relevant:
+            titles = [self.docs[c.row].get("title", "") for c in relevant]
+            relevant = focus_sentences(prompt, relevant, focus, self.embedder, titles)
         chosen, used = [], 0
         costs = self.count_tokens([format_context([c]) for c in relevant]) if relevant else []
         for chunk, cost in zip(relevant, costs, strict=True):
@@ -296,9 +300,6 @@ class KnowledgeTower:
                 break
             chosen.append(chunk)
             used += cost
-        if focus > 0:
-            titles = [self.docs[c.row].get("title", "") for c in chosen]
-            chosen = focus_sentences(prompt, chosen, focus, self.embedder, titles)
         self.last_retrieved = chosen
         return chosen
 
