@@ -216,8 +216,9 @@ def _rag_example(
 ) -> Example:
     """One chat example in the chat's RAG layout: the ``(text, file name)`` chunks, then the
     question. The chunks are cut to their ``FOCUS`` sentences nearest the question as the chat
-    cuts retrieved ones (:func:`~nexus.knowledge.tower.focus_sentences`, with the chat's embedder); when that drops ``key`` (the fact the answer gives), the context no longer
-    holds the answer and the row answers ABSTAIN_ANSWER, as the chat should then."""
+    cuts retrieved ones (:func:`~nexus.knowledge.tower.focus_sentences`, with the chat's
+    embedder); when that drops ``key`` (the fact the answer gives), the context no longer holds
+    the answer and the row answers ABSTAIN_ANSWER, as the chat should then."""
     from nexus.knowledge.index import document_title
     from nexus.knowledge.tower import Retrieved, augment_prompt, focus_sentences, format_context
 

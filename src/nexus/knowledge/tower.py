@@ -119,26 +119,7 @@ def augment_prompt(context: str, prompt: str, layout: ContextLayout | None = Non
 
 
 # A unit ending in one of these (or in a single capital, an initial) goes on into the next one.
-_ABBREVIATIONS = frozenset(
-    [
-        "dr",
-        "mr",
-        "mrs",
-        "ms",
-        "mt",
-        "st",
-        "prof",
-        "jr",
-        "sr",
-        "vs",
-        "etc",
-        "e.g",
-        "i.e",
-        "no",
-        "fig",
-        "approx",
-    ]
-)
+_ABBREVIATIONS = frozenset(["dr", "mr", "mrs", "ms", "mt", "st", "prof", "jr", "sr", "vs", "etc", "e.g", "i.e", "no", "fig", "approx"])  # fmt: skip
 
 
 def _sentences(text: str) -> list[tuple[int, str]]:
@@ -187,8 +168,9 @@ def focus_sentences(
                 candidates.append((i, a, text))
     if not candidates:
         return list(chunks)
-    vectors = embedder.embed([f"{titles[i]}: {text}" if titles[i] else text for i, _, text in candidates])
-    scores = vectors @ embedder.embed([question])[0]
+    texts = [f"{titles[i]}: {text}" if titles[i] else text for i, _, text in candidates]
+    vectors = embedder.embed([*texts, question])  # one call: the question is the last row
+    scores = vectors[:-1] @ vectors[-1]
     best = sorted(range(len(candidates)), key=lambda j: -float(scores[j]))[:sentences]
     focused = []
     for i, chunk in enumerate(chunks):

@@ -121,7 +121,7 @@ def evaluate_fidelity(
             batch, targets, cached=cached, precision=precision, device=device, chunk_size=chunk_size, **extra
         )
         for key in sums:
-            sums[key] += part.get(key, part["tokens"])  # a scorer without kd_tokens: every token
+            sums[key] += part[key]
     student.train(was_training)
     tokens, kd_tokens = max(1, sums["tokens"]), max(1, sums["kd_tokens"])
     result = {"ce": sums["ce"] / tokens, "tokens": sums["tokens"]}
