@@ -60,20 +60,32 @@ def build_set_index(eval_set: EvalSet, where: Path) -> Path:
     return grounding.build_set_index(eval_set, where, fallback_docs=[ROOT / "docs", ROOT / "README.md"])
 
 
-def table(rows: list[tuple[str, str, int, int, float, str, dict]]) -> str:
+KNOBS = ("layout", "k", "focus", "hybrid", "decline_below", "cad", "copy_bias", "penalty_scope")  # ChatOptions fields varied here
+HEADS = {"hybrid": "retrieval", "decline_below": "decline below", "copy_bias": "copy", "penalty_scope": "penalty on"}
+
+
+def shown(name: str, value) -> str:
+    if name == "hybrid":
+        return "hybrid" if value else "dense"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def table(rows: list[tuple[str, dict, dict]]) -> str:
     def pct(x):
         return "-" if x != x else f"{100 * x:.0f}%"
 
+    knobs = " | ".join(HEADS.get(n, n) for n in KNOBS)
     head = (
-        "| model | layout | k | focus | cad | penalty on | answerable right | "
+        f"| model | {knobs} | answerable right | "
         + " | ".join(TYPES)
         + " | declined: absent | declined: answerable | context had it |"
     )
-    lines = [head, "| --- | --- | ---: | ---: | ---: | --- |" + " ---: |" * (len(TYPES) + 4)]
-    for spec, layout, k, focus, cad, scope, s in rows:
+    lines = [head, "| --- | --- |" + " ---: |" * (len(KNOBS) - 2) + " --- |" + " ---: |" * (len(TYPES) + 4)]
+    for spec, knob, s in rows:
         cells = [pct(s["per_type"][t]) for t in TYPES]
+        values = " | ".join(shown(n, knob[n]) for n in KNOBS)
         lines.append(
-            f"| {spec} | {layout} | {k} | {focus} | {cad:g} | {scope} | {pct(s['answerable'])} (n={s['n_answerable']}) | "
+            f"| {spec} | {values} | {pct(s['answerable'])} (n={s['n_answerable']}) | "
             + " | ".join(cells)
             + f" | {pct(s['declined_absent'])} (n={s['n_absent']}) | {pct(s['declined_answerable'])} | {pct(s['in_context'])} |"
         )
@@ -90,6 +102,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, action="append", help="chunks to retrieve (repeatable; default 4)")
     parser.add_argument("--focus", type=int, action="append",
                         help=f"sentences of the chunks kept, 0 = whole chunks (repeatable; default {ChatOptions.focus})")  # fmt: skip
+    parser.add_argument("--retrieval", action="append", choices=["dense", "hybrid"],
+                        help="rank by cosine similarity, or fused with BM25 (repeatable; default: the chat's)")  # fmt: skip
     parser.add_argument(
         "--knowledge", help="nexus-docs: knowledge index directory (default: the model's own, else docs/)"
     )
@@ -99,6 +113,10 @@ def main() -> None:
         action="append",
         help="context-aware decoding strength (repeatable; default 0 = off)",
     )
+    parser.add_argument("--decline-below", type=float, action="append",
+                        help="with focus, decline when no kept sentence is this similar (repeatable; default: the chat's)")  # fmt: skip
+    parser.add_argument("--copy-bias", type=float, action="append",
+                        help="copy bias, logits added to the context's continuation of the answer (repeatable; default 0 = off)")  # fmt: skip
     parser.add_argument("--penalty-scope", action="append", choices=PENALTY_SCOPES,
                         help="tokens the repetition penalty counts (repeatable; default: the chat's)")  # fmt: skip
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -110,10 +128,16 @@ def main() -> None:
     for name in layouts:
         if name not in LAYOUTS:
             parser.error(f"unknown layout {name!r}: {', '.join(LAYOUTS)}")
-    ks = args.k or [4]
-    focuses = args.focus or [ChatOptions.focus]
-    cads = args.cad or [ChatOptions.cad]
-    scopes = args.penalty_scope or [ChatOptions.penalty_scope]
+    axes = {
+        "layout": layouts,
+        "k": args.k or [ChatOptions.k],
+        "focus": args.focus or [ChatOptions.focus],
+        "hybrid": [r == "hybrid" for r in args.retrieval] if args.retrieval else [ChatOptions.hybrid],
+        "decline_below": args.decline_below or [ChatOptions.decline_below],
+        "cad": args.cad or [ChatOptions.cad],
+        "copy_bias": args.copy_bias or [ChatOptions.copy_bias],
+        "penalty_scope": args.penalty_scope or [ChatOptions.penalty_scope],
+    }
     eval_set = {"heldout": heldout_set, "dev": dev_set, "nexus-docs": nexus_docs_set}[args.set]()
     if args.limit:
         eval_set = EvalSet(eval_set.name, eval_set.documents, eval_set.questions[: args.limit])
@@ -134,29 +158,17 @@ def main() -> None:
                     shared_index = build_set_index(eval_set, Path(tmp))
                 index = shared_index
             tower = KnowledgeTower.load(index)
-            for layout, k, focus, cad, scope in itertools.product(layouts, ks, focuses, cads, scopes):
-                print(
-                    f"{spec} / {layout} / k={k} / focus={focus} / cad={cad:g} / penalty on {scope} on {eval_set.name}:",
-                    flush=True,
-                )
+            for values in itertools.product(*(axes[n] for n in KNOBS)):
+                knob = dict(zip(KNOBS, values, strict=True))
+                label = " / ".join(f"{HEADS.get(n, n)}={shown(n, v)}" for n, v in knob.items())
+                print(f"{spec} / {label} on {eval_set.name}:", flush=True)
                 t0 = time.perf_counter()
-                records = grounding.evaluate(
-                    model,
-                    tokenizer,
-                    tower,
-                    eval_set.questions,
-                    layout,
-                    k,
-                    args.max_new_tokens,
-                    not args.quiet,
-                    cad,
-                    scope,
-                    focus,
-                )
+                options = ChatOptions(max_new_tokens=args.max_new_tokens, **knob)
+                records = grounding.evaluate(model, tokenizer, tower, eval_set.questions, options, not args.quiet)
                 summary = summarize(records)
-                rows.append((spec, layout, k, focus, cad, scope, summary))
-                dump.append({"model": spec, "layout": layout, "k": k, "focus": focus, "cad": cad, "penalty_scope": scope, "set": eval_set.name,
-                             "summary": summary, "seconds": time.perf_counter() - t0, "records": records})  # fmt: skip
+                rows.append((spec, knob, summary))
+                dump.append({"model": spec, **knob, "set": eval_set.name, "summary": summary,
+                             "seconds": time.perf_counter() - t0, "records": records})  # fmt: skip
     print()
     print(table(rows))
     if args.json:

@@ -39,7 +39,7 @@ class FakeTower:
     def __len__(self):
         return 1
 
-    def select_context(self, prompt, *, k=None, max_tokens=None, focus=0):
+    def select_context(self, prompt, *, k=None, max_tokens=None, focus=0, hybrid=None):
         self.calls += 1
         return [self.chunk]
 
@@ -310,7 +310,7 @@ def test_context_aware_decoding_matches_a_naive_reference(tiny):
     model, tok = tiny
     alpha, steps = 1.5, 8
     tower = FakeTower("The capital of Veloria is Quendrath, founded in 1823 by Ada Lorn.")
-    options = ChatOptions(max_new_tokens=steps, repetition_penalty=1.0, cad=alpha)
+    options = ChatOptions(max_new_tokens=steps, repetition_penalty=1.0, cad=alpha, copy_bias=0)
     session = ChatSession(model, tok, tower=tower, options=options)
     question = "Who founded Quendrath?"
     with_context, _, _ = session.build_input(question)
@@ -343,6 +343,99 @@ def test_context_aware_decoding_is_validated(tiny):
     # Without retrieved context there is nothing to contrast: plain greedy decoding.
     plain = ChatSession(model, tok, options=ChatOptions(max_new_tokens=5, cad=2.0)).respond("Hello")
     assert plain.text == ChatSession(model, tok, options=ChatOptions(max_new_tokens=5)).respond("Hello").text
+
+
+def test_copy_bias_continuations():
+    """The source tokens that follow the longest suffix of the answer the sources hold (up to
+    max_match); no match runs across two sources."""
+    from nexus.inference.cad import ContextCopy
+
+    copy_ = ContextCopy([[5, 1, 2, 3, 9, 1, 2, 4, 7]], prompt_len=0, bonus=3.0)
+    assert copy_.continuations([1]) == {2}
+    assert copy_.continuations([8, 1, 2]) == {3, 4}  # "1 2" twice: both continuations
+    assert copy_.continuations([9, 1, 2]) == {4}  # "9 1 2" once: the longer match decides
+    assert copy_.continuations([6]) == set() and copy_.continuations([]) == set()
+    assert copy_.continuations([1, 2, 3, 8, 1, 2]) == {4}  # "1 2 3" was copied once: not again
+    assert copy_.continuations([1, 2, 4, 1, 2]) == {3}
+    assert ContextCopy([[5, 1, 2, 3, 9, 1, 2, 4]], 0, 1.0, max_match=1).continuations([9, 1, 2]) == {3, 4}
+    two = ContextCopy([[5, 1], [2, 3]], 0, 1.0)
+    assert two.continuations([1]) == set() and two.continuations([5, 1, 2]) == {3}
+    with pytest.raises(ValueError, match="copy bonus"):
+        ContextCopy([[1, 2]], 0, bonus=-1.0)
+
+
+def test_copy_bias_matches_a_naive_reference(tiny):
+    """--copy-bias B: each greedy token maximises the logits plus B on every token that follows, in
+    a retrieved chunk, the longest suffix of the answer found there (full forwards here); a huge
+    bias makes the answer copy a source on once it has begun one."""
+    import torch
+
+    model, tok = tiny
+    fact = "The capital of Veloria is Quendrath, founded in 1823 by Ada Lorn."
+    tower = FakeTower(fact)
+    chunk = tok(fact, add_special_tokens=False)["input_ids"]
+    question = "Who founded Quendrath?"
+    steps = 8
+    for bonus in (2.0, 1e4):
+        options = ChatOptions(max_new_tokens=steps, repetition_penalty=1.0, copy_bias=bonus)
+        session = ChatSession(model, tok, tower=tower, options=options)
+        prompt, _, _ = session.build_input(question)
+        got = session.respond(question)
+        eos = set(session._eos_ids())
+        expected: list[int] = []
+        with torch.no_grad():
+            for _ in range(steps):
+                scores = model(torch.tensor([prompt + expected])).logits[0, -1].float()
+                for n in range(min(8, len(expected)), 0, -1):
+                    tail = expected[-n:]
+                    nxt = {chunk[i + n] for i in range(len(chunk) - n) if chunk[i : i + n] == tail}
+                    if nxt:  # never towards a run of n + 1 tokens the answer already holds
+                        had = {tuple(expected[i : i + n + 1]) for i in range(len(expected) - n)}
+                        nxt = {t for t in nxt if (*tail, t) not in had}
+                        scores[list(nxt)] += bonus
+                        break
+                expected.append(int(scores.argmax()))
+                if expected[-1] in eos:
+                    break
+        assert got.new_tokens == len(expected)
+        assert tok.decode(expected, skip_special_tokens=True).strip() == got.text
+    # A huge bias copies a source on from the answer's first token: here a source that begins with
+    # the token greedy decoding starts with (this random model's answers show no chunk token).
+    first = session.generate(prompt)[0][0]
+    tail = [t for t in dict.fromkeys(chunk) if t != first][:4]
+    new = session.generate(prompt, copy_sources=[[first, *tail]])[0]
+    assert new[:5] == [first, *tail]
+    # no retrieved context: nothing to copy from, plain greedy decoding
+    plain = ChatSession(model, tok, options=ChatOptions(max_new_tokens=5, copy_bias=1e4)).respond("Hello")
+    assert plain.text == ChatSession(model, tok, options=ChatOptions(max_new_tokens=5)).respond("Hello").text
+    with pytest.raises(ValueError, match="copy_bias must be >= 0"):
+        ChatOptions(copy_bias=-1)
+
+
+def test_decline_below_answers_i_dont_know_when_no_sentence_is_close(tiny):
+    """With focus on, retrieved context whose best sentence scores below decline_below gets the
+    trained "I don't know" answer without generating (and says why); above it, or with whole
+    chunks, or with the gate off, the model answers; no retrieved context, no gate."""
+    from nexus.data.grounded import ABSTAIN_ANSWER
+
+    model, tok = tiny
+    weak = FakeTower("Quendrath has a harbour.", score=0.5)
+    streamed: list[str] = []
+    gated = ChatOptions(max_new_tokens=5, decline_below=0.7)
+    result = ChatSession(model, tok, tower=weak, options=gated).respond(
+        "Who founded Quendrath?", on_text=streamed.append
+    )
+    assert result.text == ABSTAIN_ANSWER and "".join(streamed) == ABSTAIN_ANSWER
+    assert result.new_tokens == 0 and result.retrieved and "0.50 < 0.7" in result.notices[-1]
+    assert ChatOptions().decline_below == 0  # off by default: the scale depends on the documents
+    for options in (ChatOptions(max_new_tokens=5), ChatOptions(max_new_tokens=5, decline_below=0.7, focus=0)):
+        answered = ChatSession(model, tok, tower=weak, options=options).respond("Who founded Quendrath?")
+        assert answered.new_tokens > 0 and not answered.notices
+    strong = FakeTower("Quendrath was founded by Ada Lorn.", score=0.9)
+    assert ChatSession(model, tok, tower=strong, options=gated).respond("Who?").new_tokens > 0
+    assert ChatSession(model, tok, options=gated).respond("Hello").new_tokens > 0
+    with pytest.raises(ValueError, match="decline_below"):
+        ChatOptions(decline_below=1.5)
 
 
 def test_answer_scoped_penalty_leaves_the_prompt_unpenalized(tiny):

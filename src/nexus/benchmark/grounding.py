@@ -57,35 +57,19 @@ def build_set_index(
     return Path(where) / "index"
 
 
-def evaluate(
-    model,
-    tokenizer,
-    tower,
-    questions: Sequence[Question],
-    layout: str,
-    k: int,
-    max_new_tokens: int,
-    show: bool = False,
-    cad: float = 0.0,
-    penalty_scope: str = "conversation",
-    focus: int | None = None,
-) -> list[dict]:
-    """One record per question: the answer, whether it is right, declined, had its key in context."""
+def evaluate(model, tokenizer, tower, questions: Sequence[Question], options=None, show: bool = False) -> list[dict]:
+    """One record per question: the answer, whether it is right, declined, had its key in context.
+    ``options``: the chat's :class:`~nexus.inference.session.ChatOptions` (default: the chat's own),
+    a fresh copy per question."""
+    import dataclasses
+
     from nexus.data.grounded import is_abstention
     from nexus.inference.session import ChatOptions, ChatSession
 
     records = []
-    focus = ChatOptions.focus if focus is None else focus
+    options = options or ChatOptions()
     for q in questions:
-        options = ChatOptions(
-            max_new_tokens=max_new_tokens,
-            k=k,
-            layout=layout,
-            cad=cad,
-            penalty_scope=penalty_scope,
-            focus=focus,
-        )
-        result = ChatSession(model, tokenizer, tower=tower, options=options).respond(q.text)
+        result = ChatSession(model, tokenizer, tower=tower, options=dataclasses.replace(options)).respond(q.text)
         in_context = q.qtype != "absent" and any(has_key(c.text, q.answers) for c in result.retrieved)
         record = {
             "domain": q.domain,
@@ -95,6 +79,7 @@ def evaluate(
             "right": score(q, result.text),
             "declined": is_abstention(result.text),
             "in_context": in_context,
+            "context": [c.text for c in result.retrieved],
             "tokens": result.new_tokens,
             "seconds": result.seconds,
         }

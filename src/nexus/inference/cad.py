@@ -9,12 +9,19 @@ would say anyway. As in contrastive decoding (Li et al., 2023), only tokens with
 ``plausibility`` of the contextual model's best token stay candidates, so the contrast cannot
 promote a token the model finds implausible. It costs a second forward pass per token over the
 prompt without its context (KV-cached).
+
+:class:`ContextCopy` is the cheaper nudge towards the context: a copy bias. Where the answer so far
+ends with a run of tokens that the retrieved context also holds, the tokens that follow that run there
+gain ``bonus`` logits, so a name or number the model has begun to copy is finished as the context
+spells it ("Perpetua Tregarthen", not "Perua Tregar"). Like prompt-lookup decoding, it matches the
+longest such run (up to ``max_match`` tokens); unlike it, it only biases the model's own choice.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Sequence
 
 import torch
 from transformers import LogitsProcessor
@@ -57,3 +64,49 @@ class ContextContrast(LogitsProcessor):
         contrasted = (1 + self.alpha) * with_context - self.alpha * without
         implausible = with_context < with_context.max(dim=-1, keepdim=True).values + self.log_plausibility
         return contrasted.masked_fill(implausible, -math.inf).to(scores.dtype)
+
+
+class ContextCopy(LogitsProcessor):
+    """A :class:`LogitsProcessor` for ``model.generate``: ``bonus`` added to the logits of the
+    tokens that follow, in one of the ``sources`` (token sequences: the retrieved chunks), the
+    longest suffix (1 to ``max_match`` tokens) of the answer generated after ``prompt_len``."""
+
+    def __init__(self, sources: Sequence[Sequence[int]], prompt_len: int, bonus: float, max_match: int = 8):
+        if bonus < 0:
+            raise ValueError(f"copy bonus must be >= 0, got {bonus}")
+        self.text: list[int] = []  # the sources joined by -1, so no match runs across two of them
+        for source in sources:
+            self.text += [*source, -1]
+        self.prompt_len = prompt_len
+        self.bonus = bonus
+        self.max_match = max_match
+        self.where: dict[int, list[int]] = {}  # token -> its positions that have a successor
+        for pos, tok in enumerate(self.text[:-1]):
+            if tok >= 0 and self.text[pos + 1] >= 0:
+                self.where.setdefault(tok, []).append(pos)
+
+    def continuations(self, generated: list[int]) -> set[int]:
+        """Source tokens that follow the longest suffix of ``generated`` the sources hold, less
+        those that would repeat a run the answer already has (the bias copies once, never loops)."""
+        if not generated:
+            return set()
+        ends = self.where.get(generated[-1], [])  # positions where a 1-token match ends
+        n = 1
+        while ends and n < min(self.max_match, len(generated)):
+            longer = [e for e in ends if e - n >= 0 and self.text[e - n] == generated[-1 - n]]
+            if not longer:
+                break
+            ends, n = longer, n + 1
+        runs = {tuple(generated[i : i + n + 1]) for i in range(len(generated) - n)}
+        suffix = tuple(generated[-n:])
+        return {t for t in {self.text[e + 1] for e in ends} if (*suffix, t) not in runs}
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[0] != 1:
+            raise ValueError("the copy bias runs one sequence at a time")
+        nxt = self.continuations(input_ids[0, self.prompt_len :].tolist())
+        if not nxt:
+            return scores
+        scores = scores.clone()
+        scores[0, list(nxt)] += self.bonus
+        return scores

@@ -62,6 +62,18 @@ class ChatConfig:
             "help": "context-aware decoding strength: favour what the retrieved context adds (0 = off)"
         },
     )
+    copy_bias: float = field(
+        default=ChatOptions.copy_bias,
+        metadata={"help": "logits added to the retrieved context's continuation of the answer (0 = off)"},
+    )
+    decline_below: float = field(
+        default=ChatOptions.decline_below,
+        metadata={"help": "with focus: decline when no retrieved sentence is this similar (0 = off)"},
+    )
+    retrieval: str = field(
+        default="hybrid" if ChatOptions.hybrid else "dense",
+        metadata={"help": "'dense' (cosine similarity) or 'hybrid' (fused with BM25)"},
+    )
     max_new_tokens: int = field(default=256, metadata={"help": "max tokens per answer"})
     temperature: float = field(default=0.0, metadata={"help": "sampling temperature (0 = greedy)"})
     top_p: float = field(default=0.9, metadata={"help": "nucleus sampling mass (with temperature > 0)"})
@@ -104,8 +116,12 @@ class ChatConfig:
             focus=self.focus,
             draft_tokens=self.draft_tokens,
             cad=self.cad,
+            copy_bias=self.copy_bias,
+            decline_below=self.decline_below,
             penalty_scope=self.penalty_scope,
         )
+        if self.retrieval not in ("dense", "hybrid"):
+            raise ValueError(f"retrieval must be dense or hybrid, got {self.retrieval!r}")
         if self.cad and self.assist:
             raise ValueError("--cad and --assist do not combine")
 
@@ -160,6 +176,9 @@ def open_session(config: ChatConfig, *, info: TextIO = sys.stderr, cwd: str | Pa
         cite=config.cite,
         draft_tokens=config.draft_tokens,
         cad=config.cad,
+        copy_bias=config.copy_bias,
+        decline_below=config.decline_below,
+        hybrid=config.retrieval == "hybrid",
         penalty_scope=config.penalty_scope,
     )
     return ChatSession(

@@ -49,6 +49,14 @@ def register(subparsers) -> None:
     parser.add_argument("--cad", type=float, default=ChatOptions.cad, metavar="ALPHA",
                         help="context-aware decoding: favour what the retrieved context adds, "
                         "(1+ALPHA) log p(.|context) - ALPHA log p(.|no context) (default %(default)s = off)")  # fmt: skip
+    parser.add_argument("--decline-below", type=float, default=ChatOptions.decline_below, metavar="S",
+                        help="with --focus: answer \"I don't know\" when no retrieved sentence is this similar "
+                        "to the question (default %(default)s; 0 = off)")  # fmt: skip
+    parser.add_argument("--copy-bias", type=float, default=ChatOptions.copy_bias, metavar="B",
+                        help="add B to the logits of the retrieved context's next token where the answer "
+                        "has begun to copy it (default %(default)s; 0 = off)")  # fmt: skip
+    parser.add_argument("--retrieval", choices=["dense", "hybrid"], default="hybrid" if ChatOptions.hybrid else "dense",
+                        help="rank chunks and sentences by cosine similarity, or fused with BM25 (default %(default)s)")  # fmt: skip
     parser.add_argument("--system", help="system message")
     parser.add_argument("--teacher", metavar="SPEC", help="teacher model for --assist")
     parser.add_argument(
@@ -87,6 +95,9 @@ def _chat(args: argparse.Namespace) -> int:
         "repetition_penalty": args.repetition_penalty,
         "penalty_scope": args.penalty_scope,
         "cad": args.cad,
+        "copy_bias": args.copy_bias,
+        "decline_below": args.decline_below,
+        "retrieval": args.retrieval,
         "system": args.system,
         "teacher": args.teacher,
         "assist": args.assist,

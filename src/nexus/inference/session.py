@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from nexus.data.templates import render_prompt
 from nexus.errors import NexusError
-from nexus.knowledge.tower import DEFAULT_FOCUS, DEFAULT_LAYOUT, LAYOUTS, ContextLayout, Retrieved
+from nexus.knowledge.tower import DEFAULT_DECLINE_BELOW, DEFAULT_FOCUS, DEFAULT_HYBRID, DEFAULT_LAYOUT, LAYOUTS, ContextLayout, Retrieved
 
 PENALTY_SCOPES = ("conversation", "answer")
 
@@ -180,13 +180,23 @@ class ChatOptions:
     context_tokens: int = 512  # token budget of the retrieved context (model tokens)
     # keep only the N sentences of the retrieved chunks most similar to the question (0 = whole chunks)
     focus: int = DEFAULT_FOCUS
+    # with focus: answer "I don't know" without generating when no kept sentence is this similar
+    # to the question (context was retrieved, so the question is on the documents' topic; 0 = off,
+    # the default: calibrate it on your documents with bench_grounding.py --decline-below)
+    decline_below: float = DEFAULT_DECLINE_BELOW
     cite: bool = False  # append the context's documents and chunk numbers to each answer
+    # rank chunks and focus sentences by cosine similarity fused with BM25 (nexus.knowledge.lexical)
+    hybrid: bool = DEFAULT_HYBRID
     layout: str = DEFAULT_LAYOUT.name  # how the context and the question are laid out (LAYOUTS)
     # assisted generation: draft tokens per teacher pass (None = transformers' default, up to 20,
     # cut short where the draft model's confidence falls below its threshold)
     draft_tokens: int | None = None
     # context-aware decoding strength (nexus.inference.cad): 0 = off; applies when context was retrieved
     cad: float = 0.0
+    # copy bias (nexus.inference.cad.ContextCopy): logits added to the retrieved context's
+    # continuation of the answer's last tokens (0 = off). 8 measured best on the dev grounding set
+    # (docs/pipeline.md, "Copying from the context"): the release 9 -> 15 of 22, the teacher 8 -> 14
+    copy_bias: float = 8.0
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -209,6 +219,10 @@ class ChatOptions:
             )
         if self.cad < 0:
             raise ValueError(f"cad must be >= 0, got {self.cad}")
+        if not 0 <= self.decline_below <= 1:
+            raise ValueError(f"decline_below must be in [0, 1], got {self.decline_below}")
+        if self.copy_bias < 0:
+            raise ValueError(f"copy_bias must be >= 0, got {self.copy_bias}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
 
@@ -325,7 +339,11 @@ class ChatSession:
         chunks: list[Retrieved] = []
         if self.options.rag and self.tower is not None:
             chunks = self.tower.select_context(
-                user_text, k=self.options.k, max_tokens=self.options.context_tokens, focus=self.options.focus
+                user_text,
+                k=self.options.k,
+                max_tokens=self.options.context_tokens,
+                focus=self.options.focus,
+                hybrid=self.options.hybrid,
             )
         history = list(self.history)
         limit = self.context_window - self.options.max_new_tokens
@@ -367,13 +385,15 @@ class ChatSession:
         input_ids: list[int],
         on_text: Callable[[str], None] | None = None,
         plain_ids: list[int] | None = None,
+        copy_sources: list[list[int]] | None = None,
     ):
         """Generate an answer to ``input_ids``; returns ``(new_token_ids, seconds, drafted, accepted)``.
-        ``plain_ids`` (the prompt without its retrieved context) turns on context-aware decoding."""
+        ``plain_ids`` (the prompt without its retrieved context) turns on context-aware decoding,
+        ``copy_sources`` (the retrieved chunks' token ids) the copy bias (``options.copy_bias``)."""
         import torch
         from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
-        from nexus.inference.cad import ContextContrast
+        from nexus.inference.cad import ContextContrast, ContextCopy
 
         device = next(self.model.parameters()).device
         ids = torch.tensor([input_ids], device=device)
@@ -390,6 +410,8 @@ class ChatSession:
         processors = LogitsProcessorList()
         if plain_ids is not None and self.options.cad > 0:
             processors.append(ContextContrast(self.model, plain_ids, len(input_ids), self.options.cad))
+        if copy_sources:
+            processors.append(ContextCopy(copy_sources, len(input_ids), self.options.copy_bias))
         if self.options.repetition_penalty != 1.0:
             skip = len(input_ids) if self.options.penalty_scope == "answer" else None
             processors.append(RepetitionPenaltyLogitsProcessor(self.options.repetition_penalty, skip))
@@ -429,8 +451,24 @@ class ChatSession:
         plain = None
         if chunks and self.options.cad > 0:
             plain = self._encode([*self.history, {"role": "user", "content": user_text}])
-        new, seconds, drafted, accepted = self.generate(ids, on_text, plain)
-        text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
+        if chunks and self.options.focus and max(c.score for c in chunks) < self.options.decline_below:
+            # the documents are on topic but no sentence of them answers: decline, as trained
+            from nexus.data.grounded import ABSTAIN_ANSWER
+
+            new, seconds, drafted, accepted = [], 0.0, None, None
+            text = ABSTAIN_ANSWER
+            notices.append(
+                f"declined without generating: the closest retrieved sentence scores "
+                f"{max(c.score for c in chunks):.2f} < {self.options.decline_below:g} (--decline-below)"
+            )
+            if on_text is not None:
+                on_text(text)
+        else:
+            sources = None
+            if chunks and self.options.copy_bias > 0:
+                sources = self.tokenizer([c.text for c in chunks], add_special_tokens=False)["input_ids"]
+            new, seconds, drafted, accepted = self.generate(ids, on_text, plain, sources)
+            text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
         self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
         if self.options.cite and chunks:
             cited = citation(chunks)

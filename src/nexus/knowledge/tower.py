@@ -22,6 +22,15 @@ DEFAULT_K = 4
 DEFAULT_CONTEXT_TOKENS = 512
 # Sentences of the retrieved chunks kept in the context (0 = whole chunks): see focus_sentences.
 DEFAULT_FOCUS = 2
+# With focus on and a value above 0, the chat answers ABSTAIN_ANSWER itself when no kept sentence
+# is at least this similar to the question: the documents are on the question's topic but do not
+# say. Off by default: the similarity an answering sentence reaches depends on the documents (with
+# all-MiniLM-L6-v2, 0.71-0.91 on the grounding sets' made-up profiles, 0.39-0.69 on Nexus's own
+# docs), so it is set per corpus (docs/pipeline.md, "Declining by similarity").
+DEFAULT_DECLINE_BELOW = 0.0
+# Retrieval by cosine similarity fused with BM25 (nexus.knowledge.lexical), each ranking this deep.
+DEFAULT_HYBRID = False
+HYBRID_DEPTH = 20
 
 
 @dataclass(frozen=True)
@@ -145,15 +154,22 @@ def _sentences(text: str) -> list[tuple[int, str]]:
 
 
 def focus_sentences(
-    question: str, chunks: Sequence[Retrieved], sentences: int, embedder, titles: Sequence[str]
+    question: str,
+    chunks: Sequence[Retrieved],
+    sentences: int,
+    embedder,
+    titles: Sequence[str],
+    hybrid: bool = False,
 ) -> list[Retrieved]:
     """Cut retrieved chunks down to the ``sentences`` sentences most similar to ``question``.
 
     Each sentence of each chunk (Markdown headings aside) is embedded after its document's title
     (``titles``, one per chunk), as the index embeds chunks, so "It opened in 1874." still says
     whose opening it is. A chunk keeps its chosen sentences in their own order, after its title;
-    chunks keep their rank order and one left without a sentence is dropped. A small model finds
-    the fact it is asked about far more easily in two sentences than in four chunks.
+    chunks keep their rank order and one left without a sentence is dropped; a kept chunk's
+    ``score`` becomes its best kept sentence's cosine similarity to the question (what the chat's
+    ``decline_below`` reads). A small model finds the fact it is asked about far more easily in
+    two sentences than in four chunks.
     """
     import dataclasses
 
@@ -171,14 +187,20 @@ def focus_sentences(
     texts = [f"{titles[i]}: {text}" if titles[i] else text for i, _, text in candidates]
     vectors = embedder.embed([*texts, question])  # one call: the question is the last row
     scores = vectors[:-1] @ vectors[-1]
-    best = sorted(range(len(candidates)), key=lambda j: -float(scores[j]))[:sentences]
+    order = sorted(range(len(candidates)), key=lambda j: -float(scores[j]))
+    if hybrid:  # fused with BM25 over the candidate sentences, as retrieve() fuses chunks
+        from nexus.knowledge.lexical import BM25, reciprocal_rank_fusion
+
+        order = reciprocal_rank_fusion([order, BM25(texts).top(question, len(texts))])
+    best = order[:sentences]
     focused = []
     for i, chunk in enumerate(chunks):
         kept = sorted((candidates[j][1], candidates[j][2]) for j in best if candidates[j][0] == i)
         if kept:
             body = " ".join(" ".join(text.split()) for _, text in kept)
             text = f"{titles[i]}: {body}" if titles[i] else body
-            focused.append(dataclasses.replace(chunk, rank=len(focused) + 1, text=text))
+            score = max(float(scores[j]) for j in best if candidates[j][0] == i)
+            focused.append(dataclasses.replace(chunk, rank=len(focused) + 1, text=text, score=score))
     return focused
 
 
@@ -196,6 +218,8 @@ class KnowledgeTower:
         self.max_context_tokens = DEFAULT_CONTEXT_TOKENS
         self.count_tokens: Callable[[Sequence[str]], list[int]] = embedder.count_tokens
         self.last_retrieved: list[Retrieved] = []
+        self.hybrid = DEFAULT_HYBRID
+        self._lexical = None
 
     @classmethod
     def load(
@@ -230,29 +254,45 @@ class KnowledgeTower:
     def __len__(self) -> int:
         return self.index.ntotal
 
-    def retrieve(self, query: str, k: int | None = None) -> list[Retrieved]:
-        """The ``k`` most similar chunks to ``query``, best first."""
+    @property
+    def lexical(self):
+        """BM25 over the chunks (their titles included, as embedded), built on first use."""
+        from nexus.knowledge.index import embedding_text
+        from nexus.knowledge.lexical import BM25
+
+        if self._lexical is None:
+            self._lexical = BM25([embedding_text(entry) for entry in self.docs])
+        return self._lexical
+
+    def retrieve(self, query: str, k: int | None = None, *, hybrid: bool | None = None) -> list[Retrieved]:
+        """The ``k`` best chunks for ``query``, best first: by cosine similarity, or with ``hybrid``
+        (default: ``self.hybrid``) by reciprocal rank fusion of the cosine and BM25 rankings (each
+        ``HYBRID_DEPTH`` deep, at least 4k). ``score`` is the cosine similarity either way (the
+        threshold's measure)."""
+        import numpy as np
+
         k = self.k if k is None else k
+        hybrid = self.hybrid if hybrid is None else hybrid
         if k < 1:
             raise NexusError(f"k must be >= 1, got {k}")
         if not query.strip() or self.index.ntotal == 0:
             return []
         vector = self.embedder.embed([query])  # (1, d)
-        scores, rows = self.index.search(vector, min(k, self.index.ntotal))
+        depth = min(max(4 * k, HYBRID_DEPTH) if hybrid else k, self.index.ntotal)
+        scores, rows = self.index.search(vector, depth)
+        cosine = {row: score for score, row in zip(scores[0].tolist(), rows[0].tolist(), strict=True) if row >= 0}
+        order = list(cosine)  # HNSW may return fewer than asked
+        if hybrid:
+            from nexus.knowledge.lexical import reciprocal_rank_fusion
+
+            order = reciprocal_rank_fusion([order, self.lexical.top(query, depth)])
         results = []
-        for score, row in zip(scores[0].tolist(), rows[0].tolist(), strict=True):
-            if row < 0:  # HNSW may return fewer than k
-                continue
+        for row in order[:k]:
+            if row not in cosine:  # found by BM25 alone
+                cosine[row] = float(np.dot(self.index.reconstruct(int(row)), vector[0]))
             entry = self.docs[row]
             results.append(
-                Retrieved(
-                    len(results) + 1,
-                    float(score),
-                    entry["text"],
-                    entry["source"],
-                    entry.get("position", 0),
-                    row,
-                )
+                Retrieved(len(results) + 1, float(cosine[row]), entry["text"], entry["source"], entry.get("position", 0), row)
             )
         return results
 
@@ -264,17 +304,20 @@ class KnowledgeTower:
         max_tokens: int | None = None,
         threshold: float | None = None,
         focus: int = 0,
+        hybrid: bool | None = None,
     ) -> list[Retrieved]:
         """Chunks above ``threshold`` that fit ``max_tokens`` (in rank order; also kept in
         ``last_retrieved`` for ``/sources``). With ``focus`` > 0 the ``k`` chunks are first cut to
         their ``focus`` sentences most similar to ``prompt`` (:func:`focus_sentences`), and the
-        budget applies to what is left."""
+        budget applies to what is left. ``hybrid`` (default: ``self.hybrid``): BM25 fused into the
+        ranking of chunks and of sentences."""
         threshold = self.threshold if threshold is None else threshold
+        hybrid = self.hybrid if hybrid is None else hybrid
         budget = self.max_context_tokens if max_tokens is None else max_tokens
-        relevant = [c for c in self.retrieve(prompt, k) if c.score >= threshold]
+        relevant = [c for c in self.retrieve(prompt, k, hybrid=hybrid) if c.score >= threshold]
         if focus > 0 and relevant:
             titles = [self.docs[c.row].get("title", "") for c in relevant]
-            relevant = focus_sentences(prompt, relevant, focus, self.embedder, titles)
+            relevant = focus_sentences(prompt, relevant, focus, self.embedder, titles, hybrid)
         chosen, used = [], 0
         costs = self.count_tokens([format_context([c]) for c in relevant]) if relevant else []
         for chunk, cost in zip(relevant, costs, strict=True):

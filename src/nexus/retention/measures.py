@@ -126,12 +126,12 @@ def score_grounding(lm, tower, cfg: RetentionConfig) -> dict[str, Any]:
     from nexus.benchmark import grounding
     from nexus.benchmark.grounding_sets import heldout_set
     from nexus.benchmark.tasks import select_indices
-    from nexus.knowledge.tower import DEFAULT_LAYOUT
+    from nexus.inference.session import ChatOptions
 
     questions = heldout_set().questions
     chosen = [questions[i] for i in select_indices(len(questions), cfg.grounding_limit, cfg.seed)]
     records = grounding.evaluate(
-        lm.model, lm.tokenizer, tower, chosen, DEFAULT_LAYOUT.name, 4, cfg.grounding_max_new_tokens
+        lm.model, lm.tokenizer, tower, chosen, ChatOptions(max_new_tokens=cfg.grounding_max_new_tokens)
     )
     return {
         "ids": [q.text for q in chosen],
