@@ -60,8 +60,22 @@ def build_set_index(eval_set: EvalSet, where: Path) -> Path:
     return grounding.build_set_index(eval_set, where, fallback_docs=[ROOT / "docs", ROOT / "README.md"])
 
 
-KNOBS = ("layout", "k", "focus", "hybrid", "decline_below", "cad", "copy_bias", "penalty_scope")  # ChatOptions fields varied here
-HEADS = {"hybrid": "retrieval", "decline_below": "decline below", "copy_bias": "copy", "penalty_scope": "penalty on"}
+KNOBS = (
+    "layout",
+    "k",
+    "focus",
+    "hybrid",
+    "decline_below",
+    "cad",
+    "copy_bias",
+    "penalty_scope",
+)  # ChatOptions fields varied here
+HEADS = {
+    "hybrid": "retrieval",
+    "decline_below": "decline below",
+    "copy_bias": "copy",
+    "penalty_scope": "penalty on",
+}
 
 
 def shown(name: str, value) -> str:
@@ -164,7 +178,9 @@ def main() -> None:
                 print(f"{spec} / {label} on {eval_set.name}:", flush=True)
                 t0 = time.perf_counter()
                 options = ChatOptions(max_new_tokens=args.max_new_tokens, **knob)
-                records = grounding.evaluate(model, tokenizer, tower, eval_set.questions, options, not args.quiet)
+                records = grounding.evaluate(
+                    model, tokenizer, tower, eval_set.questions, options, not args.quiet
+                )
                 summary = summarize(records)
                 rows.append((spec, knob, summary))
                 dump.append({"model": spec, **knob, "set": eval_set.name, "summary": summary,

@@ -57,7 +57,9 @@ def build_set_index(
     return Path(where) / "index"
 
 
-def evaluate(model, tokenizer, tower, questions: Sequence[Question], options=None, show: bool = False) -> list[dict]:
+def evaluate(
+    model, tokenizer, tower, questions: Sequence[Question], options=None, show: bool = False
+) -> list[dict]:
     """One record per question: the answer, whether it is right, declined, had its key in context.
     ``options``: the chat's :class:`~nexus.inference.session.ChatOptions` (default: the chat's own),
     a fresh copy per question."""
@@ -69,7 +71,9 @@ def evaluate(model, tokenizer, tower, questions: Sequence[Question], options=Non
     records = []
     options = options or ChatOptions()
     for q in questions:
-        result = ChatSession(model, tokenizer, tower=tower, options=dataclasses.replace(options)).respond(q.text)
+        result = ChatSession(model, tokenizer, tower=tower, options=dataclasses.replace(options)).respond(
+            q.text
+        )
         in_context = q.qtype != "absent" and any(has_key(c.text, q.answers) for c in result.retrieved)
         record = {
             "domain": q.domain,

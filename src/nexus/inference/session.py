@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 
 from nexus.data.templates import render_prompt
 from nexus.errors import NexusError
-from nexus.knowledge.tower import DEFAULT_DECLINE_BELOW, DEFAULT_FOCUS, DEFAULT_HYBRID, DEFAULT_LAYOUT, LAYOUTS, ContextLayout, Retrieved
+from nexus.knowledge.tower import (
+    DEFAULT_DECLINE_BELOW,
+    DEFAULT_FOCUS,
+    DEFAULT_HYBRID,
+    DEFAULT_LAYOUT,
+    LAYOUTS,
+    ContextLayout,
+    Retrieved,
+)
 
 PENALTY_SCOPES = ("conversation", "answer")
 

@@ -45,7 +45,9 @@ class BM25:
                 docs.append(doc)
                 tfs.append(tf)
         self.norm = k1 * (1 - b + b * lengths / max(float(lengths.mean()) if self.n else 0.0, 1.0))
-        self.postings = {t: (np.array(d, dtype=np.int64), np.array(f, dtype=np.float32)) for t, (d, f) in postings.items()}
+        self.postings = {
+            t: (np.array(d, dtype=np.int64), np.array(f, dtype=np.float32)) for t, (d, f) in postings.items()
+        }
 
     def idf(self, term: str) -> float:
         df = len(self.postings[term][0]) if term in self.postings else 0

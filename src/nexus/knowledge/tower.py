@@ -280,7 +280,9 @@ class KnowledgeTower:
         vector = self.embedder.embed([query])  # (1, d)
         depth = min(max(4 * k, HYBRID_DEPTH) if hybrid else k, self.index.ntotal)
         scores, rows = self.index.search(vector, depth)
-        cosine = {row: score for score, row in zip(scores[0].tolist(), rows[0].tolist(), strict=True) if row >= 0}
+        cosine = {
+            row: score for score, row in zip(scores[0].tolist(), rows[0].tolist(), strict=True) if row >= 0
+        }
         order = list(cosine)  # HNSW may return fewer than asked
         if hybrid:
             from nexus.knowledge.lexical import reciprocal_rank_fusion
@@ -292,7 +294,14 @@ class KnowledgeTower:
                 cosine[row] = float(np.dot(self.index.reconstruct(int(row)), vector[0]))
             entry = self.docs[row]
             results.append(
-                Retrieved(len(results) + 1, float(cosine[row]), entry["text"], entry["source"], entry.get("position", 0), row)
+                Retrieved(
+                    len(results) + 1,
+                    float(cosine[row]),
+                    entry["text"],
+                    entry["source"],
+                    entry.get("position", 0),
+                    row,
+                )
             )
         return results
 
