@@ -68,12 +68,14 @@ KNOBS = (
     "decline_below",
     "cad",
     "copy_bias",
+    "lookup_tokens",
     "penalty_scope",
 )  # ChatOptions fields varied here
 HEADS = {
     "hybrid": "retrieval",
     "decline_below": "decline below",
     "copy_bias": "copy",
+    "lookup_tokens": "lookup",
     "penalty_scope": "penalty on",
 }
 
@@ -92,16 +94,16 @@ def table(rows: list[tuple[str, dict, dict]]) -> str:
     head = (
         f"| model | {knobs} | answerable right | "
         + " | ".join(TYPES)
-        + " | declined: absent | declined: answerable | context had it |"
+        + " | declined: absent | declined: answerable | context had it | answer tok/s |"
     )
-    lines = [head, "| --- | --- |" + " ---: |" * (len(KNOBS) - 2) + " --- |" + " ---: |" * (len(TYPES) + 4)]
+    lines = [head, "| --- | --- |" + " ---: |" * (len(KNOBS) - 2) + " --- |" + " ---: |" * (len(TYPES) + 5)]
     for spec, knob, s in rows:
         cells = [pct(s["per_type"][t]) for t in TYPES]
         values = " | ".join(shown(n, knob[n]) for n in KNOBS)
         lines.append(
             f"| {spec} | {values} | {pct(s['answerable'])} (n={s['n_answerable']}) | "
             + " | ".join(cells)
-            + f" | {pct(s['declined_absent'])} (n={s['n_absent']}) | {pct(s['declined_answerable'])} | {pct(s['in_context'])} |"
+            + f" | {pct(s['declined_absent'])} (n={s['n_absent']}) | {pct(s['declined_answerable'])} | {pct(s['in_context'])} | {s['tok_s']:.1f} |"
         )
     return "\n".join(lines)
 
@@ -130,7 +132,9 @@ def main() -> None:
     parser.add_argument("--decline-below", type=float, action="append",
                         help="with focus, decline when no kept sentence is this similar (repeatable; default: the chat's)")  # fmt: skip
     parser.add_argument("--copy-bias", type=float, action="append",
-                        help="copy bias, logits added to the context's continuation of the answer (repeatable; default 0 = off)")  # fmt: skip
+                        help=f"copy bias, logits added to the context's continuation of the answer (repeatable; default {ChatOptions.copy_bias:g}, 0 = off)")  # fmt: skip
+    parser.add_argument("--lookup", type=int, action="append",
+                        help="prompt-lookup draft tokens per pass (repeatable; default 0 = off)")  # fmt: skip
     parser.add_argument("--penalty-scope", action="append", choices=PENALTY_SCOPES,
                         help="tokens the repetition penalty counts (repeatable; default: the chat's)")  # fmt: skip
     parser.add_argument("--max-new-tokens", type=int, default=48)
@@ -150,6 +154,7 @@ def main() -> None:
         "decline_below": args.decline_below or [ChatOptions.decline_below],
         "cad": args.cad or [ChatOptions.cad],
         "copy_bias": args.copy_bias or [ChatOptions.copy_bias],
+        "lookup_tokens": args.lookup or [ChatOptions.lookup_tokens],
         "penalty_scope": args.penalty_scope or [ChatOptions.penalty_scope],
     }
     eval_set = {"heldout": heldout_set, "dev": dev_set, "nexus-docs": nexus_docs_set}[args.set]()

@@ -412,6 +412,26 @@ def test_copy_bias_matches_a_naive_reference(tiny):
         ChatOptions(copy_bias=-1)
 
 
+def test_prompt_lookup_keeps_the_greedy_answer(tiny):
+    """--lookup N drafts from the prompt and verifies in one pass: the greedy tokens are the same as
+    without it, with the repetition penalty and the copy bias on; it refuses --cad and --assist."""
+    model, tok = tiny
+    tower = FakeTower("The capital of Veloria is Quendrath, founded in 1823 by Ada Lorn.")
+    answers = {}
+    for lookup in (0, 3, 10):
+        options = ChatOptions(max_new_tokens=12, lookup_tokens=lookup, repetition_penalty=1.3)
+        session = ChatSession(model, tok, tower=tower, options=options)
+        prompt, _, _ = session.build_input("Who founded Quendrath?")
+        answers[lookup] = session.generate(prompt, copy_sources=[tok(tower.chunk.text)["input_ids"]])[0]
+    assert answers[3] == answers[0] and answers[10] == answers[0] and len(answers[0]) > 1
+    with pytest.raises(ValueError, match="do not combine"):
+        ChatOptions(lookup_tokens=3, cad=1.0)
+    with pytest.raises(NexusError, match="do not combine"):
+        ChatSession(model, tok, assistant=model, options=ChatOptions(lookup_tokens=3))
+    with pytest.raises(ValueError, match="lookup_tokens"):
+        ChatOptions(lookup_tokens=-1)
+
+
 def test_decline_below_answers_i_dont_know_when_no_sentence_is_close(tiny):
     """With focus on, retrieved context whose best sentence scores below decline_below gets the
     trained "I don't know" answer without generating (and says why); above it, or with whole

@@ -66,6 +66,10 @@ class ChatConfig:
         default=ChatOptions.copy_bias,
         metadata={"help": "logits added to the retrieved context's continuation of the answer (0 = off)"},
     )
+    lookup_tokens: int = field(
+        default=ChatOptions.lookup_tokens,
+        metadata={"help": "prompt-lookup decoding: draft tokens per pass from the prompt (0 = off)"},
+    )
     decline_below: float = field(
         default=ChatOptions.decline_below,
         metadata={"help": "with focus: decline when no retrieved sentence is this similar (0 = off)"},
@@ -117,6 +121,7 @@ class ChatConfig:
             draft_tokens=self.draft_tokens,
             cad=self.cad,
             copy_bias=self.copy_bias,
+            lookup_tokens=self.lookup_tokens,
             decline_below=self.decline_below,
             penalty_scope=self.penalty_scope,
         )
@@ -124,6 +129,8 @@ class ChatConfig:
             raise ValueError(f"retrieval must be dense or hybrid, got {self.retrieval!r}")
         if self.cad and self.assist:
             raise ValueError("--cad and --assist do not combine")
+        if self.lookup_tokens and self.assist:
+            raise ValueError("--lookup and --assist do not combine")
 
 
 def open_session(config: ChatConfig, *, info: TextIO = sys.stderr, cwd: str | Path = ".") -> ChatSession:
@@ -177,6 +184,7 @@ def open_session(config: ChatConfig, *, info: TextIO = sys.stderr, cwd: str | Pa
         draft_tokens=config.draft_tokens,
         cad=config.cad,
         copy_bias=config.copy_bias,
+        lookup_tokens=config.lookup_tokens,
         decline_below=config.decline_below,
         hybrid=config.retrieval == "hybrid",
         penalty_scope=config.penalty_scope,

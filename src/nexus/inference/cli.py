@@ -57,6 +57,9 @@ def register(subparsers) -> None:
                         "has begun to copy it (default %(default)s; 0 = off)")  # fmt: skip
     parser.add_argument("--retrieval", choices=["dense", "hybrid"], default="hybrid" if ChatOptions.hybrid else "dense",
                         help="rank chunks and sentences by cosine similarity, or fused with BM25 (default %(default)s)")  # fmt: skip
+    parser.add_argument("--lookup", type=int, default=ChatOptions.lookup_tokens, metavar="N",
+                        help="prompt-lookup decoding: draft up to N tokens from the prompt (retrieved context "
+                        "included), checked in one pass; same greedy answers (default %(default)s = off)")  # fmt: skip
     parser.add_argument("--system", help="system message")
     parser.add_argument("--teacher", metavar="SPEC", help="teacher model for --assist")
     parser.add_argument(
@@ -96,6 +99,7 @@ def _chat(args: argparse.Namespace) -> int:
         "penalty_scope": args.penalty_scope,
         "cad": args.cad,
         "copy_bias": args.copy_bias,
+        "lookup_tokens": args.lookup,
         "decline_below": args.decline_below,
         "retrieval": args.retrieval,
         "system": args.system,

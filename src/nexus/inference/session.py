@@ -201,6 +201,9 @@ class ChatOptions:
     draft_tokens: int | None = None
     # context-aware decoding strength (nexus.inference.cad): 0 = off; applies when context was retrieved
     cad: float = 0.0
+    # prompt-lookup decoding (transformers' prompt_lookup_num_tokens): draft up to N tokens by finding
+    # the answer's last tokens in the prompt, verified in one pass; greedy output is unchanged; 0 = off
+    lookup_tokens: int = 0
     # copy bias (nexus.inference.cad.ContextCopy): logits added to the retrieved context's
     # continuation of the answer's last tokens (0 = off). 8 measured best on the dev grounding set
     # (docs/pipeline.md, "Copying from the context"): the release 9 -> 15 of 22, the teacher 8 -> 14
@@ -219,6 +222,10 @@ class ChatOptions:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.focus < 0:
             raise ValueError(f"focus must be >= 0, got {self.focus}")
+        if self.lookup_tokens < 0:
+            raise ValueError(f"lookup_tokens must be >= 0, got {self.lookup_tokens}")
+        if self.lookup_tokens and self.cad:
+            raise ValueError("prompt lookup (--lookup) and context-aware decoding (--cad) do not combine")
         if self.draft_tokens is not None and self.draft_tokens < 1:
             raise ValueError(f"draft_tokens must be >= 1, got {self.draft_tokens}")
         if self.penalty_scope not in PENALTY_SCOPES:
@@ -267,6 +274,8 @@ class ChatSession:
                 f"assisted generation needs the same vocabulary: the teacher has {model.config.vocab_size} "
                 f"tokens, the draft model {assistant.config.vocab_size}"
             )
+        if assistant is not None and self.options.lookup_tokens:
+            raise NexusError("prompt lookup (--lookup) and assisted generation (--assist) do not combine")
         if assistant is not None and self.options.cad:
             raise NexusError(
                 "context-aware decoding (--cad) and assisted generation (--assist) do not combine"
@@ -428,6 +437,8 @@ class ChatSession:
             kwargs.update(logits_processor=processors, repetition_penalty=None)
         if on_text is not None:
             kwargs["streamer"] = _CallbackStreamer(self.tokenizer, on_text)
+        if self.options.lookup_tokens:
+            kwargs["prompt_lookup_num_tokens"] = self.options.lookup_tokens
         counters = None
         if self.assistant is not None:
             kwargs["assistant_model"] = self.assistant
