@@ -412,6 +412,25 @@ def test_copy_bias_matches_a_naive_reference(tiny):
         ChatOptions(copy_bias=-1)
 
 
+def test_a_name_no_retrieved_document_mentions_is_declined(tiny):
+    """A question naming something (a capitalised word after its first) that no retrieved chunk
+    mentions gets the trained "I don't know" without generating; names the chunks hold, a question
+    without names, no retrieved context, or the option off: the model answers."""
+    from nexus.data.grounded import ABSTAIN_ANSWER
+
+    model, tok = tiny
+    tower = FakeTower("The capital of Veloria is Quendrath, founded in 1823 by Ada Lorn.")
+    options = ChatOptions(max_new_tokens=4)
+    result = ChatSession(model, tok, tower=tower, options=options).respond("Who founded Ostrava in Veloria?")
+    assert result.text == ABSTAIN_ANSWER and result.new_tokens == 0
+    assert result.notices[-1] == "declined without generating: the retrieved documents never name Ostrava"
+    for question in ("Who founded Quendrath in Veloria?", "who founded it?", "Ada Lorn founded what?"):
+        assert ChatSession(model, tok, tower=tower, options=options).respond(question).new_tokens > 0
+    assert ChatSession(model, tok, options=options).respond("Who founded Ostrava?").new_tokens > 0
+    off = ChatOptions(max_new_tokens=4, decline_unknown_names=False)
+    assert ChatSession(model, tok, tower=tower, options=off).respond("Who founded Ostrava?").new_tokens > 0
+
+
 def test_prompt_lookup_keeps_the_greedy_answer(tiny):
     """--lookup N drafts from the prompt and verifies in one pass: the greedy tokens are the same as
     without it, with the repetition penalty and the copy bias on; it refuses --cad and --assist."""

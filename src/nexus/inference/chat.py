@@ -66,6 +66,10 @@ class ChatConfig:
         default=ChatOptions.copy_bias,
         metadata={"help": "logits added to the retrieved context's continuation of the answer (0 = off)"},
     )
+    decline_unknown_names: bool = field(
+        default=ChatOptions.decline_unknown_names,
+        metadata={"help": "decline when the question names something no retrieved document mentions"},
+    )
     lookup_tokens: int = field(
         default=ChatOptions.lookup_tokens,
         metadata={"help": "prompt-lookup decoding: draft tokens per pass from the prompt (0 = off)"},
@@ -186,6 +190,7 @@ def open_session(config: ChatConfig, *, info: TextIO = sys.stderr, cwd: str | Pa
         copy_bias=config.copy_bias,
         lookup_tokens=config.lookup_tokens,
         decline_below=config.decline_below,
+        decline_unknown_names=config.decline_unknown_names,
         hybrid=config.retrieval == "hybrid",
         penalty_scope=config.penalty_scope,
     )

@@ -52,6 +52,9 @@ def register(subparsers) -> None:
     parser.add_argument("--decline-below", type=float, default=ChatOptions.decline_below, metavar="S",
                         help="with --focus: answer \"I don't know\" when no retrieved sentence is this similar "
                         "to the question (default %(default)s; 0 = off)")  # fmt: skip
+    parser.add_argument("--answer-unknown-names", dest="decline_unknown_names", action="store_false",
+                        help="answer even when the question names something no retrieved document mentions "
+                        "(by default the chat says it does not know)")  # fmt: skip
     parser.add_argument("--copy-bias", type=float, default=ChatOptions.copy_bias, metavar="B",
                         help="add B to the logits of the retrieved context's next token where the answer "
                         "has begun to copy it (default %(default)s; 0 = off)")  # fmt: skip
@@ -101,6 +104,7 @@ def _chat(args: argparse.Namespace) -> int:
         "copy_bias": args.copy_bias,
         "lookup_tokens": args.lookup,
         "decline_below": args.decline_below,
+        "decline_unknown_names": args.decline_unknown_names,
         "retrieval": args.retrieval,
         "system": args.system,
         "teacher": args.teacher,

@@ -192,6 +192,9 @@ class ChatOptions:
     # to the question (context was retrieved, so the question is on the documents' topic; 0 = off,
     # the default: calibrate it on your documents with bench_grounding.py --decline-below)
     decline_below: float = DEFAULT_DECLINE_BELOW
+    # answer "I don't know" without generating when the question names something (a capitalised
+    # word after its first) that none of the retrieved chunks mentions: the documents do not cover it
+    decline_unknown_names: bool = True
     cite: bool = False  # append the context's documents and chunk numbers to each answer
     # rank chunks and focus sentences by cosine similarity fused with BM25 (nexus.knowledge.lexical)
     hybrid: bool = DEFAULT_HYBRID
@@ -461,6 +464,21 @@ class ChatSession:
             accepted = max(0, min(drafted, len(new) - target_passes))
         return new, seconds, drafted, accepted
 
+    def _unknown_names(self, question: str, chunks: list[Retrieved]) -> list[str]:
+        """Capitalised words of ``question`` after its first word that no retrieved chunk (whole,
+        before focus, with its document's title) contains; none when nothing was retrieved."""
+        import re
+
+        if not chunks or self.tower is None:
+            return []
+        docs = getattr(self.tower, "docs", None)
+        texts = [c.text for c in chunks]
+        if docs is not None:
+            texts += [f"{docs[c.row].get('title', '')} {docs[c.row]['text']}" for c in chunks]
+        seen = " ".join(texts)
+        names = re.findall(r"\b[A-Z][A-Za-z]+\b", question)[1:]
+        return [n for n in dict.fromkeys(names) if n not in seen]
+
     def respond(self, user_text: str, on_text: Callable[[str], None] | None = None) -> TurnResult:
         """Answer one user message (RAG context prepended when on); history keeps the plain text."""
         if not user_text.strip():
@@ -470,16 +488,20 @@ class ChatSession:
         plain = None
         if chunks and self.options.cad > 0:
             plain = self._encode([*self.history, {"role": "user", "content": user_text}])
-        if chunks and self.options.focus and max(c.score for c in chunks) < self.options.decline_below:
-            # the documents are on topic but no sentence of them answers: decline, as trained
+        why = None  # declined without generating: the documents do not hold the answer
+        unknown = self._unknown_names(user_text, chunks) if self.options.decline_unknown_names else []
+        if unknown:
+            why = f"the retrieved documents never name {', '.join(unknown)}"
+        elif chunks and self.options.focus and max(c.score for c in chunks) < self.options.decline_below:
+            best = max(c.score for c in chunks)
+            why = f"the closest retrieved sentence scores {best:.2f} < {self.options.decline_below:g} (--decline-below)"
+        if why:
             from nexus.data.grounded import ABSTAIN_ANSWER
+
+            notices.append(f"declined without generating: {why}")
 
             new, seconds, drafted, accepted = [], 0.0, None, None
             text = ABSTAIN_ANSWER
-            notices.append(
-                f"declined without generating: the closest retrieved sentence scores "
-                f"{max(c.score for c in chunks):.2f} < {self.options.decline_below:g} (--decline-below)"
-            )
             if on_text is not None:
                 on_text(text)
         else:
