@@ -464,20 +464,28 @@ class ChatSession:
             accepted = max(0, min(drafted, len(new) - target_passes))
         return new, seconds, drafted, accepted
 
-    def _unknown_names(self, question: str, chunks: list[Retrieved]) -> list[str]:
-        """Capitalised words of ``question`` after its first word that no retrieved chunk (whole,
-        before focus, with its document's title) contains; none when nothing was retrieved."""
+    def _decline_reason(self, question: str, chunks: list[Retrieved]) -> str | None:
+        """Why the retrieved documents cannot hold the answer (the chat then declines without
+        generating), or None: the question names something no retrieved chunk (whole, before
+        focus, with its document's title) mentions, or no kept sentence reaches ``decline_below``."""
         import re
 
         if not chunks or self.tower is None:
-            return []
-        docs = getattr(self.tower, "docs", None)
-        texts = [c.text for c in chunks]
-        if docs is not None:
-            texts += [f"{docs[c.row].get('title', '')} {docs[c.row]['text']}" for c in chunks]
-        seen = " ".join(texts)
-        names = re.findall(r"\b[A-Z][A-Za-z]+\b", question)[1:]
-        return [n for n in dict.fromkeys(names) if n not in seen]
+            return None
+        if self.options.decline_unknown_names:
+            texts = [c.text for c in chunks]
+            docs = getattr(self.tower, "docs", None)
+            if docs is not None:
+                texts += [f"{docs[c.row].get('title', '')} {docs[c.row]['text']}" for c in chunks]
+            seen = " ".join(texts)
+            names = re.findall(r"\b[A-Z][A-Za-z]+\b", question)[1:]  # capitalised words after the first
+            unknown = [n for n in dict.fromkeys(names) if n not in seen]
+            if unknown:
+                return f"the retrieved documents never name {', '.join(unknown)}"
+        best = max(c.score for c in chunks)
+        if self.options.focus and best < self.options.decline_below:
+            return f"the closest retrieved sentence scores {best:.2f} < {self.options.decline_below:g} (--decline-below)"
+        return None
 
     def respond(self, user_text: str, on_text: Callable[[str], None] | None = None) -> TurnResult:
         """Answer one user message (RAG context prepended when on); history keeps the plain text."""
@@ -488,18 +496,11 @@ class ChatSession:
         plain = None
         if chunks and self.options.cad > 0:
             plain = self._encode([*self.history, {"role": "user", "content": user_text}])
-        why = None  # declined without generating: the documents do not hold the answer
-        unknown = self._unknown_names(user_text, chunks) if self.options.decline_unknown_names else []
-        if unknown:
-            why = f"the retrieved documents never name {', '.join(unknown)}"
-        elif chunks and self.options.focus and max(c.score for c in chunks) < self.options.decline_below:
-            best = max(c.score for c in chunks)
-            why = f"the closest retrieved sentence scores {best:.2f} < {self.options.decline_below:g} (--decline-below)"
+        why = self._decline_reason(user_text, chunks)
         if why:
             from nexus.data.grounded import ABSTAIN_ANSWER
 
             notices.append(f"declined without generating: {why}")
-
             new, seconds, drafted, accepted = [], 0.0, None, None
             text = ABSTAIN_ANSWER
             if on_text is not None:

@@ -195,11 +195,13 @@ def focus_sentences(
     best = order[:sentences]
     focused = []
     for i, chunk in enumerate(chunks):
-        kept = sorted((candidates[j][1], candidates[j][2]) for j in best if candidates[j][0] == i)
-        if kept:
-            body = " ".join(" ".join(text.split()) for _, text in kept)
+        mine = [j for j in best if candidates[j][0] == i]
+        if mine:
+            body = " ".join(
+                " ".join(candidates[j][2].split()) for j in sorted(mine, key=lambda j: candidates[j][1])
+            )
             text = f"{titles[i]}: {body}" if titles[i] else body
-            score = max(float(scores[j]) for j in best if candidates[j][0] == i)
+            score = max(float(scores[j]) for j in mine)
             focused.append(dataclasses.replace(chunk, rank=len(focused) + 1, text=text, score=score))
     return focused
 
