@@ -65,6 +65,7 @@ KNOBS = (
     "k",
     "focus",
     "hybrid",
+    "match_names",
     "decline_below",
     "cad",
     "copy_bias",
@@ -73,6 +74,7 @@ KNOBS = (
 )  # ChatOptions fields varied here
 HEADS = {
     "hybrid": "retrieval",
+    "match_names": "chunks",
     "decline_below": "decline below",
     "copy_bias": "copy",
     "lookup_tokens": "lookup",
@@ -83,6 +85,8 @@ HEADS = {
 def shown(name: str, value) -> str:
     if name == "hybrid":
         return "hybrid" if value else "dense"
+    if name == "match_names":
+        return "named" if value else "all"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -120,6 +124,8 @@ def main() -> None:
                         help=f"sentences of the chunks kept, 0 = whole chunks (repeatable; default {ChatOptions.focus})")  # fmt: skip
     parser.add_argument("--retrieval", action="append", choices=["dense", "hybrid"],
                         help="rank by cosine similarity, or fused with BM25 (repeatable; default: the chat's)")  # fmt: skip
+    parser.add_argument("--chunks", action="append", choices=["named", "all"],
+                        help="keep the chunks that name what the question names, or all (repeatable; default: the chat's)")  # fmt: skip
     parser.add_argument(
         "--knowledge", help="nexus-docs: knowledge index directory (default: the model's own, else docs/)"
     )
@@ -151,6 +157,7 @@ def main() -> None:
         "k": args.k or [ChatOptions.k],
         "focus": args.focus or [ChatOptions.focus],
         "hybrid": [r == "hybrid" for r in args.retrieval] if args.retrieval else [ChatOptions.hybrid],
+        "match_names": [c == "named" for c in args.chunks] if args.chunks else [ChatOptions.match_names],
         "decline_below": args.decline_below or [ChatOptions.decline_below],
         "cad": args.cad or [ChatOptions.cad],
         "copy_bias": args.copy_bias or [ChatOptions.copy_bias],

@@ -39,8 +39,9 @@ class FakeTower:
     def __len__(self):
         return 1
 
-    def select_context(self, prompt, *, k=None, max_tokens=None, focus=0, hybrid=None):
+    def select_context(self, prompt, *, k=None, max_tokens=None, focus=0, hybrid=None, match_names=False):
         self.calls += 1
+        self.match_names = match_names
         return [self.chunk]
 
 
@@ -65,6 +66,7 @@ def test_rag_context_is_prepended_and_can_be_turned_off(tiny):
     session = ChatSession(model, tok, tower=tower, options=ChatOptions(max_new_tokens=3))
     ids, chunks, _ = session.build_input("What is the capital of Veloria?")
     assert "The capital of Veloria is Quendrath." in tok.decode(ids) and chunks == [tower.chunk]
+    assert tower.match_names is True  # the chat keeps the chunks naming what the question names
     session.respond("What is the capital of Veloria?")
     assert session.history[0]["content"] == "What is the capital of Veloria?"  # history stays plain
     assert "facts.md" in session.command("/sources")

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import tiny
 
 from nexus.knowledge.lexical import BM25, reciprocal_rank_fusion, words
 
@@ -49,9 +50,6 @@ def test_reciprocal_rank_fusion():
 
 @pytest.fixture(scope="module")
 def tower(tmp_path_factory):
-    from nexus.knowledge import IndexConfig, KnowledgeTower, build_index
-    from nexus.knowledge.embedder import Embedder
-
     docs = tmp_path_factory.mktemp("hybrid-docs")
     # Twelve chunks about options in general; one, mostly about other things, names the option.
     for i in range(12):
@@ -65,10 +63,7 @@ def tower(tmp_path_factory):
         "the shards in memory.\n",
         encoding="utf-8",
     )
-    out = tmp_path_factory.mktemp("hybrid-index")
-    embedder = Embedder("default")
-    build_index([docs], out, IndexConfig(), embedder=embedder)
-    return KnowledgeTower.load(out, embedder=embedder)
+    return tiny.build_tower(docs, tmp_path_factory.mktemp("hybrid-index"))
 
 
 def test_hybrid_retrieval_ranks_the_chunk_that_shares_the_rare_word_first(tower):

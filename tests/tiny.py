@@ -111,3 +111,14 @@ def write_domain_mix(path: str | Path) -> Path:
     path = Path(path)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def build_tower(docs: str | Path, out: str | Path):
+    """A knowledge index of the Markdown files in ``docs`` (default embedder, default settings),
+    written to ``out`` and loaded."""
+    from nexus.knowledge import IndexConfig, KnowledgeTower, build_index
+    from nexus.knowledge.embedder import Embedder
+
+    embedder = Embedder("default")
+    build_index([Path(docs)], Path(out), IndexConfig(), embedder=embedder)
+    return KnowledgeTower.load(out, embedder=embedder)

@@ -70,6 +70,12 @@ class ChatConfig:
         default=ChatOptions.decline_unknown_names,
         metadata={"help": "decline when the question names something no retrieved document mentions"},
     )
+    match_names: bool = field(
+        default=ChatOptions.match_names,
+        metadata={
+            "help": "keep only the retrieved chunks that name everything the question names (when any does)"
+        },
+    )
     lookup_tokens: int = field(
         default=ChatOptions.lookup_tokens,
         metadata={"help": "prompt-lookup decoding: draft tokens per pass from the prompt (0 = off)"},
@@ -191,6 +197,7 @@ def open_session(config: ChatConfig, *, info: TextIO = sys.stderr, cwd: str | Pa
         lookup_tokens=config.lookup_tokens,
         decline_below=config.decline_below,
         decline_unknown_names=config.decline_unknown_names,
+        match_names=config.match_names,
         hybrid=config.retrieval == "hybrid",
         penalty_scope=config.penalty_scope,
     )

@@ -55,6 +55,9 @@ def register(subparsers) -> None:
     parser.add_argument("--answer-unknown-names", dest="decline_unknown_names", action="store_false",
                         help="answer even when the question names something no retrieved document mentions "
                         "(by default the chat says it does not know)")  # fmt: skip
+    parser.add_argument("--any-chunks", dest="match_names", action="store_false",
+                        help="keep every retrieved chunk (by default, where some chunks name everything the "
+                        "question names, only those are kept)")  # fmt: skip
     parser.add_argument("--copy-bias", type=float, default=ChatOptions.copy_bias, metavar="B",
                         help="add B to the logits of the retrieved context's next token where the answer "
                         "has begun to copy it (default %(default)s; 0 = off)")  # fmt: skip
@@ -105,6 +108,7 @@ def _chat(args: argparse.Namespace) -> int:
         "lookup_tokens": args.lookup,
         "decline_below": args.decline_below,
         "decline_unknown_names": args.decline_unknown_names,
+        "match_names": args.match_names,
         "retrieval": args.retrieval,
         "system": args.system,
         "teacher": args.teacher,

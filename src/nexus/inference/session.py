@@ -195,6 +195,9 @@ class ChatOptions:
     # answer "I don't know" without generating when the question names something (a capitalised
     # word after its first) that none of the retrieved chunks mentions: the documents do not cover it
     decline_unknown_names: bool = True
+    # of the retrieved chunks (after focus), keep only those that name everything the question names
+    # (when any does): a small model otherwise copies the neighbouring document's number or name
+    match_names: bool = True
     cite: bool = False  # append the context's documents and chunk numbers to each answer
     # rank chunks and focus sentences by cosine similarity fused with BM25 (nexus.knowledge.lexical)
     hybrid: bool = DEFAULT_HYBRID
@@ -364,6 +367,7 @@ class ChatSession:
                 max_tokens=self.options.context_tokens,
                 focus=self.options.focus,
                 hybrid=self.options.hybrid,
+                match_names=self.options.match_names,
             )
         history = list(self.history)
         limit = self.context_window - self.options.max_new_tokens
@@ -468,7 +472,7 @@ class ChatSession:
         """Why the retrieved documents cannot hold the answer (the chat then declines without
         generating), or None: the question names something no retrieved chunk (whole, before
         focus, with its document's title) mentions, or no kept sentence reaches ``decline_below``."""
-        import re
+        from nexus.knowledge.tower import question_names
 
         if not chunks or self.tower is None:
             return None
@@ -478,8 +482,7 @@ class ChatSession:
             if docs is not None:
                 texts += [f"{docs[c.row].get('title', '')} {docs[c.row]['text']}" for c in chunks]
             seen = " ".join(texts)
-            names = re.findall(r"\b[A-Z][A-Za-z]+\b", question)[1:]  # capitalised words after the first
-            unknown = [n for n in dict.fromkeys(names) if n not in seen]
+            unknown = [n for n in question_names(question) if n not in seen]
             if unknown:
                 return f"the retrieved documents never name {', '.join(unknown)}"
         best = max(c.score for c in chunks)

@@ -206,6 +206,32 @@ def focus_sentences(
     return focused
 
 
+def question_names(question: str) -> list[str]:
+    """The names a question uses: its capitalised words after the first (the first is capitalised
+    anyway), each once, in order. "How many books do the Ulwen Reading Rooms hold?" -> Ulwen,
+    Reading, Rooms."""
+    import re
+
+    return list(dict.fromkeys(re.findall(r"\b[A-Z][A-Za-z]+\b", question)[1:]))
+
+
+def keep_named(names: Sequence[str], chunks: Sequence[Retrieved], texts: Sequence[str]) -> list[Retrieved]:
+    """The chunks whose text (``texts``, one per chunk: the chunk with its document's title) names
+    every one of ``names`` as a whole word, in rank order, renumbered; all of ``chunks`` when none
+    does (or there are no names). Asked about the Ulwen Reading Rooms, a small model copies the
+    number of books of whichever library's chunk sits beside Ulwen's: the others go."""
+    import dataclasses
+    import re
+
+    if not names:
+        return list(chunks)
+    patterns = [re.compile(rf"\b{re.escape(n)}\b") for n in names]
+    kept = [c for c, t in zip(chunks, texts, strict=True) if all(p.search(t) for p in patterns)]
+    if not kept:
+        return list(chunks)
+    return [dataclasses.replace(c, rank=i + 1) for i, c in enumerate(kept)]
+
+
 class KnowledgeTower:
     """A loaded index plus the embedder it was built with (``KnowledgeTower.load(dir)``)."""
 
@@ -316,12 +342,18 @@ class KnowledgeTower:
         threshold: float | None = None,
         focus: int = 0,
         hybrid: bool | None = None,
+        match_names: bool = False,
     ) -> list[Retrieved]:
         """Chunks above ``threshold`` that fit ``max_tokens`` (in rank order; also kept in
         ``last_retrieved`` for ``/sources``). With ``focus`` > 0 the ``k`` chunks are first cut to
-        their ``focus`` sentences most similar to ``prompt`` (:func:`focus_sentences`), and the
-        budget applies to what is left. ``hybrid`` (default: ``self.hybrid``): BM25 fused into the
-        ranking of chunks and of sentences."""
+        their ``focus`` sentences most similar to ``prompt`` (:func:`focus_sentences`). With
+        ``match_names``, where some of the chunks left name everything the prompt names
+        (:func:`question_names`; a chunk's whole text and its document's title count), only those
+        stay (:func:`keep_named`): asked about one library, the model then sees no other library's
+        number of books. Where none does, all stay: the sentences nearest the question are then
+        about other things than the one it names (the chat declines it, ``decline_unknown_names``).
+        The budget applies to what is left. ``hybrid`` (default: ``self.hybrid``): BM25 fused into
+        the ranking of chunks and of sentences."""
         threshold = self.threshold if threshold is None else threshold
         hybrid = self.hybrid if hybrid is None else hybrid
         budget = self.max_context_tokens if max_tokens is None else max_tokens
@@ -329,6 +361,9 @@ class KnowledgeTower:
         if focus > 0 and relevant:
             titles = [self.docs[c.row].get("title", "") for c in relevant]
             relevant = focus_sentences(prompt, relevant, focus, self.embedder, titles, hybrid)
+        if match_names and relevant:
+            texts = [f"{self.docs[c.row].get('title', '')} {self.docs[c.row]['text']}" for c in relevant]
+            relevant = keep_named(question_names(prompt), relevant, texts)
         chosen, used = [], 0
         costs = self.count_tokens([format_context([c]) for c in relevant]) if relevant else []
         for chunk, cost in zip(relevant, costs, strict=True):

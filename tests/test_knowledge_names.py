@@ -1,0 +1,61 @@
+"""Keeping the retrieved chunks that name what the question names (``match_names``, on in the chat
+by default): the names a question uses, the filter, and the tower's context with and without it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tiny
+
+from nexus.knowledge.tower import Retrieved, keep_named, question_names
+
+
+def test_question_names_are_the_capitalised_words_after_the_first():
+    assert question_names("How many books do the Ulwen Reading Rooms hold?") == ["Ulwen", "Reading", "Rooms"]
+    assert question_names("What does NIWT measure, and does NIWT need a GPU?") == ["NIWT", "GPU"]
+    assert question_names("Ulwen: how many books?") == []  # the first word is capitalised anyway
+    assert question_names("how do I pause the pipeline?") == []  # "I" is no name
+
+
+def _chunk(rank: int, text: str) -> Retrieved:
+    return Retrieved(rank, 0.5, text, f"doc{rank}.md", 0, rank)
+
+
+def test_keep_named_keeps_the_chunks_naming_everything_else_all():
+    chunks = [_chunk(1, "a"), _chunk(2, "b"), _chunk(3, "c")]
+    texts = [
+        "Uljebnim Reading Rooms: 82655 books.",
+        "Ulwen Reading Rooms: 26483 books.",
+        "Ulwenby: a village.",
+    ]
+    kept = keep_named(["Ulwen", "Reading"], chunks, texts)
+    assert [c.text for c in kept] == ["b"] and kept[0].rank == 1  # whole words: "Ulwenby" is not Ulwen
+    assert keep_named(["Ploser"], chunks, texts) == chunks  # no chunk names it: nothing is dropped
+    assert keep_named([], chunks, texts) == chunks
+    two = keep_named(["Reading"], chunks, texts)
+    assert [c.text for c in two] == ["a", "b"] and [c.rank for c in two] == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def tower(tmp_path_factory):
+    docs = tmp_path_factory.mktemp("named-docs")
+    for name, books, code in (("Ulwen", 26483, "HPW"), ("Uljebnim", 82655, "RML"), ("Ploser", 5120, "BZC")):
+        (docs / f"{name.lower()}.md").write_text(
+            f"# {name} Reading Rooms\n\nThe {name} Reading Rooms are a lending library. Its shelves hold "
+            f"{books} books. To renew a book, send the code RENEW-{code} to the library's number.\n",
+            encoding="utf-8",
+        )
+    return tiny.build_tower(docs, tmp_path_factory.mktemp("named-index"))
+
+
+def test_select_context_keeps_only_the_named_library(tower):
+    question = "How many books do the Ulwen Reading Rooms hold?"
+    every = tower.select_context(question, k=4, focus=2)
+    assert len({c.source for c in every}) > 1  # the neighbours' chunks come along by default
+    named = tower.select_context(question, k=4, focus=2, match_names=True)
+    assert [Path(c.source).name for c in named] == ["ulwen.md"] and "26483" in named[0].text
+    assert tower.last_retrieved == named
+    # a name no chunk has: nothing is dropped (the chat's unknown-name rule declines it instead)
+    other = "How many books do the Ambleside Reading Rooms hold?"
+    assert tower.select_context(other, k=3, match_names=True) == tower.select_context(other, k=3)
