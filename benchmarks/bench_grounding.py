@@ -66,6 +66,7 @@ KNOBS = (
     "focus",
     "hybrid",
     "match_names",
+    "check_answer_kind",
     "decline_below",
     "cad",
     "copy_bias",
@@ -75,6 +76,7 @@ KNOBS = (
 HEADS = {
     "hybrid": "retrieval",
     "match_names": "chunks",
+    "check_answer_kind": "kind check",
     "decline_below": "decline below",
     "copy_bias": "copy",
     "lookup_tokens": "lookup",
@@ -87,6 +89,8 @@ def shown(name: str, value) -> str:
         return "hybrid" if value else "dense"
     if name == "match_names":
         return "named" if value else "all"
+    if name == "check_answer_kind":
+        return "on" if value else "off"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -126,6 +130,8 @@ def main() -> None:
                         help="rank by cosine similarity, or fused with BM25 (repeatable; default: the chat's)")  # fmt: skip
     parser.add_argument("--chunks", action="append", choices=["named", "all"],
                         help="keep the chunks that name what the question names, or all (repeatable; default: the chat's)")  # fmt: skip
+    parser.add_argument("--kind-check", action="append", choices=["on", "off"],
+                        help="decline how-many / what-year questions no kept sentence holds a number / year for (repeatable; default: the chat's)")  # fmt: skip
     parser.add_argument(
         "--knowledge", help="nexus-docs: knowledge index directory (default: the model's own, else docs/)"
     )
@@ -158,6 +164,9 @@ def main() -> None:
         "focus": args.focus or [ChatOptions.focus],
         "hybrid": [r == "hybrid" for r in args.retrieval] if args.retrieval else [ChatOptions.hybrid],
         "match_names": [c == "named" for c in args.chunks] if args.chunks else [ChatOptions.match_names],
+        "check_answer_kind": [c == "on" for c in args.kind_check]
+        if args.kind_check
+        else [ChatOptions.check_answer_kind],
         "decline_below": args.decline_below or [ChatOptions.decline_below],
         "cad": args.cad or [ChatOptions.cad],
         "copy_bias": args.copy_bias or [ChatOptions.copy_bias],

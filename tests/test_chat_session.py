@@ -433,6 +433,32 @@ def test_a_name_no_retrieved_document_mentions_is_declined(tiny):
     assert ChatSession(model, tok, tower=tower, options=off).respond("Who founded Ostrava?").new_tokens > 0
 
 
+def test_a_number_or_a_year_no_sentence_holds_is_declined(tiny):
+    """A how-many / in-what-year question whose retrieved sentences hold no number / year gets the
+    trained "I don't know" without generating; with one there, or the check off, the model answers."""
+    from nexus.data.grounded import ABSTAIN_ANSWER
+
+    model, tok = tiny
+    options = ChatOptions(max_new_tokens=4)
+    plain = FakeTower("Veloria is a fishing village. Its harbour master is Ada Lorn.")
+    for question in ("How many people live in Veloria?", "In what year was Veloria founded?"):
+        result = ChatSession(model, tok, tower=plain, options=options).respond(question)
+        assert result.text == ABSTAIN_ANSWER and result.new_tokens == 0
+        assert "no retrieved sentence holds one" in result.notices[-1]
+    dated = FakeTower("Veloria was founded in 1823. About 400 people live there.")
+    for question in ("How many people live in Veloria?", "In what year was Veloria founded?"):
+        assert ChatSession(model, tok, tower=dated, options=options).respond(question).new_tokens > 0
+    assert (
+        ChatSession(model, tok, tower=plain, options=options).respond("Who is the harbour master?").new_tokens
+        > 0
+    )
+    off = ChatOptions(max_new_tokens=4, check_answer_kind=False)
+    assert (
+        ChatSession(model, tok, tower=plain, options=off).respond("How many people live there?").new_tokens
+        > 0
+    )
+
+
 def test_prompt_lookup_keeps_the_greedy_answer(tiny):
     """--lookup N drafts from the prompt and verifies in one pass: the greedy tokens are the same as
     without it, with the repetition penalty and the copy bias on; it refuses --cad and --assist."""

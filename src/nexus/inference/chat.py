@@ -76,6 +76,12 @@ class ChatConfig:
             "help": "keep only the retrieved chunks that name everything the question names (when any does)"
         },
     )
+    check_answer_kind: bool = field(
+        default=ChatOptions.check_answer_kind,
+        metadata={
+            "help": "decline how-many / what-year questions when no retrieved sentence holds a number / year"
+        },
+    )
     lookup_tokens: int = field(
         default=ChatOptions.lookup_tokens,
         metadata={"help": "prompt-lookup decoding: draft tokens per pass from the prompt (0 = off)"},
@@ -198,6 +204,7 @@ def open_session(config: ChatConfig, *, info: TextIO = sys.stderr, cwd: str | Pa
         decline_below=config.decline_below,
         decline_unknown_names=config.decline_unknown_names,
         match_names=config.match_names,
+        check_answer_kind=config.check_answer_kind,
         hybrid=config.retrieval == "hybrid",
         penalty_scope=config.penalty_scope,
     )

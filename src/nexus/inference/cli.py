@@ -58,6 +58,9 @@ def register(subparsers) -> None:
     parser.add_argument("--any-chunks", dest="match_names", action="store_false",
                         help="keep every retrieved chunk (by default, where some chunks name everything the "
                         "question names, only those are kept)")  # fmt: skip
+    parser.add_argument("--no-kind-check", dest="check_answer_kind", action="store_false",
+                        help="answer how-many / in-what-year questions even when no retrieved sentence holds a "
+                        "number / year (by default the chat says it does not know)")  # fmt: skip
     parser.add_argument("--copy-bias", type=float, default=ChatOptions.copy_bias, metavar="B",
                         help="add B to the logits of the retrieved context's next token where the answer "
                         "has begun to copy it (default %(default)s; 0 = off)")  # fmt: skip
@@ -109,6 +112,7 @@ def _chat(args: argparse.Namespace) -> int:
         "decline_below": args.decline_below,
         "decline_unknown_names": args.decline_unknown_names,
         "match_names": args.match_names,
+        "check_answer_kind": args.check_answer_kind,
         "retrieval": args.retrieval,
         "system": args.system,
         "teacher": args.teacher,

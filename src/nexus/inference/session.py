@@ -198,6 +198,9 @@ class ChatOptions:
     # of the retrieved chunks (after focus), keep only those that name everything the question names
     # (when any does): a small model otherwise copies the neighbouring document's number or name
     match_names: bool = True
+    # answer "I don't know" without generating when the question asks how many / in what year and no
+    # kept sentence holds a number / a year (nexus.inference.answer_types)
+    check_answer_kind: bool = True
     cite: bool = False  # append the context's documents and chunk numbers to each answer
     # rank chunks and focus sentences by cosine similarity fused with BM25 (nexus.knowledge.lexical)
     hybrid: bool = DEFAULT_HYBRID
@@ -471,7 +474,9 @@ class ChatSession:
     def _decline_reason(self, question: str, chunks: list[Retrieved]) -> str | None:
         """Why the retrieved documents cannot hold the answer (the chat then declines without
         generating), or None: the question names something no retrieved chunk (whole, before
-        focus, with its document's title) mentions, or no kept sentence reaches ``decline_below``."""
+        focus, with its document's title) mentions, asks for a number or a year that no kept
+        sentence holds (``check_answer_kind``), or no kept sentence reaches ``decline_below``."""
+        from nexus.inference.answer_types import answer_kind, holds_kind
         from nexus.knowledge.tower import question_names
 
         if not chunks or self.tower is None:
@@ -485,6 +490,10 @@ class ChatSession:
             unknown = [n for n in question_names(question) if n not in seen]
             if unknown:
                 return f"the retrieved documents never name {', '.join(unknown)}"
+        if self.options.check_answer_kind:
+            kind = answer_kind(question)
+            if kind and not any(holds_kind(c.text, kind) for c in chunks):
+                return f"the question asks for a {kind} and no retrieved sentence holds one"
         best = max(c.score for c in chunks)
         if self.options.focus and best < self.options.decline_below:
             return f"the closest retrieved sentence scores {best:.2f} < {self.options.decline_below:g} (--decline-below)"
