@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import tiny
 
-from nexus.knowledge.tower import Retrieved, keep_named, question_names
+from nexus.knowledge.tower import Retrieved, keep_named, names_missing, question_names
 
 
 def test_question_names_are_the_capitalised_words_after_the_first():
@@ -16,6 +16,12 @@ def test_question_names_are_the_capitalised_words_after_the_first():
     assert question_names("What does NIWT measure, and does NIWT need a GPU?") == ["NIWT", "GPU"]
     assert question_names("Ulwen: how many books?") == []  # the first word is capitalised anyway
     assert question_names("how do I pause the pipeline?") == []  # "I" is no name
+
+
+def test_names_missing_reads_whole_words():
+    assert names_missing(["Ulwen", "Rooms"], "The Ulwen Reading Rooms' shelves") == []
+    assert names_missing(["Ulwen"], "Ulwen's shelves") == []
+    assert names_missing(["Ulwen", "Ploser"], "Ulwenby and Yarploser") == ["Ulwen", "Ploser"]
 
 
 def _chunk(rank: int, text: str) -> Retrieved:

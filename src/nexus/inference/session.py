@@ -477,7 +477,7 @@ class ChatSession:
         focus, with its document's title) mentions, asks for a number or a year that no kept
         sentence holds (``check_answer_kind``), or no kept sentence reaches ``decline_below``."""
         from nexus.inference.answer_types import answer_kind, holds_kind
-        from nexus.knowledge.tower import question_names
+        from nexus.knowledge.tower import names_missing, question_names
 
         if not chunks or self.tower is None:
             return None
@@ -486,8 +486,7 @@ class ChatSession:
             docs = getattr(self.tower, "docs", None)
             if docs is not None:
                 texts += [f"{docs[c.row].get('title', '')} {docs[c.row]['text']}" for c in chunks]
-            seen = " ".join(texts)
-            unknown = [n for n in question_names(question) if n not in seen]
+            unknown = names_missing(question_names(question), " ".join(texts))
             if unknown:
                 return f"the retrieved documents never name {', '.join(unknown)}"
         if self.options.check_answer_kind:

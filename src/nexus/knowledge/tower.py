@@ -215,18 +215,24 @@ def question_names(question: str) -> list[str]:
     return list(dict.fromkeys(re.findall(r"\b[A-Z][A-Za-z]+\b", question)[1:]))
 
 
+def names_missing(names: Sequence[str], text: str) -> list[str]:
+    """Those of ``names`` that ``text`` does not hold as a whole word ("Ulwen's" holds Ulwen,
+    "Ulwenby" does not)."""
+    import re
+
+    return [n for n in names if not re.search(rf"\b{re.escape(n)}\b", text)]
+
+
 def keep_named(names: Sequence[str], chunks: Sequence[Retrieved], texts: Sequence[str]) -> list[Retrieved]:
     """The chunks whose text (``texts``, one per chunk: the chunk with its document's title) names
-    every one of ``names`` as a whole word, in rank order, renumbered; all of ``chunks`` when none
-    does (or there are no names). Asked about the Ulwen Reading Rooms, a small model copies the
-    number of books of whichever library's chunk sits beside Ulwen's: the others go."""
+    every one of ``names`` (:func:`names_missing`), in rank order, renumbered; all of ``chunks``
+    when none does (or there are no names). Asked about the Ulwen Reading Rooms, a small model
+    copies the number of books of whichever library's chunk sits beside Ulwen's: the others go."""
     import dataclasses
-    import re
 
     if not names:
         return list(chunks)
-    patterns = [re.compile(rf"\b{re.escape(n)}\b") for n in names]
-    kept = [c for c, t in zip(chunks, texts, strict=True) if all(p.search(t) for p in patterns)]
+    kept = [c for c, t in zip(chunks, texts, strict=True) if not names_missing(names, t)]
     if not kept:
         return list(chunks)
     return [dataclasses.replace(c, rank=i + 1) for i, c in enumerate(kept)]
