@@ -483,9 +483,9 @@ class ChatSession:
             return None
         if self.options.decline_unknown_names:
             texts = [c.text for c in chunks]
-            docs = getattr(self.tower, "docs", None)
-            if docs is not None:
-                texts += [f"{docs[c.row].get('title', '')} {docs[c.row]['text']}" for c in chunks]
+            named_text = getattr(self.tower, "named_text", None)  # a tower without documents: chunks alone
+            if named_text is not None:
+                texts += [named_text(c.row) for c in chunks]
             unknown = names_missing(question_names(question), " ".join(texts))
             if unknown:
                 return f"the retrieved documents never name {', '.join(unknown)}"

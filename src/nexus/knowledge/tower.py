@@ -298,6 +298,12 @@ class KnowledgeTower:
             self._lexical = BM25([embedding_text(entry) for entry in self.docs])
         return self._lexical
 
+    def named_text(self, row: int) -> str:
+        """Index row ``row``'s whole chunk after its document's title: the text in which the
+        chat looks for the names a question uses."""
+        entry = self.docs[row]
+        return f"{entry.get('title', '')} {entry['text']}"
+
     def retrieve(self, query: str, k: int | None = None, *, hybrid: bool | None = None) -> list[Retrieved]:
         """The ``k`` best chunks for ``query``, best first: by cosine similarity, or with ``hybrid``
         (default: ``self.hybrid``) by reciprocal rank fusion of the cosine and BM25 rankings (each
@@ -368,7 +374,7 @@ class KnowledgeTower:
             titles = [self.docs[c.row].get("title", "") for c in relevant]
             relevant = focus_sentences(prompt, relevant, focus, self.embedder, titles, hybrid)
         if match_names and relevant:
-            texts = [f"{self.docs[c.row].get('title', '')} {self.docs[c.row]['text']}" for c in relevant]
+            texts = [self.named_text(c.row) for c in relevant]
             relevant = keep_named(question_names(prompt), relevant, texts)
         chosen, used = [], 0
         costs = self.count_tokens([format_context([c]) for c in relevant]) if relevant else []
