@@ -65,3 +65,44 @@ def test_select_context_keeps_only_the_named_library(tower):
     # a name no chunk has: nothing is dropped (the chat's unknown-name rule declines it instead)
     other = "How many books do the Ambleside Reading Rooms hold?"
     assert tower.select_context(other, k=3, match_names=True) == tower.select_context(other, k=3)
+
+
+def test_masked_takes_the_names_out_of_every_text():
+    from nexus.knowledge.tower import _masked
+
+    texts = ["What is Dunmere best known for?", "Dunmere is a village on Dunmere island.", "Dunmere"]
+    assert _masked(texts, ["Dunmere", "Kettle Cove"]) == [
+        "What is best known for?",
+        "is a village on island.",
+        "Dunmere",  # nothing left: kept as it was
+    ]
+    assert _masked(["The kettle cove"], ["Kettle Cove"]) == ["The"]
+    assert _masked(texts, []) == texts
+
+
+@pytest.fixture(scope="module")
+def villages(tmp_path_factory):
+    docs = tmp_path_factory.mktemp("village-docs")
+    for name, island, known, people in (
+        ("Dunmere", "Oskarsey", "pickled herring", 412),
+        ("Brackwick", "Tallholm", "rope bridges", 1380),
+        ("Saltmoor", "Fennby", "blue pottery", 77),
+    ):
+        (docs / f"{name.lower()}.md").write_text(
+            f"# {name}\n\n{name} is a fishing village on the island of {island}. The harbour master of "
+            f"{name} is Agnes Pell. The village is best known for its {known}. About {people} people "
+            f"live in {name} all year round.\n",
+            encoding="utf-8",
+        )
+    return tiny.build_tower(docs, tmp_path_factory.mktemp("village-index"))
+
+
+@pytest.mark.parametrize("name, known", [("Dunmere", "pickled herring"), ("Brackwick", "rope bridges")])
+def test_focus_within_the_named_document_ranks_what_is_asked_not_the_name(villages, name, known):
+    # the sentences that repeat the name outrank the one that answers by the embedder's cosine alone
+    question = f"What is {name} best known for?"
+    plain = villages.select_context(question, k=4, focus=2)
+    assert not any(known in c.text for c in plain)
+    named = villages.select_context(question, k=4, focus=2, match_names=True)
+    assert [Path(c.source).name for c in named] == [f"{name.lower()}.md"]
+    assert known in named[0].text

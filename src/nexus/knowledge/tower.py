@@ -160,6 +160,7 @@ def focus_sentences(
     embedder,
     titles: Sequence[str],
     hybrid: bool = False,
+    names: Sequence[str] = (),
 ) -> list[Retrieved]:
     """Cut retrieved chunks down to the ``sentences`` sentences most similar to ``question``.
 
@@ -170,6 +171,13 @@ def focus_sentences(
     ``score`` becomes its best kept sentence's cosine similarity to the question (what the chat's
     ``decline_below`` reads). A small model finds the fact it is asked about far more easily in
     two sentences than in four chunks.
+
+    With ``names`` (what the question names, when every chunk names it: :func:`keep_named`), a
+    sentence ranks by that similarity plus the one of the question and the sentence with those
+    names and the titles' words masked out of both: every sentence is then about the
+    named thing, and what tells them apart is what the question asks of it. Asked "What is Wenser
+    best known for?", "Wenser is a fishing village" no longer outranks "The village is best known
+    for its smoked mackerel" for holding the name twice.
     """
     import dataclasses
 
@@ -187,7 +195,12 @@ def focus_sentences(
     texts = [f"{titles[i]}: {text}" if titles[i] else text for i, _, text in candidates]
     vectors = embedder.embed([*texts, question])  # one call: the question is the last row
     scores = vectors[:-1] @ vectors[-1]
-    order = sorted(range(len(candidates)), key=lambda j: -float(scores[j]))
+    rank_by = scores
+    if names:
+        masked = _masked([question, *(text for _, _, text in candidates)], [*names, *titles])
+        vectors = embedder.embed(masked)
+        rank_by = scores + vectors[1:] @ vectors[0]
+    order = sorted(range(len(candidates)), key=lambda j: -float(rank_by[j]))
     if hybrid:  # fused with BM25 over the candidate sentences, as retrieve() fuses chunks
         from nexus.knowledge.lexical import BM25, reciprocal_rank_fusion
 
@@ -204,6 +217,22 @@ def focus_sentences(
             score = max(float(scores[j]) for j in mine)
             focused.append(dataclasses.replace(chunk, rank=len(focused) + 1, text=text, score=score))
     return focused
+
+
+def _masked(texts: Sequence[str], names: Sequence[str]) -> list[str]:
+    """``texts`` with every word of ``names`` (whole words, any case) taken out; a text left
+    empty stays as it was."""
+    import re
+
+    words = sorted({w for name in names for w in re.findall(r"\w+", name)}, key=len, reverse=True)
+    if not words:
+        return list(texts)
+    pattern = re.compile(rf"\b(?:{'|'.join(map(re.escape, words))})\b", re.IGNORECASE)
+    out = []
+    for text in texts:
+        left = " ".join(pattern.sub(" ", text).split())
+        out.append(left if any(ch.isalnum() for ch in left) else text)
+    return out
 
 
 def question_names(question: str) -> list[str]:
@@ -357,25 +386,29 @@ class KnowledgeTower:
         match_names: bool = False,
     ) -> list[Retrieved]:
         """Chunks above ``threshold`` that fit ``max_tokens`` (in rank order; also kept in
-        ``last_retrieved`` for ``/sources``). With ``focus`` > 0 the ``k`` chunks are first cut to
-        their ``focus`` sentences most similar to ``prompt`` (:func:`focus_sentences`). With
-        ``match_names``, where some of the chunks left name everything the prompt names
-        (:func:`question_names`; a chunk's whole text and its document's title count), only those
-        stay (:func:`keep_named`): asked about one library, the model then sees no other library's
-        number of books. Where none does, all stay: the sentences nearest the question are then
+        ``last_retrieved`` for ``/sources``). With ``match_names``, where some of the ``k`` chunks
+        name everything the prompt names (:func:`question_names`; a chunk's whole text and its
+        document's title count), only those stay (:func:`keep_named`): asked about one library, the
+        model then sees no other library's number of books. Where none does, all stay: they are
         about other things than the one it names (the chat declines it, ``decline_unknown_names``).
-        The budget applies to what is left. ``hybrid`` (default: ``self.hybrid``): BM25 fused into
-        the ranking of chunks and of sentences."""
+        With ``focus`` > 0 the chunks left are then cut to their ``focus`` sentences most similar to
+        ``prompt`` (:func:`focus_sentences`; among chunks that all name what the prompt names, with
+        those names masked out as well). The budget applies to what is left. ``hybrid`` (default:
+        ``self.hybrid``): BM25 fused into the ranking of chunks and of sentences."""
         threshold = self.threshold if threshold is None else threshold
         hybrid = self.hybrid if hybrid is None else hybrid
         budget = self.max_context_tokens if max_tokens is None else max_tokens
         relevant = [c for c in self.retrieve(prompt, k, hybrid=hybrid) if c.score >= threshold]
+        named: list[str] = []
+        if match_names and relevant:
+            names = question_names(prompt)
+            texts = [self.named_text(c.row) for c in relevant]
+            relevant = keep_named(names, relevant, texts)
+            if all(not names_missing(names, self.named_text(c.row)) for c in relevant):
+                named = names  # every chunk left names them
         if focus > 0 and relevant:
             titles = [self.docs[c.row].get("title", "") for c in relevant]
-            relevant = focus_sentences(prompt, relevant, focus, self.embedder, titles, hybrid)
-        if match_names and relevant:
-            texts = [self.named_text(c.row) for c in relevant]
-            relevant = keep_named(question_names(prompt), relevant, texts)
+            relevant = focus_sentences(prompt, relevant, focus, self.embedder, titles, hybrid, named)
         chosen, used = [], 0
         costs = self.count_tokens([format_context([c]) for c in relevant]) if relevant else []
         for chunk, cost in zip(relevant, costs, strict=True):
