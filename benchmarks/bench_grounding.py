@@ -8,7 +8,9 @@ Sets (``--set``, default ``heldout``; the documents and questions are in
 no tuning decision touched (villages, libraries, shops: 30 answerable who / when / how-many /
 what / how-to questions and 18 whose answer the documents leave out); ``dev`` is profiles of the
 training generator's kinds under another seed (the set the context layout was chosen on);
-``nexus-docs`` is ten how-to questions about Nexus answered by ``docs/`` and the README (the
+``dev-domains`` is three more made-up domains built as the held-out ones are (mountain huts,
+bakeries, observatories: own names, questions that mostly paraphrase the documents), the second
+set the chat's rules are tuned on; ``nexus-docs`` is ten how-to questions about Nexus answered by ``docs/`` and the README (the
 model's own index for a release, else an index of them).
 
 Each question is its own conversation through the chat's own path (``ChatSession``): retrieval
@@ -31,7 +33,7 @@ from pathlib import Path
 
 from nexus.benchmark import grounding
 from nexus.benchmark.grounding import has_key, score, summarize  # noqa: F401  (this script's API)
-from nexus.benchmark.grounding_sets import TYPES, EvalSet, Question, dev_set, heldout_set
+from nexus.benchmark.grounding_sets import TYPES, EvalSet, Question, dev_domains_set, dev_set, heldout_set
 from nexus.inference.session import PENALTY_SCOPES, ChatOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,6 +69,8 @@ KNOBS = (
     "hybrid",
     "match_names",
     "check_answer_kind",
+    "peer_check",
+    "let_model_decline",
     "decline_below",
     "cad",
     "copy_bias",
@@ -77,6 +81,8 @@ HEADS = {
     "hybrid": "retrieval",
     "match_names": "chunks",
     "check_answer_kind": "kind check",
+    "peer_check": "peer check",
+    "let_model_decline": "model declines",
     "decline_below": "decline below",
     "copy_bias": "copy",
     "lookup_tokens": "lookup",
@@ -89,8 +95,10 @@ def shown(name: str, value) -> str:
         return "hybrid" if value else "dense"
     if name == "match_names":
         return "named" if value else "all"
-    if name == "check_answer_kind":
+    if name in ("check_answer_kind", "peer_check"):
         return "on" if value else "off"
+    if name == "let_model_decline":
+        return "free" if value else "checked"
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -121,7 +129,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", required=True, help="model spec (repeatable)")
-    parser.add_argument("--set", default="heldout", choices=["heldout", "dev", "nexus-docs"])
+    parser.add_argument("--set", default="heldout", choices=["heldout", "dev", "dev-domains", "nexus-docs"])
     parser.add_argument("--layout", action="append", help=f"context layout (repeatable, or 'all'): {', '.join(LAYOUTS)}; default {DEFAULT_LAYOUT.name}")  # fmt: skip
     parser.add_argument("--k", type=int, action="append", help="chunks to retrieve (repeatable; default 4)")
     parser.add_argument("--focus", type=int, action="append",
@@ -132,6 +140,10 @@ def main() -> None:
                         help="keep the chunks that name what the question names, or all (repeatable; default: the chat's)")  # fmt: skip
     parser.add_argument("--kind-check", action="append", choices=["on", "off"],
                         help="decline how-many / what-year questions no kept sentence holds a number / year for (repeatable; default: the chat's)")  # fmt: skip
+    parser.add_argument("--peer-check", action="append", choices=["on", "off"],
+                        help="decline when an unnamed retrieved document says more about what is asked (repeatable; default: the chat's)")  # fmt: skip
+    parser.add_argument("--model-declines", action="append", choices=["checked", "free"],
+                        help="ban a decline as the answer's opening where the kept sentences hold a word of what is asked (checked), or not (repeatable; default: the chat's)")  # fmt: skip
     parser.add_argument(
         "--knowledge", help="nexus-docs: knowledge index directory (default: the model's own, else docs/)"
     )
@@ -167,13 +179,23 @@ def main() -> None:
         "check_answer_kind": [c == "on" for c in args.kind_check]
         if args.kind_check
         else [ChatOptions.check_answer_kind],
+        "peer_check": [c == "on" for c in args.peer_check] if args.peer_check else [ChatOptions.peer_check],
+        "let_model_decline": [c == "free" for c in args.model_declines]
+        if args.model_declines
+        else [ChatOptions.let_model_decline],
         "decline_below": args.decline_below or [ChatOptions.decline_below],
         "cad": args.cad or [ChatOptions.cad],
         "copy_bias": args.copy_bias or [ChatOptions.copy_bias],
         "lookup_tokens": args.lookup or [ChatOptions.lookup_tokens],
         "penalty_scope": args.penalty_scope or [ChatOptions.penalty_scope],
     }
-    eval_set = {"heldout": heldout_set, "dev": dev_set, "nexus-docs": nexus_docs_set}[args.set]()
+    sets = {
+        "heldout": heldout_set,
+        "dev": dev_set,
+        "dev-domains": dev_domains_set,
+        "nexus-docs": nexus_docs_set,
+    }
+    eval_set = sets[args.set]()
     if args.limit:
         eval_set = EvalSet(eval_set.name, eval_set.documents, eval_set.questions[: args.limit])
 

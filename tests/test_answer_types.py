@@ -35,3 +35,28 @@ def test_holds_kind():
     assert holds_kind("It opened in March.", "year") and holds_kind("It dates from the last century.", "year")
     assert not holds_kind("It counts 257 goats.", "year")  # a count is no year
     assert not holds_kind("It may open later.", "year")  # "may" is no month here
+
+
+def test_content_words_leave_out_function_and_question_words():
+    from nexus.inference.answer_types import content_words
+
+    assert content_words("How many people work at the shop?") == {"people", "work", "shop"}
+    assert content_words("How do I get to it?") == set()
+
+
+@pytest.mark.parametrize(
+    ("question", "text", "mentions"),
+    [
+        ("How many people work at ?", "It employs 35 people.", True),
+        ("What does mainly sell?", "It mainly sells hand-ground spices.", True),
+        ("Who founded the ?", "Its founder is Ivo Ellory.", True),  # one word begins the other
+        ("In which year did the open?", "The library opened its doors in 1945.", True),
+        ("Who runs ?", "sleeps 11 walkers. was built in 1933.", False),
+        ("What does mainly sell?", "has traded since 1936. It employs 60 people.", False),
+        ("How do I get to ?", "Visitors reach it by ferry 11.", False),  # nothing asked to look for
+    ],
+)
+def test_mentions_what_is_asked(question, text, mentions):
+    from nexus.inference.answer_types import mentions_what_is_asked
+
+    assert mentions_what_is_asked(question, [text]) is mentions

@@ -366,6 +366,21 @@ def test_copy_bias_continuations():
         ContextCopy([[1, 2]], 0, bonus=-1.0)
 
 
+def test_no_opening_bans_only_the_answers_opening():
+    import torch
+
+    from nexus.inference.cad import NoOpening
+
+    ban = NoOpening([[4, 5], [7]], prompt_len=2)
+    prompt = [1, 1]
+    first = ban(torch.tensor([prompt]), torch.zeros(1, 9))  # the answer's first token: 7 is banned
+    assert first[0, 7] == float("-inf") and torch.isfinite(first[0, [4, 5]]).all()
+    second = ban(torch.tensor([[*prompt, 4]]), torch.zeros(1, 9))  # after 4, 5 is banned
+    assert second[0, 5] == float("-inf") and torch.isfinite(second[0, 7])
+    later = ban(torch.tensor([[*prompt, 3, 4]]), torch.zeros(1, 9))  # not the opening: free
+    assert torch.isfinite(later).all()
+
+
 def test_copy_bias_matches_a_naive_reference(tiny):
     """--copy-bias B: each greedy token maximises the logits plus B on every token that follows, in
     a retrieved chunk, the longest suffix of the answer found there (full forwards here); a huge
@@ -457,6 +472,66 @@ def test_a_number_or_a_year_no_sentence_holds_is_declined(tiny):
         ChatSession(model, tok, tower=plain, options=off).respond("How many people live there?").new_tokens
         > 0
     )
+
+
+def test_a_peer_saying_more_is_declined(tiny):
+    """When the tower found a retrieved document that does not name what the question names but
+    says more about what it asks (``last_peer``), the chat declines without generating; with the
+    check off it answers."""
+    from nexus.data.grounded import ABSTAIN_ANSWER
+
+    model, tok = tiny
+    tower = FakeTower("Molvarn Hut sleeps 18 walkers.")
+    tower.last_peer = Retrieved(2, 0.8, "The warden of Karnel Hut is Agnes Pell.", "docs/karnel.md", 0, 1)
+    result = ChatSession(model, tok, tower=tower, options=ChatOptions(max_new_tokens=4)).respond(
+        "Who is the warden of Molvarn Hut?"
+    )
+    assert result.text == ABSTAIN_ANSWER and result.new_tokens == 0
+    assert result.notices[-1] == (
+        "declined without generating: karnel.md says more about what is asked than the documents naming Molvarn, Hut"
+    )
+    off = ChatOptions(max_new_tokens=4, peer_check=False)
+    assert (
+        ChatSession(model, tok, tower=tower, options=off)
+        .respond("Who is the warden of Molvarn Hut?")
+        .new_tokens
+    )
+
+
+def test_the_model_may_not_open_with_a_decline_where_the_context_mentions_what_is_asked(tiny, monkeypatch):
+    """Where the kept chunks name what the question names and hold a word of what it asks, the answer
+    may not open with a decline (DECLINE_OPENINGS); elsewhere, or with let_model_decline, it may."""
+    from nexus.data.grounded import DECLINE_OPENINGS
+
+    model, tok = tiny
+
+    class NamedTower(FakeTower):
+        docs = [{"title": "Yarockgra Provisions"}]
+
+        def named_text(self, row):
+            return "Yarockgra Provisions " + self.chunk.text
+
+    seen = []
+    real = ChatSession.generate
+
+    def spy(self, ids, on_text=None, plain=None, sources=None, banned=None):
+        seen.append(banned)
+        return real(self, ids, on_text, plain, sources, banned)
+
+    monkeypatch.setattr(ChatSession, "generate", spy)
+    tower = NamedTower("Yarockgra Provisions: It employs 35 people.")
+    options = ChatOptions(max_new_tokens=3)
+    ChatSession(model, tok, tower=tower, options=options).respond(
+        "How many people work at Yarockgra Provisions?"
+    )
+    assert seen[-1] == tok(list(DECLINE_OPENINGS), add_special_tokens=False)["input_ids"]
+    ChatSession(model, tok, tower=tower, options=options).respond("Which family owns Yarockgra Provisions?")
+    assert seen[-1] is None  # "family", "owns": the sentence holds neither
+    free = ChatOptions(max_new_tokens=3, let_model_decline=True)
+    ChatSession(model, tok, tower=tower, options=free).respond(
+        "How many people work at Yarockgra Provisions?"
+    )
+    assert seen[-1] is None
 
 
 def test_prompt_lookup_keeps_the_greedy_answer(tiny):

@@ -17,29 +17,42 @@ def heldout():
     return sets.heldout_set()
 
 
-def test_heldout_vocabulary_is_disjoint_from_the_training_generator():
-    assert not set(sets.SYLLABLES) & set(grounded._FACT_SYLLABLES + grounded._SYLLABLES)
-    assert not set(sets.FIRST_NAMES + sets.FAMILIES) & set(grounded._FIRST_NAMES + grounded._LAST_NAMES)
+def test_heldout_vocabulary_is_disjoint_from_the_training_generator_and_the_dev_domains():
+    training = (
+        set(grounded._FACT_SYLLABLES + grounded._SYLLABLES),
+        set(grounded._FIRST_NAMES + grounded._LAST_NAMES),
+    )
+    for vocab in (sets.HELDOUT_VOCABULARY, sets.DEV_VOCABULARY):
+        assert not set(vocab.syllables) & training[0]
+        assert not set(vocab.first_names + vocab.families) & training[1]
+    held, dev = sets.HELDOUT_VOCABULARY, sets.DEV_VOCABULARY
+    assert not set(held.syllables) & set(dev.syllables)
+    assert not set(held.first_names + held.families) & set(dev.first_names + dev.families)
     training_kinds = " ".join(kind[0] for kind in grounded._FACT_KINDS.values())
     for heldout_word in ("village", "librar", "shop", "island", "harbour"):
         assert heldout_word not in training_kinds
 
 
-def test_no_heldout_name_reaches_a_training_row(heldout, monkeypatch):
+def test_no_heldout_or_dev_domain_name_reaches_a_training_row(heldout, monkeypatch):
     monkeypatch.setattr(grounded, "FOCUS", 0)  # whole chunks: a superset of what focused rows hold
-    names = sets.made_up_names(heldout)
-    assert len(names) > 40  # places, islands, piers, libraries, shops, commands, people
+    names = sets.made_up_names(heldout) | sets.made_up_names(sets.dev_domains_set())
+    assert len(names) > 80  # places, islands, piers, libraries, shops, huts, bakeries, people, ...
     rows = grounded.grounded_qa_examples(800, seed=0) + grounded.fact_qa_examples(800, seed=1)
     text = "\n".join(ex.prompt + "\n" + ex.response for ex in rows)
     found = {name for name in names if re.search(rf"\b{re.escape(name)}\b", text, re.I)}
     assert not found
 
 
-def test_answers_are_in_their_documents_and_absent_ones_are_not(heldout):
+@pytest.mark.parametrize("which", ["heldout", "dev-domains"])
+def test_answers_are_in_their_documents_and_absent_ones_are_not(which):
     from collections import Counter
 
+    heldout = sets.heldout_set() if which == "heldout" else sets.dev_domains_set()
     counts = Counter((q.domain, q.qtype) for q in heldout.questions)
-    for domain in ("villages", "libraries", "shops"):
+    domains = (
+        ("villages", "libraries", "shops") if which == "heldout" else ("huts", "bakeries", "observatories")
+    )
+    for domain in domains:
         for qtype in sets.TYPES:
             assert counts[(domain, qtype)] == 2
         assert counts[(domain, "absent")] == 6
@@ -64,6 +77,10 @@ def test_sets_are_deterministic_and_dev_is_not_heldout(heldout):
     dev = sets.dev_set()
     assert dev == sets.dev_set() and {q.qtype for q in dev.questions} >= set(sets.TYPES)
     assert not sets.made_up_names(dev) & sets.made_up_names(heldout)
+    domains = sets.dev_domains_set()
+    assert domains == sets.dev_domains_set() and domains.name == "dev-domains"
+    assert not sets.made_up_names(domains) & sets.made_up_names(heldout)
+    assert not {q.text for q in domains.questions} & {q.text for q in heldout.questions}
 
 
 def test_heldout_set_is_the_one_the_reported_figures_used(heldout):

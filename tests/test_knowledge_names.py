@@ -68,16 +68,16 @@ def test_select_context_keeps_only_the_named_library(tower):
 
 
 def test_masked_takes_the_names_out_of_every_text():
-    from nexus.knowledge.tower import _masked
+    from nexus.knowledge.tower import mask_names
 
     texts = ["What is Dunmere best known for?", "Dunmere is a village on Dunmere island.", "Dunmere"]
-    assert _masked(texts, ["Dunmere", "Kettle Cove"]) == [
+    assert mask_names(texts, ["Dunmere", "Kettle Cove"]) == [
         "What is best known for?",
         "is a village on island.",
         "Dunmere",  # nothing left: kept as it was
     ]
-    assert _masked(["The kettle cove"], ["Kettle Cove"]) == ["The"]
-    assert _masked(texts, []) == texts
+    assert mask_names(["The kettle cove"], ["Kettle Cove"]) == ["The"]
+    assert mask_names(texts, []) == texts
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +106,32 @@ def test_focus_within_the_named_document_ranks_what_is_asked_not_the_name(villag
     named = villages.select_context(question, k=4, focus=2, match_names=True)
     assert [Path(c.source).name for c in named] == [f"{name.lower()}.md"]
     assert known in named[0].text
+
+
+@pytest.fixture(scope="module")
+def huts(tmp_path_factory):
+    docs = tmp_path_factory.mktemp("hut-docs")
+    for name, warden, beds in (
+        ("Karnel", "Agnes Pell", 40),
+        ("Tobbrin", "Ivo Marsh", 22),
+        ("Dreskel", "Una Vale", 31),
+        ("Molvarn", None, 18),  # names no warden
+    ):
+        said = f"The warden of {name} Hut is {warden}. " if warden else ""
+        (docs / f"{name.lower()}.md").write_text(
+            f"# {name} Hut\n\n{name} Hut is a mountain hut above the lake. {said}{name} Hut sleeps {beds} "
+            f"walkers. {name} Hut was built in 19{beds}.\n",
+            encoding="utf-8",
+        )
+    return tiny.build_tower(docs, tmp_path_factory.mktemp("hut-index"))
+
+
+def test_a_peer_that_says_more_than_the_named_document_is_kept_aside(huts):
+    # Molvarn's page names no warden; the other huts' pages do: the chat declines that question
+    huts.select_context("Who is the warden of Molvarn Hut?", k=4, focus=2, match_names=True)
+    assert huts.last_peer is not None and Path(huts.last_peer.source).name != "molvarn.md"
+    for question in ("Who is the warden of Karnel Hut?", "How many walkers does Molvarn Hut sleep?"):
+        kept = huts.select_context(question, k=4, focus=2, match_names=True)
+        assert huts.last_peer is None and len(kept) == 1
+    huts.select_context("Who is the warden of Molvarn Hut?", k=4, focus=2)  # without match_names: no check
+    assert huts.last_peer is None

@@ -394,6 +394,9 @@ def grounded_qa_examples(n: int, seed: int = 0, root: str | Path | None = None) 
 
 ABSTAIN_ANSWER = "I don't know. The documents do not say."
 _ABSTAIN_MARKERS = ("don't know", "do not know", "not say", "does not say", "not mention", "no information")
+# How the trained students open a decline (ABSTAIN_ANSWER, "The documents do not say."): the chat
+# bans these openings where the context mentions what is asked (ChatOptions.let_model_decline)
+DECLINE_OPENINGS = ("The documents", "The document", "I don", "I do not")
 
 
 def is_abstention(text: str) -> bool:

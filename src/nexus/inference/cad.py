@@ -110,3 +110,21 @@ class ContextCopy(LogitsProcessor):
         scores = scores.clone()
         scores[0, list(nxt)] += self.bonus
         return scores
+
+
+class NoOpening(LogitsProcessor):
+    """A :class:`LogitsProcessor` for ``model.generate``: the answer generated after ``prompt_len``
+    may not open with any of ``openings`` (token sequences): the last token of one is banned
+    where the answer so far is the rest of it."""
+
+    def __init__(self, openings: Sequence[Sequence[int]], prompt_len: int):
+        self.openings = [list(o) for o in openings if o]
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids, scores):
+        for row in range(input_ids.shape[0]):
+            generated = input_ids[row, self.prompt_len :].tolist()
+            for opening in self.openings:
+                if len(generated) == len(opening) - 1 and generated == opening[:-1]:
+                    scores[row, opening[-1]] = float("-inf")
+        return scores

@@ -82,6 +82,16 @@ class ChatConfig:
             "help": "decline how-many / what-year questions when no retrieved sentence holds a number / year"
         },
     )
+    peer_check: bool = field(
+        default=ChatOptions.peer_check,
+        metadata={
+            "help": "decline when a retrieved document not naming what the question names says more about what it asks"
+        },
+    )
+    let_model_decline: bool = field(
+        default=ChatOptions.let_model_decline,
+        metadata={"help": "let the model decline where the retrieved sentences hold a word of what is asked"},
+    )
     lookup_tokens: int = field(
         default=ChatOptions.lookup_tokens,
         metadata={"help": "prompt-lookup decoding: draft tokens per pass from the prompt (0 = off)"},
@@ -205,6 +215,8 @@ def open_session(config: ChatConfig, *, info: TextIO = sys.stderr, cwd: str | Pa
         decline_unknown_names=config.decline_unknown_names,
         match_names=config.match_names,
         check_answer_kind=config.check_answer_kind,
+        peer_check=config.peer_check,
+        let_model_decline=config.let_model_decline,
         hybrid=config.retrieval == "hybrid",
         penalty_scope=config.penalty_scope,
     )

@@ -61,6 +61,12 @@ def register(subparsers) -> None:
     parser.add_argument("--no-kind-check", dest="check_answer_kind", action="store_false",
                         help="answer how-many / in-what-year questions even when no retrieved sentence holds a "
                         "number / year (by default the chat says it does not know)")  # fmt: skip
+    parser.add_argument("--no-peer-check", dest="peer_check", action="store_false",
+                        help="answer even when a retrieved document that does not name what the question names "
+                        "says more about what it asks (by default the chat says it does not know)")  # fmt: skip
+    parser.add_argument("--let-model-decline", action="store_true",
+                        help="let the model open an answer with a decline even where the retrieved sentences "
+                        "hold a word of what is asked (by default only the checks above decline there)")  # fmt: skip
     parser.add_argument("--copy-bias", type=float, default=ChatOptions.copy_bias, metavar="B",
                         help="add B to the logits of the retrieved context's next token where the answer "
                         "has begun to copy it (default %(default)s; 0 = off)")  # fmt: skip
@@ -113,6 +119,8 @@ def _chat(args: argparse.Namespace) -> int:
         "decline_unknown_names": args.decline_unknown_names,
         "match_names": args.match_names,
         "check_answer_kind": args.check_answer_kind,
+        "peer_check": args.peer_check,
+        "let_model_decline": args.let_model_decline,
         "retrieval": args.retrieval,
         "system": args.system,
         "teacher": args.teacher,

@@ -201,6 +201,15 @@ class ChatOptions:
     # answer "I don't know" without generating when the question asks how many / in what year and no
     # kept sentence holds a number / a year (nexus.inference.answer_types)
     check_answer_kind: bool = True
+    # answer "I don't know" without generating when a retrieved document that does not name what the
+    # question names says more about what it asks than the ones that do (a peer: another hut's
+    # warden, asked who runs this hut; nexus.knowledge.tower.peer_says_more)
+    peer_check: bool = True
+    # let the model open its answer with a decline ("The documents do not say") even where the kept
+    # sentences of the documents naming what the question names hold one of its words (names
+    # aside): off by default, the checks above decide declines (the students declined answerable
+    # questions whose sentence was right there)
+    let_model_decline: bool = False
     cite: bool = False  # append the context's documents and chunk numbers to each answer
     # rank chunks and focus sentences by cosine similarity fused with BM25 (nexus.knowledge.lexical)
     hybrid: bool = DEFAULT_HYBRID
@@ -413,14 +422,16 @@ class ChatSession:
         on_text: Callable[[str], None] | None = None,
         plain_ids: list[int] | None = None,
         copy_sources: list[list[int]] | None = None,
+        banned_openings: list[list[int]] | None = None,
     ):
         """Generate an answer to ``input_ids``; returns ``(new_token_ids, seconds, drafted, accepted)``.
         ``plain_ids`` (the prompt without its retrieved context) turns on context-aware decoding,
-        ``copy_sources`` (the retrieved chunks' token ids) the copy bias (``options.copy_bias``)."""
+        ``copy_sources`` (the retrieved chunks' token ids) the copy bias (``options.copy_bias``);
+        the answer may not open with any of ``banned_openings`` (token ids)."""
         import torch
         from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
-        from nexus.inference.cad import ContextContrast, ContextCopy
+        from nexus.inference.cad import ContextContrast, ContextCopy, NoOpening
 
         device = next(self.model.parameters()).device
         ids = torch.tensor([input_ids], device=device)
@@ -439,6 +450,8 @@ class ChatSession:
             processors.append(ContextContrast(self.model, plain_ids, len(input_ids), self.options.cad))
         if copy_sources:
             processors.append(ContextCopy(copy_sources, len(input_ids), self.options.copy_bias))
+        if banned_openings:
+            processors.append(NoOpening(banned_openings, len(input_ids)))
         if self.options.repetition_penalty != 1.0:
             skip = len(input_ids) if self.options.penalty_scope == "answer" else None
             processors.append(RepetitionPenaltyLogitsProcessor(self.options.repetition_penalty, skip))
@@ -474,8 +487,12 @@ class ChatSession:
     def _decline_reason(self, question: str, chunks: list[Retrieved]) -> str | None:
         """Why the retrieved documents cannot hold the answer (the chat then declines without
         generating), or None: the question names something no retrieved chunk (whole, before
-        focus, with its document's title) mentions, asks for a number or a year that no kept
-        sentence holds (``check_answer_kind``), or no kept sentence reaches ``decline_below``."""
+        focus, with its document's title) mentions, another retrieved document says more about
+        what it asks than the ones naming what it names (``peer_check``), it asks for a number or
+        a year that no kept sentence holds (``check_answer_kind``), or no kept sentence reaches
+        ``decline_below``."""
+        from pathlib import Path
+
         from nexus.inference.answer_types import answer_kind, holds_kind
         from nexus.knowledge.tower import names_missing, question_names
 
@@ -489,6 +506,10 @@ class ChatSession:
             unknown = names_missing(question_names(question), " ".join(texts))
             if unknown:
                 return f"the retrieved documents never name {', '.join(unknown)}"
+        peer = getattr(self.tower, "last_peer", None) if self.options.match_names else None
+        if self.options.peer_check and peer is not None:
+            names = ", ".join(question_names(question))
+            return f"{Path(peer.source).name} says more about what is asked than the documents naming {names}"
         if self.options.check_answer_kind:
             kind = answer_kind(question)
             if kind and not any(holds_kind(c.text, kind) for c in chunks):
@@ -497,6 +518,23 @@ class ChatSession:
         if self.options.focus and best < self.options.decline_below:
             return f"the closest retrieved sentence scores {best:.2f} < {self.options.decline_below:g} (--decline-below)"
         return None
+
+    def _mentions_what_is_asked(self, question: str, chunks: list[Retrieved]) -> bool:
+        """Whether the kept chunks all name what ``question`` names (it names something) and one of
+        them holds a word of what it asks (:func:`~nexus.inference.answer_types.mentions_what_is_asked`,
+        names and titles masked out of both)."""
+        from nexus.inference.answer_types import mentions_what_is_asked
+        from nexus.knowledge.tower import mask_names, names_missing, question_names
+
+        names = question_names(question)
+        named_text = getattr(self.tower, "named_text", None)
+        if not names or not chunks or named_text is None:
+            return False
+        if any(names_missing(names, named_text(c.row)) for c in chunks):
+            return False
+        titles = [self.tower.docs[c.row].get("title", "") for c in chunks]
+        masked = mask_names([question, *(c.text for c in chunks)], [*names, *titles])
+        return mentions_what_is_asked(masked[0], masked[1:])
 
     def respond(self, user_text: str, on_text: Callable[[str], None] | None = None) -> TurnResult:
         """Answer one user message (RAG context prepended when on); history keeps the plain text."""
@@ -520,7 +558,12 @@ class ChatSession:
             sources = None
             if chunks and self.options.copy_bias > 0:
                 sources = self.tokenizer([c.text for c in chunks], add_special_tokens=False)["input_ids"]
-            new, seconds, drafted, accepted = self.generate(ids, on_text, plain, sources)
+            banned = None
+            if not self.options.let_model_decline and self._mentions_what_is_asked(user_text, chunks):
+                from nexus.data.grounded import DECLINE_OPENINGS
+
+                banned = self.tokenizer(list(DECLINE_OPENINGS), add_special_tokens=False)["input_ids"]
+            new, seconds, drafted, accepted = self.generate(ids, on_text, plain, sources, banned)
             text = self.tokenizer.decode(new, skip_special_tokens=True).strip()
         self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": text}]
         if self.options.cite and chunks:

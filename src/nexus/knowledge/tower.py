@@ -183,23 +183,12 @@ def focus_sentences(
 
     if sentences < 1 or not chunks:
         return list(chunks)
-    candidates, seen = [], set()  # (chunk index, start offset, sentence)
-    for i, chunk in enumerate(chunks):
-        for a, text in _sentences(chunk.text):
-            key = " ".join(text.split())
-            if key not in seen:  # overlapping chunks repeat sentences: the better-ranked one keeps it
-                seen.add(key)
-                candidates.append((i, a, text))
+    candidates = _candidates(chunks)
     if not candidates:
         return list(chunks)
     texts = [f"{titles[i]}: {text}" if titles[i] else text for i, _, text in candidates]
-    vectors = embedder.embed([*texts, question])  # one call: the question is the last row
-    scores = vectors[:-1] @ vectors[-1]
-    rank_by = scores
-    if names:
-        masked = _masked([question, *(text for _, _, text in candidates)], [*names, *titles])
-        vectors = embedder.embed(masked)
-        rank_by = scores + vectors[1:] @ vectors[0]
+    scores, unnamed = _sentence_scores(question, candidates, titles, names, embedder)
+    rank_by = scores + unnamed if names else scores
     order = sorted(range(len(candidates)), key=lambda j: -float(rank_by[j]))
     if hybrid:  # fused with BM25 over the candidate sentences, as retrieve() fuses chunks
         from nexus.knowledge.lexical import BM25, reciprocal_rank_fusion
@@ -219,7 +208,69 @@ def focus_sentences(
     return focused
 
 
-def _masked(texts: Sequence[str], names: Sequence[str]) -> list[str]:
+def _candidates(chunks: Sequence[Retrieved]) -> list[tuple[int, int, str]]:
+    """(chunk index, start offset, sentence) of every sentence of ``chunks``; a sentence that
+    overlapping chunks repeat is kept once, in the better-ranked chunk."""
+    candidates, seen = [], set()
+    for i, chunk in enumerate(chunks):
+        for a, text in _sentences(chunk.text):
+            key = " ".join(text.split())
+            if key not in seen:
+                seen.add(key)
+                candidates.append((i, a, text))
+    return candidates
+
+
+def _sentence_scores(question: str, candidates, titles: Sequence[str], names: Sequence[str], embedder):
+    """Cosine similarities to ``question`` of the ``candidates`` sentences, each after its chunk's
+    title; and, with ``names``, of the question and the sentences with the names and the titles'
+    words masked out (:func:`mask_names`; None without names)."""
+    texts = [f"{titles[i]}: {text}" if titles[i] else text for i, _, text in candidates]
+    vectors = embedder.embed([*texts, question])  # one call: the question is the last row
+    scores = vectors[:-1] @ vectors[-1]
+    if not names:
+        return scores, None
+    vectors = embedder.embed(mask_names([question, *(text for _, _, text in candidates)], [*names, *titles]))
+    return scores, vectors[1:] @ vectors[0]
+
+
+# The peer check (KnowledgeTower.select_context): a document that does not name what the question
+# names says more about what it asks than the named one when its best sentence is nearer to the
+# whole question than the named document's by more than PEER_TIE (the cosine similarities of two
+# sentences of the same form about two made-up names differ by a few hundredths at random), or
+# nearer to it with the names masked out by more than PEER_MARGIN. Chosen on the dev and
+# dev-domains grounding sets (docs/pipeline.md, "The peer check").
+PEER_TIE = 0.03
+PEER_MARGIN = 0.2
+
+
+def peer_says_more(
+    question: str, chunks: Sequence[Retrieved], named: Sequence[bool], names: Sequence[str], titles, embedder
+) -> Retrieved | None:
+    """The chunk of a *peer* (a retrieved document that does not name what ``question`` names, when
+    others do: ``named``, one flag per chunk) that says more about what the question asks than
+    any named chunk, or None. Asked "Who runs Praeb Hut?" of a Praeb Hut page that names no warden,
+    the sentences nearest the question are the other huts' "The warden of ... is": their documents
+    hold that kind of fact and the named one does not, so the chat declines rather than let the
+    model pass off another sentence of the named page as the answer."""
+    if not names or all(named) or not any(named):
+        return None
+    candidates = _candidates(chunks)
+    if not candidates:
+        return None
+    scores, unnamed = _sentence_scores(question, candidates, titles, names, embedder)
+    mine = [j for j, (i, _, _) in enumerate(candidates) if named[i]]
+    peers = [j for j, (i, _, _) in enumerate(candidates) if not named[i]]
+    if not mine:
+        return chunks[candidates[peers[0]][0]]
+    for similarity, by in ((scores, PEER_TIE), (unnamed, PEER_MARGIN)):
+        best_peer = max(peers, key=lambda j: float(similarity[j]))
+        if float(similarity[best_peer]) - max(float(similarity[j]) for j in mine) > by:
+            return chunks[candidates[best_peer][0]]
+    return None
+
+
+def mask_names(texts: Sequence[str], names: Sequence[str]) -> list[str]:
     """``texts`` with every word of ``names`` (whole words, any case) taken out; a text left
     empty stays as it was."""
     import re
@@ -281,6 +332,8 @@ class KnowledgeTower:
         self.max_context_tokens = DEFAULT_CONTEXT_TOKENS
         self.count_tokens: Callable[[Sequence[str]], list[int]] = embedder.count_tokens
         self.last_retrieved: list[Retrieved] = []
+        # with match_names: the retrieved peer that says more than the named documents (peer_says_more)
+        self.last_peer: Retrieved | None = None
         self.hybrid = DEFAULT_HYBRID
         self._lexical = None
 
@@ -391,6 +444,8 @@ class KnowledgeTower:
         document's title count), only those stay (:func:`keep_named`): asked about one library, the
         model then sees no other library's number of books. Where none does, all stay: they are
         about other things than the one it names (the chat declines it, ``decline_unknown_names``).
+        Where some do and others do not, ``last_peer`` is set to an other one that says more about
+        what the prompt asks (:func:`peer_says_more`; the chat's ``peer_check`` declines then).
         With ``focus`` > 0 the chunks left are then cut to their ``focus`` sentences most similar to
         ``prompt`` (:func:`focus_sentences`; among chunks that all name what the prompt names, with
         those names masked out as well). The budget applies to what is left. ``hybrid`` (default:
@@ -400,9 +455,13 @@ class KnowledgeTower:
         budget = self.max_context_tokens if max_tokens is None else max_tokens
         relevant = [c for c in self.retrieve(prompt, k, hybrid=hybrid) if c.score >= threshold]
         named: list[str] = []
+        self.last_peer = None
         if match_names and relevant:
             names = question_names(prompt)
             texts = [self.named_text(c.row) for c in relevant]
+            flags = [not names_missing(names, t) for t in texts]
+            titles = [self.docs[c.row].get("title", "") for c in relevant]
+            self.last_peer = peer_says_more(prompt, relevant, flags, names, titles, self.embedder)
             relevant = keep_named(names, relevant, texts)
             if all(not names_missing(names, self.named_text(c.row)) for c in relevant):
                 named = names  # every chunk left names them
