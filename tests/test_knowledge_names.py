@@ -22,6 +22,7 @@ def test_names_missing_reads_whole_words():
     assert names_missing(["Ulwen", "Rooms"], "The Ulwen Reading Rooms' shelves") == []
     assert names_missing(["Ulwen"], "Ulwen's shelves") == []
     assert names_missing(["Ulwen", "Ploser"], "Ulwenby and Yarploser") == ["Ulwen", "Ploser"]
+    assert names_missing(["Router", "NIWT"], "the router phase; niwt") == []  # any case
 
 
 def _chunk(rank: int, text: str) -> Retrieved:

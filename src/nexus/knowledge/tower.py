@@ -296,11 +296,11 @@ def question_names(question: str) -> list[str]:
 
 
 def names_missing(names: Sequence[str], text: str) -> list[str]:
-    """Those of ``names`` that ``text`` does not hold as a whole word ("Ulwen's" holds Ulwen,
-    "Ulwenby" does not)."""
+    """Those of ``names`` that ``text`` does not hold as a whole word, in any case ("Ulwen's" holds
+    Ulwen, "Ulwenby" does not; "the router" holds the Router a question capitalises)."""
     import re
 
-    return [n for n in names if not re.search(rf"\b{re.escape(n)}\b", text)]
+    return [n for n in names if not re.search(rf"\b{re.escape(n)}\b", text, re.IGNORECASE)]
 
 
 def keep_named(names: Sequence[str], chunks: Sequence[Retrieved], texts: Sequence[str]) -> list[Retrieved]:
