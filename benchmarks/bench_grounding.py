@@ -163,6 +163,9 @@ def main() -> None:
                         help="tokens the repetition penalty counts (repeatable; default: the chat's)")  # fmt: skip
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--limit", type=int, help="only the first N questions (a quick look)")
+    parser.add_argument(
+        "--lower-case", action="store_true", help="ask the questions typed in lower case, names too"
+    )
     parser.add_argument("--json", help="write every answer and the summaries here")
     parser.add_argument("--quiet", action="store_true", help="only the summary table")
     args = parser.parse_args()
@@ -198,6 +201,11 @@ def main() -> None:
     eval_set = sets[args.set]()
     if args.limit:
         eval_set = EvalSet(eval_set.name, eval_set.documents, eval_set.questions[: args.limit])
+    if args.lower_case:
+        import dataclasses
+
+        lowered = [dataclasses.replace(q, text=q.text.lower()) for q in eval_set.questions]
+        eval_set = EvalSet(eval_set.name, eval_set.documents, lowered)
 
     from nexus.inference.loading import knowledge_dir_for, load_chat_model
     from nexus.knowledge.tower import KnowledgeTower

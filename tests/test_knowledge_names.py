@@ -18,6 +18,15 @@ def test_question_names_are_the_capitalised_words_after_the_first():
     assert question_names("how do I pause the pipeline?") == []  # "I" is no name
 
 
+def test_rare_words_the_chunks_hold_are_names_in_any_case():
+    common = {"how", "many", "beds", "does", "hut", "have", "who", "runs"}.__contains__
+    texts = ["Praeb Hut: Praeb Hut sleeps 40 walkers."]
+    assert question_names("how many beds does praeb hut have?", common, texts) == ["praeb"]
+    assert question_names("Praeb Hut: how many beds?", common, texts) == ["Hut", "Praeb"]  # first word too
+    assert question_names("who runs praeeb hut?", common, texts) == []  # a typo no chunk holds
+    assert question_names("how many beds does praeb hut have?") == []  # no vocabulary: capitals only
+
+
 def test_names_missing_reads_whole_words():
     assert names_missing(["Ulwen", "Rooms"], "The Ulwen Reading Rooms' shelves") == []
     assert names_missing(["Ulwen"], "Ulwen's shelves") == []
@@ -136,3 +145,9 @@ def test_a_peer_that_says_more_than_the_named_document_is_kept_aside(huts):
         assert huts.last_peer is None and len(kept) == 1
     huts.select_context("Who is the warden of Molvarn Hut?", k=4, focus=2)  # without match_names: no check
     assert huts.last_peer is None
+    # typed in lower case: "molvarn" is no common word and the chunks hold it, so it is the name
+    assert not huts.embedder.knows_word("molvarn") and huts.embedder.knows_word("warden")
+    huts.select_context("who is the warden of molvarn hut?", k=4, focus=2, match_names=True)
+    assert huts.last_peer is not None and Path(huts.last_peer.source).name != "molvarn.md"
+    kept = huts.select_context("how many walkers does molvarn hut sleep?", k=4, focus=2, match_names=True)
+    assert huts.last_peer is None and [Path(c.source).name for c in kept] == ["molvarn.md"]

@@ -508,7 +508,7 @@ class ChatSession:
                 return f"the retrieved documents never name {', '.join(unknown)}"
         peer = getattr(self.tower, "last_peer", None) if self.options.match_names else None
         if self.options.peer_check and peer is not None:
-            names = ", ".join(question_names(question))
+            names = ", ".join(self._names(question, chunks))
             return f"{Path(peer.source).name} says more about what is asked than the documents naming {names}"
         if self.options.check_answer_kind:
             kind = answer_kind(question)
@@ -519,14 +519,22 @@ class ChatSession:
             return f"the closest retrieved sentence scores {best:.2f} < {self.options.decline_below:g} (--decline-below)"
         return None
 
+    def _names(self, question: str, chunks: list[Retrieved]) -> list[str]:
+        """What ``question`` names: the tower's reading (rare words the chunks hold included,
+        ``KnowledgeTower.names_asked``), else its capitalised words."""
+        from nexus.knowledge.tower import question_names
+
+        names_asked = getattr(self.tower, "names_asked", None)
+        return names_asked(question, chunks) if names_asked is not None else question_names(question)
+
     def _mentions_what_is_asked(self, question: str, chunks: list[Retrieved]) -> bool:
         """Whether the kept chunks all name what ``question`` names (it names something) and one of
         them holds a word of what it asks (:func:`~nexus.inference.answer_types.mentions_what_is_asked`,
         names and titles masked out of both)."""
         from nexus.inference.answer_types import mentions_what_is_asked
-        from nexus.knowledge.tower import mask_names, names_missing, question_names
+        from nexus.knowledge.tower import mask_names, names_missing
 
-        names = question_names(question)
+        names = self._names(question, chunks)
         named_text = getattr(self.tower, "named_text", None)
         if not names or not chunks or named_text is None:
             return False

@@ -95,7 +95,16 @@ class Embedder:
         fingerprint = _weights_fingerprint(path) if path is not None else spec
         self.identity = EmbedderIdentity(name, fingerprint, int(dimension))
         self.tokenizer = self.model.tokenizer
+        self._known: dict[str, bool] = {}
         self.max_seq_length = int(self.model.max_seq_length)
+
+    def knows_word(self, word: str) -> bool:
+        """Whether the tokenizer holds ``word`` (lower-cased) as one token: a common word. A rare
+        or made-up one ("praeb", "niwt") splits into pieces."""
+        word = word.lower()
+        if word not in self._known:
+            self._known[word] = len(self.tokenizer.tokenize(word)) == 1
+        return self._known[word]
 
     def count_tokens(self, texts) -> list[int]:
         """Tokens per text under the embedder's tokenizer (no special tokens)."""

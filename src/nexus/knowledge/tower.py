@@ -286,13 +286,29 @@ def mask_names(texts: Sequence[str], names: Sequence[str]) -> list[str]:
     return out
 
 
-def question_names(question: str) -> list[str]:
+def question_names(
+    question: str, knows_word: Callable[[str], bool] | None = None, texts: Sequence[str] = ()
+) -> list[str]:
     """The names a question uses: its capitalised words after the first (the first is capitalised
     anyway), each once, in order. "How many books do the Ulwen Reading Rooms hold?" -> Ulwen,
-    Reading, Rooms."""
+    Reading, Rooms. With ``knows_word`` (the embedder's :meth:`~nexus.knowledge.embedder.Embedder.knows_word`)
+    and ``texts`` (the retrieved chunks), also its other words of three letters or more that are
+    not common words and that one of ``texts`` holds: a made-up or rare name typed in lower case
+    ("how many beds does praeb hut have?" -> praeb). A typo no text holds is no name."""
     import re
 
-    return list(dict.fromkeys(re.findall(r"\b[A-Z][A-Za-z]+\b", question)[1:]))
+    names = list(dict.fromkeys(re.findall(r"\b[A-Z][A-Za-z]+\b", question)[1:]))
+    if knows_word is not None and texts:
+        have = {n.lower() for n in names}
+        for word in re.findall(r"\b[A-Za-z][A-Za-z0-9_]{2,}\b", question):
+            if (
+                word.lower() not in have
+                and not knows_word(word)
+                and not names_missing([word], " ".join(texts))
+            ):
+                names.append(word)
+                have.add(word.lower())
+    return names
 
 
 def names_missing(names: Sequence[str], text: str) -> list[str]:
@@ -386,6 +402,12 @@ class KnowledgeTower:
         entry = self.docs[row]
         return f"{entry.get('title', '')} {entry['text']}"
 
+    def names_asked(self, question: str, chunks: Sequence[Retrieved]) -> list[str]:
+        """:func:`question_names` of ``question`` with the rare words that ``chunks`` (whole, with
+        their documents' titles) hold: what the chat treats as the names it asks about."""
+        knows_word = getattr(self.embedder, "knows_word", None)
+        return question_names(question, knows_word, [self.named_text(c.row) for c in chunks])
+
     def retrieve(self, query: str, k: int | None = None, *, hybrid: bool | None = None) -> list[Retrieved]:
         """The ``k`` best chunks for ``query``, best first: by cosine similarity, or with ``hybrid``
         (default: ``self.hybrid``) by reciprocal rank fusion of the cosine and BM25 rankings (each
@@ -457,7 +479,7 @@ class KnowledgeTower:
         named: list[str] = []
         self.last_peer = None
         if match_names and relevant:
-            names = question_names(prompt)
+            names = self.names_asked(prompt, relevant)
             texts = [self.named_text(c.row) for c in relevant]
             flags = [not names_missing(names, t) for t in texts]
             titles = [self.docs[c.row].get("title", "") for c in relevant]
