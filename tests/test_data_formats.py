@@ -85,6 +85,20 @@ def test_builtin_corpus_is_deterministic_and_correct():
     assert len(chat_prompt_examples(5)) == 5
 
 
+def test_code_requests_are_standard_library_headers_in_a_python_block():
+    from nexus.data.builtin import CODE_REQUESTS, code_request_examples
+
+    requests = code_request_examples(40, seed=3)
+    assert len(requests) == 40 and requests == code_request_examples(40, seed=3)
+    assert len({r.source.split(":")[0] for r in requests}) == 40  # one function per file first
+    for r in requests:
+        request, _, block = r.prompt.partition("\n\n")
+        assert request in CODE_REQUESTS and r.kind == "chat" and not r.response
+        assert block.startswith("```python\ndef ") and block.endswith('"""\n```')
+        compile(block.removeprefix("```python\n").removesuffix("```") + "    pass\n", r.source, "exec")
+    assert {r.prompt.partition("\n")[0] for r in requests} == set(CODE_REQUESTS)
+
+
 def test_teacher_answers_are_cached_per_model(tiny_llama_dir, tmp_path, monkeypatch):
     from nexus.data.builtin import teacher_answers
     from nexus.models import load_model, load_tokenizer

@@ -121,8 +121,10 @@ def test_builtin_spec_and_text_files(tiny_tokenizer, tmp_path):
         "general": 0,
         "docs": 0,
         "copy": 0,
+        "codechat": 0,
     }
     assert parse_builtin("builtin:rag=5")["rag"] == 5
+    assert parse_builtin("builtin:codechat=7")["codechat"] == 7
     with pytest.raises(NexusError, match="bad builtin"):
         parse_builtin("builtin:poems=3")
     from nexus.data.general import general_prompt_count, general_prompts

@@ -208,6 +208,57 @@ def python_source_snippets(
     return examples
 
 
+# How a code request opens (the first is lm-evaluation-harness's and the benchmark's own wording)
+CODE_REQUESTS = (
+    "Complete the following Python function.",
+    "Write the body of this Python function.",
+    "Implement this function in Python.",
+    "Finish this Python function so that it does what its docstring says.",
+)
+
+
+def code_request_examples(n: int, seed: int = 0, root: str | Path | None = None) -> list[Example]:
+    """``n`` chat prompts asking for a standard-library function of this machine given its header
+    and docstring (a request of :data:`CODE_REQUESTS`, the header in a ```python block); the teacher
+    writes the answers (:func:`teacher_answers`). Without them a student never sees a chat turn
+    that answers with code: the pruned students close the code block at once (``` after
+    ```python, P ~ 0.4 against the teacher's 0.000), and score 0 on the built-in code task."""
+    root = Path(root or sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.glob("*.py") if not p.name.startswith("_"))
+    rng = random.Random(seed)
+    rng.shuffle(files)
+    per_file = [_code_requests_in(path) for path in files]
+    examples: list[Example] = []
+    for depth in range(max((len(found) for found in per_file), default=0)):  # spread over files
+        for found in per_file:
+            if depth < len(found) and len(examples) < n:
+                request = CODE_REQUESTS[len(examples) % len(CODE_REQUESTS)]
+                where, block = found[depth]
+                examples.append(Example("chat", where, "code", prompt=f"{request}\n\n```python\n{block}```"))
+    return examples
+
+
+def _code_requests_in(path: Path) -> list[tuple[str, str]]:
+    """(file:line, header + docstring) of ``path``'s public top-level functions with a docstring."""
+    try:
+        source = path.read_text(encoding="utf-8")
+        tree = ast.parse(source)
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return []
+    lines = source.splitlines()
+    found = []
+    for node in tree.body:
+        doc = ast.get_docstring(node, clean=True) if isinstance(node, ast.FunctionDef) else None
+        if not doc or node.name.startswith("_") or not 20 <= len(doc) <= 600:
+            continue
+        header = "\n".join(lines[node.lineno - 1 : node.body[0].lineno - 1])
+        if not header.lstrip().startswith("def ") or len(header) > 400:
+            continue
+        indented = "\n".join("    " + line if line else line for line in doc.splitlines())
+        found.append((f"{path}:{node.lineno}", f'{header}\n    """{indented.lstrip()}\n    """\n'))
+    return found
+
+
 def chat_prompt_examples(n: int | None = None, seed: int = 0) -> list[Example]:
     """Project-written chat prompts (no responses yet: see :func:`teacher_answers`)."""
     prompts = list(CHAT_PROMPTS)

@@ -7,9 +7,10 @@ A source is one of:
   prompts); ``builtin:code=200,math=400,chat=60`` sets the counts, ``rag=N`` adds N
   retrieval-grounded answers in the chat's RAG layout (:mod:`nexus.data.grounded`), ``general=N``
   the teacher's sampled answers to N diverse everyday prompts, ``docs=N`` N blocks of the
-  interpreter's reference docs (:mod:`nexus.data.general`) and ``copy=N`` N repeated random runs
-  of words that restore a pruned student's copying (:mod:`nexus.data.copying`; these four are 0
-  unless set);
+  interpreter's reference docs (:mod:`nexus.data.general`), ``copy=N`` N repeated random runs
+  of words that restore a pruned student's copying (:mod:`nexus.data.copying`) and ``codechat=N``
+  the teacher's greedy answers to N requests for a standard-library function given its header
+  and docstring (:func:`nexus.data.builtin.code_request_examples`; these five are 0 unless set);
 * a file: JSONL / JSON / ``.gz`` in any format :func:`nexus.data.load_examples` reads, or a
   ``.txt`` / ``.md`` text file (blank-line separated blocks);
 * a directory: every such file in it, sorted;
@@ -45,7 +46,16 @@ from nexus.utils import atomic_write_json, make_temp_dir
 log = logging.getLogger(__name__)
 
 DATA_SUFFIXES = (".jsonl", ".json", ".gz", ".txt", ".md")
-BUILTIN_DEFAULTS = {"code": 200, "math": 400, "chat": 60, "rag": 0, "general": 0, "docs": 0, "copy": 0}
+BUILTIN_DEFAULTS = {
+    "code": 200,
+    "math": 400,
+    "chat": 60,
+    "rag": 0,
+    "general": 0,
+    "docs": 0,
+    "copy": 0,
+    "codechat": 0,
+}
 # How the teacher writes the ``general`` rows: sampled (diverse text from its own distribution),
 # long enough for a paragraph; batched because generation is the cost of these rows.
 GENERAL_SAMPLING = {
@@ -67,7 +77,7 @@ def parse_builtin(source: str) -> dict[str, int]:
         if not sep or key not in counts or not value.isdigit():
             raise NexusError(
                 f"bad builtin data spec {source!r}: expected e.g. "
-                "builtin:code=200,math=400,chat=60,rag=600,general=800,docs=300,copy=600"
+                "builtin:code=200,math=400,chat=60,rag=600,general=800,docs=300,copy=600,codechat=200"
             )
         counts[key] = int(value)
     from nexus.data.general import general_prompt_count
@@ -156,6 +166,15 @@ def load_source(
                 raise NexusError("the built-in chat data needs the teacher to answer its prompts")
             chats = builtin.chat_prompt_examples(counts["chat"], seed)
             examples += builtin.teacher_answers(teacher, tokenizer, chats)
+        if counts["codechat"] and not chat_answers:
+            examples += builtin.code_request_examples(counts["codechat"], seed)
+        elif counts["codechat"]:
+            if teacher is None or tokenizer is None:
+                raise NexusError("the built-in codechat data needs the teacher to write its answers")
+            requests = builtin.code_request_examples(counts["codechat"], seed)
+            examples += builtin.teacher_answers(
+                teacher, tokenizer, requests, max_new_tokens=160, batch_size=16
+            )
         if counts["general"] and not chat_answers:
             examples += general.general_prompt_examples(counts["general"], seed)
         elif counts["general"]:
