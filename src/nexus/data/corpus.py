@@ -159,22 +159,21 @@ def load_source(
         counts = parse_builtin(source)
         examples = builtin.python_source_snippets(counts["code"], seed)
         examples += builtin.arithmetic_word_problems(counts["math"], seed)
-        if counts["chat"] and not chat_answers:
-            examples += builtin.chat_prompt_examples(counts["chat"], seed)
-        elif counts["chat"]:
-            if teacher is None or tokenizer is None:
-                raise NexusError("the built-in chat data needs the teacher to answer its prompts")
-            chats = builtin.chat_prompt_examples(counts["chat"], seed)
-            examples += builtin.teacher_answers(teacher, tokenizer, chats)
-        if counts["codechat"] and not chat_answers:
-            examples += builtin.code_request_examples(counts["codechat"], seed)
-        elif counts["codechat"]:
-            if teacher is None or tokenizer is None:
-                raise NexusError("the built-in codechat data needs the teacher to write its answers")
-            requests = builtin.code_request_examples(counts["codechat"], seed)
-            examples += builtin.teacher_answers(
-                teacher, tokenizer, requests, max_new_tokens=160, batch_size=16
-            )
+        # prompts the teacher answers greedily: project-written chat prompts, stdlib code requests
+        answered = (
+            ("chat", builtin.chat_prompt_examples, {}),
+            ("codechat", builtin.code_request_examples, {"max_new_tokens": 160, "batch_size": 16}),
+        )
+        for key, prompts, generation in answered:
+            if not counts[key]:
+                continue
+            requests = prompts(counts[key], seed)
+            if not chat_answers:
+                examples += requests
+            elif teacher is None or tokenizer is None:
+                raise NexusError(f"the built-in {key} data needs the teacher to answer its prompts")
+            else:
+                examples += builtin.teacher_answers(teacher, tokenizer, requests, **generation)
         if counts["general"] and not chat_answers:
             examples += general.general_prompt_examples(counts["general"], seed)
         elif counts["general"]:
